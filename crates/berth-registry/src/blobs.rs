@@ -1,0 +1,132 @@
+//! Blobs as a repository sees them: content in the global blob store, visible in a
+//! repository only through its `_layers` link.
+
+use berth_core::{Digest, ErrorCode, RepoName};
+use berth_storage::ByteStream;
+
+use crate::{paths, Registry, RegistryError, Result};
+
+/// What a client learns from `HEAD` on a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+impl Registry {
+    /// Size of a blob linked into `name`; `BLOB_UNKNOWN` otherwise. Answered from the
+    /// blob-descriptor cache when it knows.
+    pub async fn stat_blob(&self, name: &RepoName, digest: &Digest) -> Result<BlobInfo> {
+        if let Some(size) = self.cache.repo_blob(name, digest).await {
+            return Ok(BlobInfo {
+                digest: digest.clone(),
+                size,
+            });
+        }
+        if !self.exists(&paths::layer_link(name, digest)).await? {
+            return Err(RegistryError::code(ErrorCode::BlobUnknown));
+        }
+        let info = self.stat_global_blob(digest).await?;
+        self.cache.set_repo_blob(name, digest, info.size).await;
+        Ok(info)
+    }
+
+    /// Whether `name` links `digest` (the cache, or its link).
+    pub(crate) async fn has_blob(&self, name: &RepoName, digest: &Digest) -> Result<bool> {
+        if self.cache.repo_blob(name, digest).await.is_some() {
+            return Ok(true);
+        }
+        self.exists(&paths::layer_link(name, digest)).await
+    }
+
+    /// Size of a blob in the global store, regardless of repository.
+    pub(crate) async fn stat_global_blob(&self, digest: &Digest) -> Result<BlobInfo> {
+        let st = self
+            .driver
+            .stat_object(&paths::blob_data(digest))
+            .await
+            .map_err(|e| RegistryError::not_found_as(e, ErrorCode::BlobUnknown))?;
+        Ok(BlobInfo {
+            digest: digest.clone(),
+            size: st.size,
+        })
+    }
+
+    /// Streams `len` bytes (or to the end) of a blob from `offset`. The caller has checked
+    /// the range against [`stat_blob`](Self::stat_blob).
+    pub async fn read_blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream> {
+        self.driver
+            .reader(&paths::blob_data(digest), offset, len)
+            .await
+            .map_err(|e| RegistryError::not_found_as(e, ErrorCode::BlobUnknown))
+    }
+
+    /// A URL the client may download the blob from directly, if storage offers one.
+    pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<String>> {
+        Ok(self.driver.redirect_url(&paths::blob_data(digest)).await?)
+    }
+
+    /// Unlinks a blob from a repository. The content stays until garbage collection, since
+    /// other repositories may link it.
+    pub async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> Result<()> {
+        if !self.options.delete_enabled {
+            return Err(RegistryError::msg(
+                ErrorCode::Unsupported,
+                "deletes are disabled (storage.delete.enabled)",
+            ));
+        }
+        let link = paths::layer_link(name, digest);
+        if !self.exists(&link).await? {
+            self.cache.forget_repo_blob(name, digest).await;
+            return Err(RegistryError::code(ErrorCode::BlobUnknown));
+        }
+        // The link's directory (`_layers/<alg>/<hex>`) goes, as distribution does.
+        let dir = link.trim_end_matches("/link");
+        self.delete_if_exists(dir).await?;
+        self.cache.forget_repo_blob(name, digest).await;
+        Ok(())
+    }
+
+    /// Cross-repository mount: links a blob that `from` has into `name`. Returns `None` when
+    /// the blob cannot be mounted (the caller then opens an upload session instead).
+    pub async fn mount_blob(
+        &self,
+        name: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobInfo>> {
+        let info = match self.stat_blob(from, digest).await {
+            Ok(i) => i,
+            Err(RegistryError::Oci(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.write_link(&paths::layer_link(name, digest), digest)
+            .await?;
+        self.cache.set_repo_blob(name, digest, info.size).await;
+        Ok(Some(info))
+    }
+
+    /// Links a blob that is already stored (for another repository) into `name`; `None`
+    /// when it is not stored at all.
+    pub async fn adopt_blob(&self, name: &RepoName, digest: &Digest) -> Result<Option<BlobInfo>> {
+        let info = match self.stat_global_blob(digest).await {
+            Ok(i) => i,
+            Err(RegistryError::Oci(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.write_link(&paths::layer_link(name, digest), digest)
+            .await?;
+        self.cache.set_repo_blob(name, digest, info.size).await;
+        Ok(Some(info))
+    }
+
+    /// Whether the repository exists at all (has manifests or layers).
+    pub async fn repository_exists(&self, name: &RepoName) -> Result<bool> {
+        self.exists_dir(&paths::repo(name)).await
+    }
+}

@@ -1,0 +1,75 @@
+//! The registry domain on top of a [`StorageDriver`]: distribution's storage layout
+//! ([`paths`]), blobs, resumable upload sessions, manifests, tags, referrers and the catalog.
+//! It never sees HTTP types: handlers translate requests into these calls and
+//! [`RegistryError`] into responses.
+//!
+//! Visibility invariants (what a crash at any point can leave behind):
+//! - a blob is at its final path only after its digest was verified (uploads are moved there);
+//! - a manifest's revision link is written only after its bytes are stored, and a tag's
+//!   `current` link only after the revision link, so a tag never points at nothing;
+//! - all small files are written atomically by the driver.
+
+use std::sync::Arc;
+
+use berth_storage::StorageDriver;
+
+pub mod blobs;
+pub mod cache;
+pub mod catalog;
+mod error;
+mod link;
+pub mod manifests;
+pub mod paths;
+pub mod referrers;
+pub mod tags;
+pub mod uploads;
+
+pub use error::RegistryError;
+pub use uploads::{UploadId, UploadStatus};
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Behaviour switches from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `storage.delete.enabled`: blob and manifest deletes are allowed.
+    pub delete_enabled: bool,
+}
+
+/// A registry over one storage driver. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    driver: Arc<dyn StorageDriver>,
+    options: Options,
+    locks: Arc<uploads::UploadLocks>,
+    cache: Arc<dyn cache::DescriptorCache>,
+}
+
+impl Registry {
+    pub fn new(driver: Arc<dyn StorageDriver>, options: Options) -> Registry {
+        Registry {
+            driver,
+            options,
+            locks: Arc::default(),
+            cache: Arc::new(cache::NoCache::default()),
+        }
+    }
+
+    /// The same registry with a blob-descriptor cache.
+    pub fn with_cache(mut self, cache: Arc<dyn cache::DescriptorCache>) -> Registry {
+        self.cache = cache;
+        self
+    }
+
+    pub fn cache(&self) -> &Arc<dyn cache::DescriptorCache> {
+        &self.cache
+    }
+
+    pub fn driver(&self) -> &Arc<dyn StorageDriver> {
+        &self.driver
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+}

@@ -1,0 +1,721 @@
+//! The configuration file's schema: distribution's (`configuration/configuration.go` there),
+//! as serde structs with defaults. Unknown keys are not silently dropped: loading collects
+//! every key serde ignored and reports it with its line (see `super::load`). Sections that
+//! later work implements (auth, redis, proxy, notifications, health, ...) are parsed now so a
+//! distribution config loads unchanged and `config check` can say what is not supported yet.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_yaml::Value;
+
+/// `version: 0.1` is a YAML float; accept numbers and strings alike.
+fn version_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "version must be a string, not {other:?}"
+            )))
+        }
+    })
+}
+
+/// A key that is present with an empty value (`inmemory:`) is still present.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(
+        deserialize_with = "version_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub version: Option<String>,
+    pub log: Log,
+    /// Deprecated top-level log level (distribution 2.x still accepts it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loglevel: Option<String>,
+    pub storage: Storage,
+    pub http: Http,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Redis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Notifications>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Berth: trace export (off by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
+    pub validation: Validation,
+    pub catalog: Catalog,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compatibility: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reporting: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub middleware: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Log {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub formatter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<BTreeMap<String, Value>>,
+    pub accesslog: AccessLog,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reportcaller: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccessLog {
+    pub disabled: bool,
+}
+
+/// `storage`: exactly one driver key beside the common keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Storage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<Filesystem>,
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub inmemory: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3>,
+    pub delete: Enabled,
+    pub redirect: Redirect,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Cache>,
+    pub maintenance: Maintenance,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<TagOptions>,
+}
+
+/// The storage driver chosen, as code sees it.
+#[derive(Debug, Clone)]
+pub enum StorageDriver {
+    Filesystem(Filesystem),
+    InMemory,
+    S3(Box<S3>),
+}
+
+impl Storage {
+    /// The configured driver. Validation guarantees exactly one; with none (impossible after
+    /// validation) the filesystem default applies.
+    pub fn driver(&self) -> StorageDriver {
+        if let Some(fs) = &self.filesystem {
+            StorageDriver::Filesystem(fs.clone())
+        } else if self.inmemory.is_some() {
+            StorageDriver::InMemory
+        } else if let Some(s3) = &self.s3 {
+            StorageDriver::S3(Box::new(s3.clone()))
+        } else {
+            StorageDriver::Filesystem(Filesystem::default())
+        }
+    }
+
+    pub(crate) fn driver_names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.filesystem.is_some() {
+            v.push("filesystem");
+        }
+        if self.inmemory.is_some() {
+            v.push("inmemory");
+        }
+        if self.s3.is_some() {
+            v.push("s3");
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Filesystem {
+    pub rootdirectory: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxthreads: Option<u64>,
+}
+
+impl Default for Filesystem {
+    fn default() -> Self {
+        // distribution's default.
+        Filesystem {
+            rootdirectory: "/var/lib/registry".to_owned(),
+            maxthreads: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3 {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regionendpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootdirectory: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accesskey: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secretkey: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessiontoken: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipverify: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forcepathstyle: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v4auth: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunksize: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multipartcopychunksize: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multipartcopymaxconcurrency: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multipartcopythresholdsize: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storageclass: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objectacl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loglevel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usedualstack: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerate: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Enabled {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Redirect {
+    pub disable: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Cache {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blobdescriptor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blobdescriptorsize: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Maintenance {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploadpurging: Option<UploadPurging>,
+    pub readonly: Enabled,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadPurging {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    pub dryrun: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TagOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrencylimit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Http {
+    pub addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub relativeurls: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draintimeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2: Option<Http2>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2c: Option<Enabled>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<Debug>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            // Loopback, unlike distribution's ":5000": nothing is exposed unless asked for.
+            addr: "127.0.0.1:5000".to_owned(),
+            net: None,
+            prefix: None,
+            host: None,
+            secret: None,
+            relativeurls: false,
+            draintimeout: None,
+            headers: None,
+            http2: None,
+            h2c: None,
+            tls: None,
+            debug: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Http2 {
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clientcas: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clientauth: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minimumtls: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ciphersuites: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub letsencrypt: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Debug {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<Prometheus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Prometheus {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// `auth`: one of distribution's access controllers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Auth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silly: Option<Silly>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<Htpasswd>,
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub none: Option<Value>,
+    /// Berth: its own token issuer (not an access controller; it works with `token`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<Issuer>,
+}
+
+/// `auth.issuer` (Berth's own): serves Docker's token endpoint at `/auth/token` and its keys
+/// at `/auth/jwks.json`, with the service and issuer name of `auth.token`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Issuer {
+    /// Signing keys with their certificates; the first signs, all are published (rotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<IssuerKey>>,
+    /// A directory of `*.key` files (with `*.crt` beside them); the newest signs. A key is
+    /// generated there on first start if it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keydir: Option<String>,
+    /// Lifetime of access tokens (default 5m).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
+    /// Lifetime of refresh tokens (`docker login`'s identity token; default 720h).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refreshexpiration: Option<String>,
+    /// An htpasswd file (bcrypt) of accounts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<String>,
+    /// More accounts: name to bcrypt hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<BTreeMap<String, String>>,
+    /// Ordered access rules (see `berth_auth::acl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl: Option<Vec<berth_auth::acl::Rule>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IssuerKey {
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Silly {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenAuth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootcertbundle: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// Berth: a JWKS URL fetched and refreshed (OIDC issuers such as Keycloak).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwksurl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signingalgorithms: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoredirect: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoredirectpath: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Htpasswd {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// `redis`, in both the 2.x (`addr`) and 3.x (`addrs`) spellings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Redis {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addrs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dialtimeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readtimeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writetimeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<RedisPool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisTls {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clientcas: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisPool {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxidle: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxactive: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idletimeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxlifetime: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Proxy {
+    /// distribution's single upstream: a pure mirror (every name it serves is its).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remoteurl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Berth: several upstreams, each owning a name prefix, with its own credentials, TTL and
+    /// allow/deny patterns; names that no upstream owns are hosted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<ProxyUpstream>>,
+    /// Berth: where blobs arriving from upstream are spooled while clients stream them
+    /// (default: the system's temporary directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spooldir: Option<String>,
+}
+
+/// One of Berth's `proxy.upstreams`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyUpstream {
+    /// The name prefix it owns (`docker.io`), also matched by containerd's `?ns=`.
+    pub name: String,
+    pub remoteurl: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// How long a tag is trusted before one HEAD asks upstream again (default 24h).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Remote repositories that may be pulled (`library/*`); absent: all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// Remote repositories that may not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
+    /// Also answers names without the prefix (a Docker daemon's `registry-mirrors`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
+    /// Docker Hub's rule that `alpine` means `library/alpine` (default: on for docker.io).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Notifications {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<Endpoint>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Events>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Endpoint {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub disabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignoredmediatypes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Events {
+    pub includereferences: bool,
+}
+
+/// `health`: distribution's periodic checks. A failing storage, file, HTTP or TCP check makes
+/// `/readyz` fail and shows in `/debug/health`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storagedriver: Option<StorageDriverCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<Vec<FileCheck>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpCheck>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Vec<TcpCheck>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageDriverCheck {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+}
+
+/// Down while the file exists (an operator's maintenance switch).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileCheck {
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpCheck {
+    pub uri: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statuscode: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TcpCheck {
+    pub addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+}
+
+/// Berth's `telemetry`: trace export, off unless `traces.enabled`. The `OTEL_*` variables
+/// refine an enabled exporter (endpoint, headers, timeout) but never enable one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Telemetry {
+    pub traces: Traces,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Traces {
+    pub enabled: bool,
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); `/v1/traces` is added
+    /// unless the URL already has a path. Default: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, then `http://localhost:4318`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Share of traces kept, 0.0 to 1.0 (default 1.0); a sampled parent is always followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samplingratio: Option<f64>,
+    /// Extra request headers (an API key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// `service.name` of the spans (default `berth`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servicename: Option<String>,
+    /// Export request timeout (default 10s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Validation {
+    pub disabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<ManifestValidation>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ManifestValidation {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub urls: Option<UrlRules>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indexes: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UrlRules {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Catalog {
+    pub maxentries: usize,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog { maxentries: 1000 }
+    }
+}

@@ -1,0 +1,311 @@
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn ok(text: &str, vars: &[(&str, &str)]) -> Loaded {
+    parse(text, "config.yml", &env(vars)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn problems(text: &str, vars: &[(&str, &str)]) -> Vec<Problem> {
+    match parse(text, "config.yml", &env(vars)) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.problems,
+    }
+}
+
+/// distribution's own sample config (cmd/registry/config-example.yml).
+const DISTRIBUTION_EXAMPLE: &str = "version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+";
+
+#[test]
+fn distribution_example_loads() {
+    let l = ok(DISTRIBUTION_EXAMPLE, &[]);
+    assert_eq!(l.config.http.addr, ":5000");
+    assert!(
+        matches!(l.config.storage.driver(), StorageDriver::Filesystem(f) if f.rootdirectory == "/var/lib/registry")
+    );
+    // The blob-descriptor cache is supported now.
+    assert!(!l.unsupported.iter().any(|u| u.starts_with("storage.cache")));
+    assert!(l.unsupported.iter().any(|u| u.starts_with("health")));
+    assert_eq!(l.config.catalog.maxentries, 1000);
+}
+
+#[test]
+fn full_v3_style_sections_parse() {
+    let text = "version: 0.1
+storage:
+  s3:
+    region: us-east-1
+    bucket: b
+    accesskey: AKIA
+    secretkey: SECRET
+    forcepathstyle: true
+  delete: {enabled: true}
+  redirect: {disable: true}
+  maintenance:
+    uploadpurging: {enabled: true, age: 168h, interval: 24h, dryrun: false}
+    readonly: {enabled: false}
+auth:
+  token:
+    realm: https://auth/token
+    service: registry
+    issuer: issuer
+    rootcertbundle: /certs/bundle.pem
+    jwks: /certs/jwks.json
+    signingalgorithms: [RS256, ES256]
+redis:
+  addrs: [redis:6379]
+  password: hunter2
+  db: 0
+  dialtimeout: 10ms
+  pool: {maxidle: 16, maxactive: 64, idletimeout: 300s}
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: u
+  password: p
+  ttl: 168h
+notifications:
+  endpoints:
+    - name: alistener
+      url: https://hook/
+      headers:
+        Authorization: [Bearer xyz]
+      timeout: 1s
+http:
+  addr: 0.0.0.0:5000
+  secret: asecretforlocaldevelopment
+  tls: {certificate: /c.pem, key: /k.pem}
+  debug: {addr: '127.0.0.1:5001', prometheus: {enabled: true, path: /metrics}}
+";
+    let l = ok(text, &[]);
+    let y = l.config.redacted_yaml();
+    for secret in [
+        "SECRET",
+        "AKIA",
+        "hunter2",
+        "asecretforlocaldevelopment",
+        "Bearer xyz",
+        "password: p\n",
+    ] {
+        assert!(!y.contains(secret), "{secret} not redacted:\n{y}");
+    }
+    assert!(y.contains("<redacted>"));
+    assert!(y.contains("bucket: b"));
+    // auth.token, storage.s3 and redis are supported now: not listed.
+    for supported in ["auth", "storage.s3", "redis:"] {
+        assert!(
+            !l.unsupported.iter().any(|u| u.starts_with(supported)),
+            "{supported} listed: {:?}",
+            l.unsupported
+        );
+    }
+    for feature in ["proxy", "notifications", "http.tls", "http.debug"] {
+        assert!(
+            l.unsupported.iter().any(|u| u.starts_with(feature)),
+            "{feature} not listed: {:?}",
+            l.unsupported
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_name_key_and_line_all_at_once() {
+    let text = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /x\n    bogus: 1\nhttp:\n  addr: :5000\n  nonsense: true\nextra: 2\n";
+    let p = problems(text, &[]);
+    let all: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|s| s.contains("storage.filesystem.bogus") && s.starts_with("config.yml:5:5")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|s| s.contains("http.nonsense") && s.starts_with("config.yml:8:3")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|s| s.contains("`extra`") && s.starts_with("config.yml:9:1")),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn type_errors_carry_their_line() {
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\n  delete:\n    enabled: maybe\n",
+        &[],
+    );
+    assert!(p[0].location.starts_with("config.yml:5"), "{p:?}");
+}
+
+#[test]
+fn semantic_problems_are_reported_together() {
+    let text = "version: 0.2\nstorage:\n  filesystem: {rootdirectory: /a}\n  inmemory:\nhttp:\n  addr: nope\n  draintimeout: 10 parsecs\nlog:\n  level: loud\n";
+    let p = problems(text, &[]);
+    let locs: Vec<&str> = p.iter().map(|p| p.location.as_str()).collect();
+    for l in [
+        "version",
+        "storage",
+        "http.addr",
+        "http.draintimeout",
+        "log.level",
+    ] {
+        assert!(locs.contains(&l), "{l} missing from {p:?}");
+    }
+    let p = problems("version: 0.1\nhttp:\n  addr: :5000\n", &[]);
+    assert_eq!(p[0].location, "storage");
+}
+
+#[test]
+fn env_overrides_follow_distributions_rule() {
+    let l = ok(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n",
+        &[
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/b"),
+            ("REGISTRY_HTTP_ADDR", ":5001"),
+            ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+            ("REGISTRY_LOG_LEVEL", "debug"),
+            ("REGISTRY_HTTP_SECRET", "12345"),
+            ("REGISTRY_CATALOG_MAXENTRIES", "50"),
+        ],
+    );
+    assert!(
+        matches!(l.config.storage.driver(), StorageDriver::Filesystem(f) if f.rootdirectory == "/b")
+    );
+    assert_eq!(l.config.http.addr, ":5001");
+    assert!(l.config.storage.delete.enabled);
+    assert_eq!(l.config.log.level.as_deref(), Some("debug"));
+    assert_eq!(
+        l.config.http.secret.as_deref(),
+        Some("12345"),
+        "a numeric-looking string key stays a string"
+    );
+    assert_eq!(l.config.catalog.maxentries, 50);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn env_can_select_the_storage_driver() {
+    let l = ok(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n  delete: {enabled: true}\n",
+        &[("REGISTRY_STORAGE", "inmemory")],
+    );
+    assert!(matches!(l.config.storage.driver(), StorageDriver::InMemory));
+    assert!(l.config.storage.delete.enabled);
+}
+
+#[test]
+fn kubernetes_and_podman_variables_are_ignored_with_warnings() {
+    let vars = [
+        ("REGISTRY_AUTH_PORT", "tcp://10.0.0.1:443"),
+        ("REGISTRY_AUTH_PORT_443_TCP_ADDR", "10.0.0.1"),
+        ("REGISTRY_AUTH_SERVICE_HOST", "10.0.0.1"),
+        ("REGISTRY_PORT", "tcp://10.0.0.5:5000"),
+        ("REGISTRY_PORT_5000_TCP", "tcp://10.0.0.5:5000"),
+        ("REGISTRY_SERVICE_HOST", "10.0.0.5"),
+        ("REGISTRY_SERVICE_PORT", "5001"),
+        ("REGISTRY_AUTH_FILE", "/run/user/0/containers/auth.json"),
+        ("REGISTRY__WEIRD", "x"),
+    ];
+    let l = ok("version: 0.1\nstorage:\n  inmemory:\n", &vars);
+    assert_eq!(l.warnings.len(), vars.len(), "{:?}", l.warnings);
+    for (k, v) in vars {
+        assert!(l.warnings.iter().any(|w| w.contains(k)), "{k}");
+        assert!(
+            !l.warnings.iter().any(|w| w.contains(v)),
+            "value of {k} echoed"
+        );
+    }
+    assert!(
+        l.config.auth.is_none(),
+        "an ignored variable must not create a section"
+    );
+}
+
+#[test]
+fn wrong_typed_override_is_a_problem() {
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\n",
+        &[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")],
+    );
+    assert_eq!(p[0].location, "REGISTRY_STORAGE_DELETE_ENABLED");
+    assert!(
+        !p[0].message.contains("maybe") || p[0].message.contains("bool"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn search_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yml");
+    let b = dir.path().join("b.yml");
+    std::fs::write(
+        &a,
+        "version: 0.1\nstorage:\n  filesystem: {rootdirectory: /from-a}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &b,
+        "version: 0.1\nstorage:\n  filesystem: {rootdirectory: /from-b}\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.yml");
+    let l = load_from(None, None, &[missing.clone(), b.clone(), a.clone()], &[]).unwrap();
+    assert_eq!(l.source, ConfigSource::Standard(b.clone()));
+    let l = load_from(None, Some(&a), std::slice::from_ref(&b), &[]).unwrap();
+    assert_eq!(l.source, ConfigSource::Env(a.clone()));
+    let l = load_from(Some(&b), Some(&a), &[], &[]).unwrap();
+    assert_eq!(l.source, ConfigSource::Explicit(b.clone()));
+    let l = load_from(None, None, std::slice::from_ref(&missing), &[]).unwrap();
+    assert_eq!(l.source, ConfigSource::Embedded);
+    assert!(
+        matches!(l.config.storage.driver(), StorageDriver::Filesystem(f) if f.rootdirectory == DEFAULT_ROOT)
+    );
+    assert_eq!(l.config.http.addr, "127.0.0.1:5000");
+    assert!(!l.config.storage.delete.enabled);
+    assert!(load_from(Some(&missing), None, &[], &[]).is_err());
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+    assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    for bad in ["", "10", "s", "10 s", "5d", "1h-5m"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn key_lines() {
+    let t = "a:\n  b:\n    c: 1\n  d: 2\ne:\n  - name: x\n    f: 3\n";
+    assert_eq!(key_line(t, &["a", "b", "c"]), Some((3, 5)));
+    assert_eq!(key_line(t, &["a", "d"]), Some((4, 3)));
+    assert_eq!(key_line(t, &["e", "0", "f"]), Some((7, 5)));
+    assert_eq!(key_line(t, &["a", "e"]), None);
+}

@@ -1,0 +1,293 @@
+//! Berth's HTTP side: configuration in distribution's schema ([`config`]), the `/v2/` API
+//! ([`endpoint`] parses a request into an [`endpoint::Endpoint`], [`handlers`] serve it on a
+//! [`berth_registry::Registry`]), request logging, and [`run`], which serves a bound listener
+//! until a shutdown future resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use berth_registry::Registry;
+use http::{HeaderValue, Method};
+use tracing::Instrument;
+
+pub mod auth;
+mod body;
+pub mod config;
+pub mod endpoint;
+pub mod error;
+pub mod handlers;
+pub mod health;
+mod http_util;
+pub mod jwks;
+pub mod lifecycle;
+pub mod metrics;
+mod observe;
+mod proxied;
+pub mod setup;
+pub mod telemetry;
+mod token_endpoint;
+
+pub use error::ApiError;
+
+/// Behaviour of the HTTP layer, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `http.relativeurls`: `Location` headers without scheme and host.
+    pub relative_urls: bool,
+    /// `http.host`: the external base URL (`https://registry.example.com`) for `Location`.
+    pub external_url: Option<String>,
+    /// `catalog.maxentries`: the largest catalog page.
+    pub catalog_max_entries: usize,
+    /// `storage.maintenance.readonly.enabled`: refuse every write.
+    pub read_only: bool,
+    /// `log.accesslog.disabled`.
+    pub access_log: bool,
+    /// `http.headers`: added to every response.
+    pub extra_headers: http::HeaderMap,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            relative_urls: false,
+            external_url: None,
+            catalog_max_entries: 1000,
+            read_only: false,
+            access_log: true,
+            extra_headers: http::HeaderMap::new(),
+        }
+    }
+}
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub options: Arc<ServerOptions>,
+    /// Access control and Berth's token issuer.
+    pub auth: Arc<auth::Auth>,
+    /// The pull-through cache, when `proxy` is configured.
+    pub proxy: Option<Arc<berth_proxy::Proxy>>,
+    /// Serving or draining (see [`lifecycle`]).
+    pub lifecycle: Arc<lifecycle::Lifecycle>,
+    /// Request metrics (the rest is read from the parts at scrape time).
+    pub metrics: Arc<metrics::Metrics>,
+    /// Health checks behind `/readyz` and `/debug/health`.
+    pub health: Arc<health::Health>,
+}
+
+/// The axum application: every request goes through [`dispatch`].
+pub fn app(state: AppState) -> axum::Router {
+    axum::Router::new().fallback(dispatch).with_state(state)
+}
+
+/// The debug listener's application (`http.debug.addr`): `/debug/health`, `/livez`,
+/// `/readyz`, and the Prometheus metrics at `metrics_path` when enabled.
+pub fn debug_app(state: AppState, metrics_path: Option<String>) -> axum::Router {
+    let mut router = axum::Router::new()
+        .route(
+            "/debug/health",
+            axum::routing::get(|State(s): State<AppState>| async move { health::debug_health(&s) }),
+        )
+        .route("/livez", axum::routing::get(|| async { health::livez() }))
+        .route(
+            "/readyz",
+            axum::routing::get(|State(s): State<AppState>| async move { health::readyz(&s) }),
+        );
+    if let Some(path) = metrics_path {
+        router = router.route(
+            &path,
+            axum::routing::get(|State(s): State<AppState>| async move {
+                let mut r = Response::new(Body::from(metrics::render(&s)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }),
+        );
+    }
+    router.with_state(state)
+}
+
+/// Serves `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn not_found() -> Response {
+    let mut r = error::oci_response(&berth_core::OciError::with_message(
+        berth_core::ErrorCode::NameUnknown,
+        "no such API endpoint",
+    ));
+    *r.status_mut() = http::StatusCode::NOT_FOUND;
+    r
+}
+
+/// The 401 of a refused request: the challenge clients follow, and distribution's body (the
+/// access that was needed, in `detail`).
+fn challenge_response(c: auth::Challenge) -> Response {
+    let detail: Vec<serde_json::Value> = c
+        .needed
+        .iter()
+        .map(|a| serde_json::json!({ "Type": a.typ, "Class": "", "Name": a.name, "Action": a.action }))
+        .collect();
+    let mut r = error::oci_response(
+        &berth_core::OciError::with_message(berth_core::ErrorCode::Unauthorized, c.message)
+            .detail(serde_json::Value::Array(detail)),
+    );
+    if let Ok(v) = HeaderValue::from_str(&c.www_authenticate) {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// Routes one request; the access log line, the metrics and the end of the request's span
+/// follow when its response has been sent (see `observe`).
+async fn dispatch(State(state): State<AppState>, req: Request<Body>) -> Response {
+    let started = Instant::now();
+    match req.uri().path() {
+        "/livez" => return health::livez(),
+        "/readyz" => return health::readyz(&state),
+        _ => {}
+    }
+    state.metrics.started();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let request_id = observe::request_id(req.headers());
+    let endpoint = endpoint::parse(&path);
+    let route = endpoint.as_ref().map(|e| e.route()).unwrap_or("none");
+    let repository = endpoint
+        .as_ref()
+        .ok()
+        .and_then(|e| e.repository())
+        .map(|r| r.as_str().to_owned());
+    let span = tracing::info_span!(
+        target: "berth::otel",
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        url.path = %path,
+        repository = repository.as_deref(),
+        request_id = %request_id,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    telemetry::set_parent(&span, req.headers());
+    let handled = serve(&state, req, endpoint).instrument(span.clone()).await;
+    let (mut resp, account, bytes_in, logged) = handled;
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    for (k, v) in &state.options.extra_headers {
+        resp.headers_mut().append(k, v.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    if method == Method::HEAD {
+        // HEAD responses carry the headers of the GET, never a body.
+        let (parts, _) = resp.into_parts();
+        resp = Response::from_parts(parts, Body::empty());
+    }
+    let finished = observe::Finished {
+        started,
+        method: metrics::method_label(&method),
+        method_name: method,
+        path,
+        query: logged.query,
+        route,
+        repository,
+        account,
+        request_id,
+        user_agent: logged.user_agent,
+        status,
+        code: resp.extensions().get::<error::LoggedCode>().map(|c| c.0),
+        bytes_in,
+        access_log: state.options.access_log,
+        metrics: state.metrics.clone(),
+        span,
+    };
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Body::new(observe::Observed::new(body, finished)))
+}
+
+/// Request details kept for the access log.
+struct Logged {
+    query: Option<String>,
+    user_agent: Option<String>,
+}
+
+/// Authorizes and handles one request. Returns the response, the account, the request body
+/// bytes read, and what the log line shows of the request.
+async fn serve(
+    state: &AppState,
+    req: Request<Body>,
+    endpoint: Result<endpoint::Endpoint, endpoint::RouteError>,
+) -> (Response, Option<String>, u64, Logged) {
+    let logged = Logged {
+        query: req.uri().query().map(http_util::loggable_query),
+        user_agent: req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(200).collect()),
+    };
+    let has_body = http_util::has_body(req.headers());
+    let (parts, body) = req.into_parts();
+    let mut body = body::BodySlot::new(body, has_body);
+    let mut account = None;
+    let mut resp = match endpoint {
+        Ok(endpoint::Endpoint::Token) => match &state.auth.issuer {
+            Some(issuer) => {
+                token_endpoint::token(issuer, &state.auth.refusals, &parts, &mut body).await
+            }
+            None => not_found(),
+        },
+        Ok(endpoint::Endpoint::Jwks) => match &state.auth.issuer {
+            Some(issuer) => token_endpoint::jwks(issuer),
+            None => not_found(),
+        },
+        Ok(ep) => {
+            let needed = auth::required(&ep, &parts.method);
+            let base = http_util::base_url(&state.options, &parts.headers);
+            match state.auth.authorize(&parts.headers, &needed, &base).await {
+                Ok(principal) => {
+                    account = Some(principal.name().to_owned());
+                    handlers::handle(state, ep, &parts, &mut body, &principal)
+                        .await
+                        .unwrap_or_else(IntoResponse::into_response)
+                }
+                Err(challenge) => challenge_response(challenge),
+            }
+        }
+        Err(endpoint::RouteError::Invalid(e)) => error::oci_response(&e),
+        Err(endpoint::RouteError::NotFound) => not_found(),
+    };
+    let (reusable, bytes_in) = body.finish().await;
+    if !reusable {
+        // Part of the body is still unread: the connection cannot carry another request, and
+        // the client must know not to reuse it (see `body`).
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    (resp, account, bytes_in, logged)
+}

@@ -1,0 +1,557 @@
+//! Prometheus metrics, rendered in the text exposition format on the debug listener
+//! (`http.debug.prometheus`).
+//!
+//! Request metrics are recorded by [`Metrics::observe`] when a response has been sent (its body
+//! finished or the client went away). Everything else is read at scrape time from the counters
+//! the other parts keep anyway: the blob-descriptor cache's hits and misses, the storage
+//! wrapper's operations ([`berth_storage::StorageStats`]), refused tokens and credentials
+//! ([`crate::auth::Refusals`]), upstream requests and Docker Hub's quota (berth-proxy), and the
+//! process's own memory, CPU and file descriptors from `/proc`.
+//!
+//! Label cardinality is bounded: routes are the fixed set of [`crate::endpoint::Endpoint`]
+//! routes, methods the HTTP methods the API knows (anything else is `other`), statuses the
+//! handful of codes the API answers with. Repository names are never labels.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use berth_storage::instrumented::Op;
+use berth_storage::StorageStats;
+use http::Method;
+
+use crate::AppState;
+
+/// Upper bounds of the request latency buckets, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// A latency histogram with fixed buckets, lock-free.
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of one `(route, method, status)`.
+#[derive(Debug, Default)]
+struct Series {
+    requests: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// One finished request, as [`Metrics::observe`] records it.
+pub struct Observation {
+    pub route: &'static str,
+    pub method: &'static str,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+}
+
+/// The request metrics of this process.
+/// `(route, method, status)`.
+type SeriesKey = (&'static str, &'static str, u16);
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    latency: RwLock<HashMap<(&'static str, &'static str), Arc<Histogram>>>,
+    in_flight: AtomicI64,
+    /// Set by the server set-up: the storage wrapper's counters.
+    storage: RwLock<Option<Arc<StorageStats>>>,
+}
+
+/// The metric label of a method.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Looks a key up under the read lock; inserts under the write lock only the first time.
+fn entry<K, V>(map: &RwLock<HashMap<K, Arc<V>>>, key: K) -> Arc<V>
+where
+    K: std::hash::Hash + Eq + Copy,
+    V: Default,
+{
+    if let Some(v) = map.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return v.clone();
+    }
+    map.write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_default()
+        .clone()
+}
+
+impl Metrics {
+    pub fn set_storage(&self, stats: Arc<StorageStats>) {
+        *self.storage.write().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+    }
+
+    /// A request has started (the in-flight gauge).
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request has finished: its response was sent, or the client went away.
+    pub fn observe(&self, o: &Observation) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let s = entry(&self.series, (o.route, o.method, o.status));
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        s.bytes_in.fetch_add(o.bytes_in, Ordering::Relaxed);
+        s.bytes_out.fetch_add(o.bytes_out, Ordering::Relaxed);
+        entry(&self.latency, (o.route, o.method)).observe(o.duration);
+    }
+}
+
+/// The text exposition being written.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn secs(nanos: u64) -> f64 {
+    nanos as f64 / 1e9
+}
+
+/// Renders every metric of `state`'s process.
+pub fn render(state: &AppState) -> String {
+    let mut out = Out(String::with_capacity(16 * 1024));
+    let m = &state.metrics;
+    http_metrics(&mut out, m);
+    upload_metrics(&mut out, m);
+    cache_metrics(&mut out, state);
+    if let Some(storage) = m.storage.read().unwrap_or_else(|p| p.into_inner()).clone() {
+        storage_metrics(&mut out, &storage);
+    }
+    auth_metrics(&mut out, state);
+    if let Some(proxy) = &state.proxy {
+        proxy_metrics(&mut out, proxy);
+    }
+    process_metrics(&mut out);
+    out.0
+}
+
+fn sorted<K: Ord + Copy, V>(map: &RwLock<HashMap<K, Arc<V>>>) -> Vec<(K, Arc<V>)> {
+    let mut v: Vec<(K, Arc<V>)> = map
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    v.sort_by_key(|(k, _)| *k);
+    v
+}
+
+fn http_metrics(out: &mut Out, m: &Metrics) {
+    let series = sorted(&m.series);
+    let status_labels = |(route, method, status): (&'static str, &'static str, u16)| {
+        (route, method, status.to_string())
+    };
+    out.family(
+        "berth_http_requests_total",
+        "counter",
+        "Requests answered, by route, method and status.",
+    );
+    for (k, s) in &series {
+        let (route, method, status) = status_labels(*k);
+        out.sample(
+            "berth_http_requests_total",
+            &[("route", route), ("method", method), ("status", &status)],
+            s.requests.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
+        "berth_http_request_body_bytes_total",
+        "counter",
+        "Request body bytes read, by route, method and status.",
+    );
+    for (k, s) in &series {
+        let (route, method, status) = status_labels(*k);
+        out.sample(
+            "berth_http_request_body_bytes_total",
+            &[("route", route), ("method", method), ("status", &status)],
+            s.bytes_in.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
+        "berth_http_response_body_bytes_total",
+        "counter",
+        "Response body bytes sent, by route, method and status.",
+    );
+    for (k, s) in &series {
+        let (route, method, status) = status_labels(*k);
+        out.sample(
+            "berth_http_response_body_bytes_total",
+            &[("route", route), ("method", method), ("status", &status)],
+            s.bytes_out.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
+        "berth_http_request_duration_seconds",
+        "histogram",
+        "Time from the request's arrival to the last byte of its response, by route and method.",
+    );
+    for ((route, method), h) in sorted(&m.latency) {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS
+            .iter()
+            .map(|b| b.to_string())
+            .chain(std::iter::once("+Inf".to_owned()))
+            .enumerate()
+        {
+            cumulative += h.buckets[i].load(Ordering::Relaxed);
+            out.sample(
+                "berth_http_request_duration_seconds_bucket",
+                &[("route", route), ("method", method), ("le", &bound)],
+                cumulative,
+            );
+        }
+        out.sample(
+            "berth_http_request_duration_seconds_sum",
+            &[("route", route), ("method", method)],
+            secs(h.sum_nanos.load(Ordering::Relaxed)),
+        );
+        out.sample(
+            "berth_http_request_duration_seconds_count",
+            &[("route", route), ("method", method)],
+            h.count.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
+        "berth_http_requests_in_flight",
+        "gauge",
+        "Requests being served now.",
+    );
+    out.sample(
+        "berth_http_requests_in_flight",
+        &[],
+        m.in_flight.load(Ordering::Relaxed),
+    );
+}
+
+/// Upload sessions, from the requests that start, finish and cancel them (an upload may be
+/// started on one replica and finished on another: each counts what it served).
+fn upload_metrics(out: &mut Out, m: &Metrics) {
+    let (mut started, mut completed, mut cancelled) = (0, 0, 0);
+    for ((route, method, status), s) in sorted(&m.series) {
+        let n = s.requests.load(Ordering::Relaxed);
+        match (route, method, status) {
+            ("upload_start", "POST", 202) => started += n,
+            // A monolithic upload or a mount completes in the POST itself.
+            ("upload_start", "POST", 201) | ("upload", "PUT", 201) => completed += n,
+            ("upload", "DELETE", 204) => cancelled += n,
+            _ => {}
+        }
+    }
+    for (event, n) in [
+        ("started", started),
+        ("completed", completed),
+        ("cancelled", cancelled),
+    ] {
+        let name = format!("berth_upload_sessions_{event}_total");
+        out.family(&name, "counter", &format!("Blob upload sessions {event}."));
+        out.sample(&name, &[], n);
+    }
+}
+
+fn cache_metrics(out: &mut Out, state: &AppState) {
+    let stats = state.registry.cache().stats();
+    for (what, v, help) in [
+        (
+            "hits",
+            &stats.hits,
+            "Blob-descriptor cache lookups answered by the cache.",
+        ),
+        (
+            "misses",
+            &stats.misses,
+            "Blob-descriptor cache lookups that went to storage.",
+        ),
+        (
+            "errors",
+            &stats.errors,
+            "Blob-descriptor cache calls that failed (Redis down or slow).",
+        ),
+    ] {
+        let name = format!("berth_blob_descriptor_cache_{what}_total");
+        out.family(&name, "counter", help);
+        out.sample(&name, &[], v.load(Ordering::Relaxed));
+    }
+}
+
+fn storage_metrics(out: &mut Out, s: &StorageStats) {
+    let driver = s.driver;
+    out.family(
+        "berth_storage_operations_total",
+        "counter",
+        "Storage driver calls, by driver and operation.",
+    );
+    for op in Op::ALL {
+        out.sample(
+            "berth_storage_operations_total",
+            &[("driver", driver), ("operation", op.as_str())],
+            s.op(op).calls.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
+        "berth_storage_errors_total",
+        "counter",
+        "Storage driver calls that failed (not counting \"not found\"), by driver and operation.",
+    );
+    for op in Op::ALL {
+        out.sample(
+            "berth_storage_errors_total",
+            &[("driver", driver), ("operation", op.as_str())],
+            s.op(op).errors.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
+        "berth_storage_operation_seconds_total",
+        "counter",
+        "Time spent in storage driver calls, by driver and operation.",
+    );
+    for op in Op::ALL {
+        out.sample(
+            "berth_storage_operation_seconds_total",
+            &[("driver", driver), ("operation", op.as_str())],
+            secs(s.op(op).nanos.load(Ordering::Relaxed)),
+        );
+    }
+    for (what, v) in [("read", &s.bytes_read), ("written", &s.bytes_written)] {
+        let name = format!("berth_storage_bytes_{what}_total");
+        out.family(
+            &name,
+            "counter",
+            &format!("Bytes {what} by the storage driver."),
+        );
+        out.sample(&name, &[("driver", driver)], v.load(Ordering::Relaxed));
+    }
+}
+
+fn auth_metrics(out: &mut Out, state: &AppState) {
+    out.family(
+        "berth_auth_refusals_total",
+        "counter",
+        "Refused tokens and credentials, by kind (token, basic, issuer) and reason.",
+    );
+    for ((kind, reason), n) in state.auth.refusals.snapshot() {
+        out.sample(
+            "berth_auth_refusals_total",
+            &[("kind", kind), ("reason", reason)],
+            n,
+        );
+    }
+}
+
+fn proxy_metrics(out: &mut Out, proxy: &berth_proxy::Proxy) {
+    out.family(
+        "berth_proxy_upstream_requests_total",
+        "counter",
+        "Requests sent to upstream registries, by upstream, method, kind and status (0: no answer).",
+    );
+    for u in proxy.upstreams() {
+        let label = u.config.label();
+        for ((method, kind, status), n) in u.requests.snapshot() {
+            out.sample(
+                "berth_proxy_upstream_requests_total",
+                &[
+                    ("upstream", label),
+                    ("method", method),
+                    ("kind", kind),
+                    ("status", &status.to_string()),
+                ],
+                n,
+            );
+        }
+    }
+    for (what, help) in [
+        ("remaining", "Pulls left in the upstream's rate-limit window (Docker Hub's ratelimit-remaining); absent until reported."),
+        ("limit", "The upstream's pull limit per window (ratelimit-limit); absent until reported."),
+    ] {
+        let name = format!("berth_proxy_upstream_ratelimit_{what}");
+        out.family(&name, "gauge", help);
+        for u in proxy.upstreams() {
+            let v = match what {
+                "remaining" => u.rate_limit.remaining.load(Ordering::Relaxed),
+                _ => u.rate_limit.limit.load(Ordering::Relaxed),
+            };
+            if v >= 0 {
+                out.sample(&name, &[("upstream", u.config.label())], v);
+            }
+        }
+    }
+}
+
+/// The standard `process_*` metrics, from `/proc/self` (Linux; elsewhere they are left out).
+fn process_metrics(out: &mut Out) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `f[0]` is field 3 (state): utime is field 14, stime 15, starttime 22, rss 24.
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    // Linux reports CPU times in clock ticks: 100 per second on every platform Berth runs on.
+    const TICKS: f64 = 100.0;
+    const PAGE: u64 = 4096;
+    if let (Some(u), Some(s)) = (field(14), field(15)) {
+        out.family(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+        );
+        out.sample("process_cpu_seconds_total", &[], (u + s) as f64 / TICKS);
+    }
+    if let Some(rss) = field(24) {
+        out.family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        out.sample("process_resident_memory_bytes", &[], rss * PAGE);
+    }
+    if let Some(start) = field(22) {
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        if let Some(boot) = boot {
+            out.family(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+            );
+            out.sample(
+                "process_start_time_seconds",
+                &[],
+                boot as f64 + start as f64 / TICKS,
+            );
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        out.family("process_open_fds", "gauge", "Open file descriptors.");
+        out.sample("process_open_fds", &[], fds.count());
+    }
+    out.family(
+        "berth_build_info",
+        "gauge",
+        "Always 1; the version in a label.",
+    );
+    out.sample(
+        "berth_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_text() {
+        let m = Metrics::default();
+        for ms in [0, 3, 3, 700, 100_000] {
+            m.started();
+            m.observe(&Observation {
+                route: "manifest",
+                method: "GET",
+                status: 200,
+                bytes_in: 0,
+                bytes_out: 10,
+                duration: Duration::from_millis(ms),
+            });
+        }
+        let mut out = Out(String::new());
+        http_metrics(&mut out, &m);
+        let text = out.0;
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+                .to_owned()
+        };
+        assert!(line(
+            "berth_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"}"
+        )
+        .ends_with(" 5"));
+        assert!(line("berth_http_response_body_bytes_total{route=\"manifest\"").ends_with(" 50"));
+        assert!(line("berth_http_request_duration_seconds_bucket{route=\"manifest\",method=\"GET\",le=\"0.0005\"}").ends_with(" 1"));
+        assert!(line("berth_http_request_duration_seconds_bucket{route=\"manifest\",method=\"GET\",le=\"0.005\"}").ends_with(" 3"));
+        assert!(line("berth_http_request_duration_seconds_bucket{route=\"manifest\",method=\"GET\",le=\"1\"}").ends_with(" 4"));
+        assert!(line("berth_http_request_duration_seconds_bucket{route=\"manifest\",method=\"GET\",le=\"60\"}").ends_with(" 4"));
+        assert!(line("berth_http_request_duration_seconds_bucket{route=\"manifest\",method=\"GET\",le=\"+Inf\"}").ends_with(" 5"));
+        assert!(line("berth_http_request_duration_seconds_count{").ends_with(" 5"));
+        assert!(line("berth_http_requests_in_flight").ends_with(" 0"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Out(String::new());
+        out.sample("x", &[("a", "q\"b\\c\nd")], 1);
+        assert_eq!(out.0, "x{a=\"q\\\"b\\\\c\\nd\"} 1\n");
+    }
+}

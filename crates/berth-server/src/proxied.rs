@@ -1,0 +1,142 @@
+//! The `/v2/` API for repositories an upstream owns (the pull-through cache): pulls are
+//! answered by [`berth_proxy::Proxy`], pushes are refused (`UNSUPPORTED`), deletes evict from
+//! the cache. Everything local happens under the cache's repository name (`local`), which may
+//! differ from the name the client asked for (`docker.io/library/alpine` for `library/alpine`).
+
+use axum::body::Body;
+use axum::response::Response;
+use berth_core::{Digest, ErrorCode, OciError, RepoName};
+use berth_proxy::{BlobSource, Proxy, ProxyError};
+use http::request::Parts;
+use http::{header, Method, StatusCode};
+
+use crate::endpoint::Endpoint;
+use crate::handlers::{empty, get_blob, json_response, manifest_response, referrers, set};
+use crate::http_util::{header_str, parse_range, RangeRequest};
+use crate::{ApiError, AppState};
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// A proxied repository: which upstream, its name there, its name in the cache.
+pub struct Target<'a> {
+    pub proxy: &'a Proxy,
+    pub upstream: usize,
+    pub remote: &'a str,
+    pub local: &'a RepoName,
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::Oci(e) => ApiError::Oci(e),
+            ProxyError::Registry(e) => e.into(),
+        }
+    }
+}
+
+fn refused_push(t: &Target<'_>) -> ApiError {
+    ApiError::msg(
+        ErrorCode::Unsupported,
+        format!(
+            "{} is a pull-through cache of {}: pushes are not accepted there",
+            t.local,
+            t.proxy.upstreams()[t.upstream].config.label()
+        ),
+    )
+}
+
+pub async fn handle(
+    state: &AppState,
+    t: &Target<'_>,
+    ep: Endpoint,
+    req: &Parts,
+) -> Result<Response> {
+    let read = matches!(req.method, Method::GET | Method::HEAD);
+    match ep {
+        Endpoint::Manifest(_, reference) if read => {
+            let m = t
+                .proxy
+                .manifest(t.upstream, t.remote, t.local, &reference)
+                .await?;
+            Ok(manifest_response(m))
+        }
+        Endpoint::Manifest(_, reference) if req.method == Method::DELETE => {
+            state.registry.delete_manifest(t.local, &reference).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        Endpoint::Blob(_, digest) if read => blob(state, t, &digest, req).await,
+        Endpoint::Blob(_, digest) if req.method == Method::DELETE => {
+            state.registry.delete_blob(t.local, &digest).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        Endpoint::Tags(name) if read => {
+            let query = req.uri.query().unwrap_or("");
+            let tags = t.proxy.tags(t.upstream, t.remote, t.local, query).await?;
+            let body = serde_json::json!({ "name": name.as_str(), "tags": tags });
+            Ok(json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&body).unwrap_or_default(),
+            ))
+        }
+        Endpoint::Referrers(_, subject) if read => referrers(state, t.local, &subject, req).await,
+        Endpoint::ManifestBadTag(..) if read => Err(ApiError::code(ErrorCode::ManifestUnknown)),
+        Endpoint::Manifest(..)
+        | Endpoint::ManifestBadTag(..)
+        | Endpoint::UploadStart(_)
+        | Endpoint::Upload(..) => Err(refused_push(t)),
+        _ => Err(ApiError::Oci(OciError::with_message(
+            ErrorCode::Unsupported,
+            format!("method {} is not allowed here", req.method),
+        ))),
+    }
+}
+
+/// A blob from the cache, or streaming in from upstream.
+async fn blob(state: &AppState, t: &Target<'_>, digest: &Digest, req: &Parts) -> Result<Response> {
+    if req.method == Method::HEAD {
+        let size = t
+            .proxy
+            .blob_size(t.upstream, t.remote, t.local, digest)
+            .await?;
+        let mut r = empty(StatusCode::OK);
+        set(&mut r, "content-length", size.to_string());
+        set(&mut r, "content-type", "application/octet-stream");
+        set(&mut r, "docker-content-digest", digest.to_string());
+        return Ok(r);
+    }
+    let fetch = match t.proxy.blob(t.upstream, t.remote, t.local, digest).await? {
+        BlobSource::Local(_) => return get_blob(state, t.local, digest, req).await,
+        BlobSource::Fetching(f) => f,
+    };
+    let (status, start, len) = match fetch.size {
+        // Without a known size a range cannot be answered: the whole blob.
+        None => (StatusCode::OK, 0, None),
+        Some(size) => match parse_range(header_str(&req.headers, header::RANGE), size) {
+            RangeRequest::Full => (StatusCode::OK, 0, Some(size)),
+            RangeRequest::Partial { start, end } => {
+                (StatusCode::PARTIAL_CONTENT, start, Some(end - start + 1))
+            }
+            RangeRequest::Unsatisfiable => {
+                return Err(ApiError::msg(
+                    ErrorCode::RangeNotSatisfiable,
+                    format!("requested range not satisfiable: the blob has {size} bytes"),
+                ))
+            }
+        },
+    };
+    let mut r = Response::new(Body::from_stream(fetch.reader(start, len)));
+    *r.status_mut() = status;
+    if let Some(len) = len {
+        set(&mut r, "content-length", len.to_string());
+    }
+    if let (StatusCode::PARTIAL_CONTENT, Some(size), Some(len)) = (status, fetch.size, len) {
+        set(
+            &mut r,
+            "content-range",
+            format!("bytes {start}-{}/{size}", start + len - 1),
+        );
+    }
+    set(&mut r, "content-type", "application/octet-stream");
+    set(&mut r, "docker-content-digest", digest.to_string());
+    Ok(r)
+}

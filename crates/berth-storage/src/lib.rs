@@ -1,0 +1,188 @@
+//! Path-addressed object storage behind one object-safe trait, [`StorageDriver`], and its
+//! drivers. A driver knows nothing about registries: it stores byte objects at `/`-separated
+//! paths (always absolute, e.g. `/docker/registry/v2/blobs/...`), lists children, moves and
+//! deletes. The registry layer owns the layout.
+//!
+//! Contract every driver keeps (checked by [`testsuite`], which each driver runs):
+//! - `put_content` and `move_object` are atomic: a reader sees the old object, the new object,
+//!   or nothing — never a partial one. On the filesystem that is temp file + fsync + rename +
+//!   fsync of the directory.
+//! - An append writer's bytes are durable once `commit` returns, and the object it builds can be
+//!   resumed from the state `commit` returned, by any process (see [`AppendWriter`]).
+//! - Paths are validated ([`validate_path`]); no driver resolves `..` or empty components.
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub mod filesystem;
+pub mod inmemory;
+pub mod instrumented;
+pub mod s3;
+pub mod testsuite;
+
+pub use filesystem::FilesystemDriver;
+pub use inmemory::InMemoryDriver;
+pub use instrumented::{Instrumented, StorageStats};
+pub use s3::{S3Config, S3Driver};
+
+/// What can go wrong in a driver. Callers match on the kind (`NotFound` is routine).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("path not found: {0}")]
+    NotFound(String),
+    #[error("invalid path: {0:?}")]
+    InvalidPath(String),
+    #[error("invalid offset {offset} for {path} of size {size}")]
+    InvalidOffset {
+        path: String,
+        offset: u64,
+        size: u64,
+    },
+    #[error("storage I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound(_))
+    }
+
+    pub(crate) fn io(path: &str, source: std::io::Error) -> StorageError {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            StorageError::NotFound(path.to_owned())
+        } else {
+            StorageError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A stream of an object's bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Metadata of an object or directory.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    pub path: String,
+    pub size: u64,
+    pub is_dir: bool,
+    pub modified: SystemTime,
+}
+
+/// Appends to a *staged* object: one assembled from chunks that arrive in separate requests,
+/// possibly on different processes (an upload session). Each driver stages its own way: the
+/// filesystem appends to a file, which is its own state; S3 uploads full parts of a multipart
+/// upload and keeps the short tail as a small object, and describes all that in an opaque
+/// state that the caller persists and hands back to [`StorageDriver::append`] next time.
+#[async_trait]
+pub trait AppendWriter: Send {
+    /// Appends `data`.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Bytes in the object, including those written before this writer was opened.
+    fn size(&self) -> u64;
+    /// Makes everything written durable. Returns the state to resume from, or `None` when the
+    /// driver needs none (the object itself is its state).
+    async fn commit(self: Box<Self>) -> Result<Option<Bytes>>;
+}
+
+/// The storage driver contract. Object-safe: backends are chosen at run time.
+#[async_trait]
+pub trait StorageDriver: Send + Sync + 'static {
+    /// Driver name for logs and health checks (`filesystem`, `inmemory`, `s3`).
+    fn name(&self) -> &'static str;
+    /// The whole content of a small object (links, manifests, hash states).
+    async fn get_content(&self, path: &str) -> Result<Bytes>;
+    /// Atomically replaces the object at `path` with `content`, creating parents.
+    async fn put_content(&self, path: &str, content: Bytes) -> Result<()>;
+    /// Streams `len` bytes (or to the end) from `offset`.
+    async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> Result<ByteStream>;
+    /// Opens (`state == None` and no object yet: creates) the staged object at `path` for
+    /// appending, resuming from `state`, what the last commit returned.
+    async fn append(&self, path: &str, state: Option<Bytes>) -> Result<Box<dyn AppendWriter>>;
+    /// Turns a staged object (all writes committed) into a regular object at `dest`, which
+    /// may be `path` itself. Where the driver can, the bytes are written once: a move on the
+    /// filesystem, one server-side copy on S3.
+    /// A staged object that never received a byte is an empty object.
+    async fn finish_append(&self, path: &str, _state: Option<Bytes>, dest: &str) -> Result<()> {
+        let done = if path == dest {
+            self.stat_object(path).await.map(|_| ())
+        } else {
+            self.move_object(path, dest).await
+        };
+        match done {
+            Err(e) if e.is_not_found() => self.put_content(dest, Bytes::new()).await,
+            other => other,
+        }
+    }
+    /// Frees what `old` held and `new` no longer needs, once the caller has persisted `new`
+    /// (best effort; a crash before it only leaves garbage the session's deletion removes).
+    async fn release_append(&self, _old: &Bytes, _new: &Bytes) {}
+    /// Discards a staged object's driver-side resources (the caller deletes its directory).
+    async fn abort_append(&self, _path: &str, _state: Option<Bytes>) -> Result<()> {
+        Ok(())
+    }
+    /// A URL the client may fetch the object from directly (a presigned S3 URL), if the
+    /// driver has one.
+    async fn redirect_url(&self, _path: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Metadata of an object or directory.
+    async fn stat(&self, path: &str) -> Result<FileInfo>;
+    /// Metadata of an object; `NotFound` for a directory. Cheaper than [`stat`](Self::stat)
+    /// where directories cost a second request (S3: HEAD only, no listing).
+    async fn stat_object(&self, path: &str) -> Result<FileInfo> {
+        let info = self.stat(path).await?;
+        if info.is_dir {
+            Err(StorageError::NotFound(path.to_owned()))
+        } else {
+            Ok(info)
+        }
+    }
+    /// Full paths of the direct children of a directory, sorted.
+    async fn list(&self, path: &str) -> Result<Vec<String>>;
+    /// Atomically moves an object, replacing any object at `to`.
+    async fn move_object(&self, from: &str, to: &str) -> Result<()>;
+    /// Deletes an object or a whole directory tree.
+    async fn delete(&self, path: &str) -> Result<()>;
+}
+
+/// Checks a driver path: absolute, `/`-separated, no empty, `.` or `..` components, no NUL.
+pub fn validate_path(path: &str) -> Result<()> {
+    let ok = path.starts_with('/')
+        && path.len() > 1
+        && !path.ends_with('/')
+        && !path.contains('\0')
+        && path[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidPath(path.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert!(validate_path("/a/b").is_ok());
+        for bad in ["", "/", "a", "/a/", "//a", "/a/../b", "/./a", "/a\0"] {
+            assert!(validate_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The process harness of Berth's tests and benchmarks: a real `berth serve`, Debian's
+//! `docker-registry` (distribution 2.8), `moto_server` (S3) and `redis-server`, each on an
+//! ephemeral loopback port with temporary data, each stopped on drop. No fixed ports, no
+//! sleep-and-hope: readiness is Berth's listening line, moto's "Running on" line, or an
+//! answer to a request. The processes get a controlled environment (no stray `AWS_*`,
+//! `REGISTRY_*` or proxy variables).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `berth serve`.
+pub struct Berth {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    /// The storage root (`storage.filesystem.rootdirectory`).
+    pub root: PathBuf,
+    pub config_path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    _cfgdir: tempfile::TempDir,
+    /// Everything the process wrote to stderr so far is collected here by a thread.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Berth {
+    /// Berth (the binary `bin`) on a fresh temporary filesystem root with deletes enabled.
+    pub fn start(bin: &Path) -> Berth {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let mut b = Berth::start_on(bin, &root, "");
+        b._dir = Some(dir);
+        b
+    }
+
+    /// Berth on the given filesystem root; `extra_yaml` is appended to the config (top-level
+    /// sections other than `version`, `storage` and `http`).
+    pub fn start_on(bin: &Path, root: &Path, extra_yaml: &str) -> Berth {
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{}",
+            root.display(),
+            extra_yaml
+        );
+        Berth::start_with_config(bin, &cfg, root)
+    }
+
+    /// Berth with a complete config file text. The config must listen on `127.0.0.1:0`.
+    pub fn start_with_config(bin: &Path, config_yaml: &str, root: &Path) -> Berth {
+        Berth::start_with_env(bin, config_yaml, root, &[])
+    }
+
+    /// As [`start_with_config`](Self::start_with_config), with these environment variables
+    /// (after the machine's `AWS_*` ones are removed).
+    pub fn start_with_env(
+        bin: &Path,
+        config_yaml: &str,
+        root: &Path,
+        env: &[(&str, &str)],
+    ) -> Berth {
+        let cfgdir = tempfile::tempdir().unwrap();
+        let config_path = cfgdir.path().join("config.yml");
+        std::fs::write(&config_path, config_yaml).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // This machine exports AWS_* variables (a CA bundle among them): Berth gets only what
+        // its configuration says.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn berth");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let addr: String = addr
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let host = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "berth did not report its address; log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Berth {
+            child,
+            url: format!("http://{host}"),
+            host,
+            root: root.to_path_buf(),
+            config_path,
+            _dir: None,
+            _cfgdir: cfgdir,
+            log,
+        }
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 10 s) until the log satisfies `pred` and returns it; the log reaches the
+    /// test through a reader thread, a moment after the request that caused it.
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if pred(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log never showed {what}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself (up to 30 s) and returns its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(Instant::now() < deadline, "berth did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop the process (SIGKILL) and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free loopback port. Only for programs that cannot listen on port 0 and report it
+/// (distribution): there is a small window in which another process could take it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Path of Debian's distribution 2.8 binary.
+pub const DISTRIBUTION_BIN: &str = "/usr/bin/docker-registry";
+
+/// A running Debian `docker-registry` (distribution 2.8).
+pub struct Distribution {
+    child: Child,
+    pub url: String,
+    pub host: String,
+    _cfg: tempfile::TempDir,
+}
+
+impl Distribution {
+    /// distribution 2.8 on the given filesystem root with deletes enabled.
+    pub fn start(root: &Path) -> Distribution {
+        Distribution::start_with_extra(root, "")
+    }
+
+    /// distribution 2.8 with the given `storage:` section.
+    pub fn start_storage(storage_yaml: &str) -> Distribution {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match Distribution::try_start_yaml(storage_yaml, "") {
+                Ok(d) => return d,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("docker-registry did not come up:\n{last_log}");
+    }
+
+    pub fn start_with_extra(root: &Path, extra_yaml: &str) -> Distribution {
+        assert!(
+            Path::new(DISTRIBUTION_BIN).exists(),
+            "{DISTRIBUTION_BIN} missing: install Debian's docker-registry (scripts/install-test-deps.sh)"
+        );
+        // distribution cannot listen on port 0 and say where: a free port is picked first, and
+        // if another process takes it in between, distribution exits and another is tried.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match Distribution::try_start(root, extra_yaml) {
+                Ok(d) => return d,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("docker-registry did not come up:\n{last_log}");
+    }
+
+    fn try_start(root: &Path, extra_yaml: &str) -> Result<Distribution, String> {
+        let storage = format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
+            root.display()
+        );
+        Distribution::try_start_yaml(&storage, extra_yaml)
+    }
+
+    fn try_start_yaml(storage_yaml: &str, extra_yaml: &str) -> Result<Distribution, String> {
+        let cfg = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\n{storage_yaml}http:\n  addr: 127.0.0.1:{port}\n{extra_yaml}"
+        );
+        let path = cfg.path().join("config.yml");
+        std::fs::write(&path, yaml).unwrap();
+        let log_path = cfg.path().join("stderr.log");
+        let mut cmd = Command::new(DISTRIBUTION_BIN);
+        cmd.arg("serve")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap());
+        // distribution refuses to start when any REGISTRY_* variable names no config key.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("REGISTRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        // It would also pick up proxies and AWS settings (a CA bundle) from the environment.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") || k.to_ascii_lowercase().ends_with("_proxy") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn docker-registry");
+        let host = format!("127.0.0.1:{port}");
+        let url = format!("http://{host}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // Any HTTP answer means it is up (with auth configured, /v2/ answers 401).
+            match ureq::get(&format!("{url}/v2/")).call() {
+                Ok(_) | Err(ureq::Error::Status(..)) => break,
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline || child.try_wait().ok().flatten().is_some() {
+                // Never leave the process behind when giving up.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Distribution {
+            child,
+            url,
+            host,
+            _cfg: cfg,
+        })
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `moto_server` (PyPI moto): an S3-compatible server on an ephemeral port. Its
+/// access log counts the S3 requests made.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; scripts/install-test-deps.sh)");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("Running on ").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.trim().to_owned());
+                    }
+                }
+                if line.contains("\" ") && line.contains(" HTTP/1.1\"") {
+                    log2.lock().unwrap().push(line);
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("moto_server did not say where it listens");
+        Moto { child, url, log }
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        ureq::put(&format!("{}/{name}", self.url)).call().unwrap();
+    }
+
+    /// S3 requests served so far, as `METHOD path` lines.
+    pub fn requests(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let req = l.split('"').nth(1)?;
+                let mut parts = req.split(' ');
+                Some(format!("{} {}", parts.next()?, parts.next()?))
+            })
+            .collect()
+    }
+
+    /// distribution's `storage.s3` section for a bucket on this server.
+    pub fn storage_yaml(&self, bucket: &str, extra: &str) -> String {
+        format!(
+            "storage:\n  s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: {bucket}\n    accesskey: test\n    secretkey: test\n    secure: false\n    forcepathstyle: true\n    v4auth: true\n    chunksize: 5242880\n  delete:\n    enabled: true\n{extra}",
+            self.url
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Berth {
+    /// Berth on a bucket of `moto`; `extra` is appended to the config (other sections).
+    pub fn start_s3(
+        bin: &Path,
+        moto: &Moto,
+        bucket: &str,
+        storage_extra: &str,
+        extra: &str,
+    ) -> Berth {
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: info\n{}http:\n  addr: 127.0.0.1:0\n{extra}",
+            moto.storage_yaml(bucket, storage_extra)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Berth::start_with_config(bin, &cfg, dir.path());
+        b._dir = Some(dir);
+        b
+    }
+}
+
+/// A running `redis-server` on a free loopback port, with no persistence.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        // A free port is picked first; if another process takes it, try another.
+        for _ in 0..3 {
+            r.port = free_port();
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// Starts the server on `self.port`; false if it did not come up.
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/install-test-deps.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 7];
+                    if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                        return true;
+                    }
+                }
+            }
+            if self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some()
+            {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop();
+        false
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing was persisted).
+    pub fn restart(&mut self) {
+        assert!(
+            self.spawn(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    pub fn yaml(&self) -> String {
+        format!("redis:\n  addr: 127.0.0.1:{}\n  dialtimeout: 200ms\n  readtimeout: 200ms\n  writetimeout: 200ms\n", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,232 @@
+//! `berth serve`: configuration → logging → storage → listener → `berth_server::run`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use berth_server::config::{self, Config, StorageDriver};
+use berth_server::setup::{self, DriverChoice};
+use berth_server::ServerOptions;
+
+pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let loaded = match config::load(path, std::env::vars()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "berth: the configuration has {} problem(s):",
+                e.problems.len()
+            );
+            for p in &e.problems {
+                eprintln!("  {p}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let exporter = match crate::logging::init(&loaded.config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    tracing::info!(source = %loaded.source, "configuration loaded");
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    for u in &loaded.unsupported {
+        tracing::warn!("not supported yet, ignored: {u}");
+    }
+    refuse_unsafe_gaps(&loaded.config)?;
+
+    let cfg = &loaded.config;
+    let driver = match cfg.storage.driver() {
+        StorageDriver::Filesystem(fs) => {
+            let root = std::path::absolute(&fs.rootdirectory)
+                .unwrap_or_else(|_| fs.rootdirectory.clone().into());
+            tracing::info!(driver = "filesystem", root = %root.display(), "storing data in {}", root.display());
+            Chosen::Local(DriverChoice::Filesystem(root))
+        }
+        StorageDriver::InMemory => {
+            tracing::info!(
+                driver = "inmemory",
+                "storing data in memory: it is lost when the process exits"
+            );
+            Chosen::Local(DriverChoice::InMemory)
+        }
+        StorageDriver::S3(s3) => {
+            tracing::info!(
+                driver = "s3",
+                bucket = s3.bucket.as_deref().unwrap_or(""),
+                endpoint = s3.regionendpoint.as_deref().unwrap_or("AWS"),
+                root = s3.rootdirectory.as_deref().unwrap_or("/"),
+                "storing data in S3"
+            );
+            Chosen::S3(Box::new(setup::s3_config(
+                &s3,
+                !cfg.storage.redirect.disable,
+            )))
+        }
+    };
+    let server = ServerOptions {
+        relative_urls: cfg.http.relativeurls,
+        external_url: cfg.http.host.clone().filter(|h| !h.is_empty()),
+        catalog_max_entries: cfg.catalog.maxentries,
+        read_only: cfg.storage.maintenance.readonly.enabled,
+        access_log: !cfg.log.accesslog.disabled,
+        extra_headers: extra_headers(cfg)?,
+    };
+    let registry = berth_registry::Options {
+        delete_enabled: cfg.storage.delete.enabled,
+    };
+    let addr = listen_addr(&cfg.http.addr);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let mut state = match driver {
+            Chosen::S3(s3) => setup::s3_state(*s3, registry, server)
+                .await
+                .map_err(anyhow::Error::msg)?,
+            Chosen::Local(local) => setup::state(local, registry, server),
+        };
+        let cache = setup::cache(cfg).map_err(anyhow::Error::msg)?;
+        state.registry = state.registry.clone().with_cache(cache);
+        state.proxy = setup::proxy(cfg, &state.registry).map_err(anyhow::Error::msg)?;
+        let auth = setup::auth(cfg).await.map_err(|e| anyhow::anyhow!(e))?;
+        state.auth = std::sync::Arc::new(auth);
+        let health = berth_server::health::Health::from_config(
+            cfg,
+            state.registry.driver().clone(),
+            state.registry.cache().clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        health.start();
+        state.health = std::sync::Arc::new(health);
+        let debug = start_debug_listener(cfg, &state).await?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding the listener on {addr}"))?;
+        let local = listener
+            .local_addr()
+            .context("reading the listener address")?;
+        tracing::info!("listening on http://{local}");
+        berth_server::run(listener, state, shutdown_signal())
+            .await
+            .context("serving")?;
+        if let Some(d) = debug {
+            d.abort();
+        }
+        tracing::info!("shut down");
+        if let Some(e) = exporter {
+            // Flushing may wait for the collector: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `http.headers`: extra headers for every response.
+fn extra_headers(cfg: &Config) -> anyhow::Result<http::HeaderMap> {
+    let mut map = http::HeaderMap::new();
+    for (name, values) in cfg.http.headers.iter().flatten() {
+        let n = http::HeaderName::try_from(name.as_str())
+            .with_context(|| format!("http.headers: {name:?} is not a header name"))?;
+        for v in values {
+            let v = http::HeaderValue::try_from(v.as_str())
+                .with_context(|| format!("http.headers.{name}: invalid value"))?;
+            map.append(n.clone(), v);
+        }
+    }
+    Ok(map)
+}
+
+/// The debug listener (`http.debug.addr`): health, liveness, readiness and, when enabled,
+/// the Prometheus metrics. Plain HTTP: bind it to an address only the cluster reaches.
+async fn start_debug_listener(
+    cfg: &Config,
+    state: &berth_server::AppState,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(debug) = &cfg.http.debug else {
+        return Ok(None);
+    };
+    let Some(addr) = debug.addr.as_deref().filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
+    let addr = listen_addr(addr);
+    let metrics_path = debug
+        .prometheus
+        .as_ref()
+        .filter(|p| p.enabled)
+        .map(|p| p.path.clone().unwrap_or_else(|| "/metrics".to_owned()));
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding the debug listener on {addr}"))?;
+    let local = listener.local_addr().context("reading the debug address")?;
+    tracing::info!(
+        metrics = metrics_path.as_deref(),
+        "debug listener on http://{local} (/debug/health, /livez, /readyz)"
+    );
+    let app = berth_server::debug_app(state.clone(), metrics_path);
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("debug listener failed: {e}");
+        }
+    })))
+}
+
+/// The storage driver the configuration chose.
+enum Chosen {
+    Local(DriverChoice),
+    S3(Box<berth_server::setup::S3Config>),
+}
+
+/// distribution accepts `:5000` for "all interfaces"; Rust's parser wants a host.
+fn listen_addr(addr: &str) -> String {
+    if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_owned()
+    }
+}
+
+/// Features whose absence would make Berth less safe than the operator asked for stop the
+/// start-up instead of being ignored: serving without the auth or TLS the config demands, or
+/// serving a plain registry where a mirror was configured.
+fn refuse_unsafe_gaps(cfg: &Config) -> anyhow::Result<()> {
+    let mut refused = Vec::new();
+    if cfg.auth.as_ref().is_some_and(|a| a.silly.is_some()) {
+        refused.push(
+            "auth.silly (the registry would run without the authentication the config asks for)",
+        );
+    }
+    if cfg.http.tls.is_some() {
+        refused.push("http.tls (the registry would serve plain HTTP)");
+    }
+    if !refused.is_empty() {
+        bail!("these configured features are not supported yet and Berth will not start without them: {}", refused.join("; "));
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

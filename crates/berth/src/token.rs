@@ -1,0 +1,91 @@
+//! `berth token verify`: the verdict the registry would reach on a token, offline, with the
+//! same explanation its WARN line gives.
+
+use std::io::Read as _;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use berth_auth::scope::{covers, Access};
+use berth_server::auth::{now_secs, Mode};
+
+pub fn verify_cmd(
+    config: Option<&std::path::Path>,
+    token: &str,
+    needs: &[String],
+) -> anyhow::Result<ExitCode> {
+    let token = if token == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the token from stdin")?;
+        s.trim().to_owned()
+    } else {
+        token.trim().to_owned()
+    };
+    let loaded = berth_server::config::load(config, std::env::vars()).map_err(|e| {
+        anyhow::anyhow!(
+            "the configuration has problems:\n  {}",
+            e.problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let auth = rt
+        .block_on(berth_server::setup::auth(&loaded.config))
+        .map_err(anyhow::Error::msg)?;
+    let Mode::Token { verifier, jwks, .. } = &auth.mode else {
+        bail!(
+            "{} has no auth.token section: tokens are not used",
+            loaded.source
+        );
+    };
+    let mut verdict = verifier.verify(&token, now_secs());
+    if let (Err(r), Some(j)) = (&verdict, jwks) {
+        if r.reason == berth_auth::token::Reason::UnknownKey && rt.block_on(j.refresh(verifier)) {
+            verdict = verifier.verify(&token, now_secs());
+        }
+    }
+    match verdict {
+        Err(r) => {
+            println!("{r}");
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(v) => {
+            let access: Vec<String> = v.access.iter().map(|s| s.to_string()).collect();
+            println!(
+                "token valid: sub={:?}, expires in {}s, access [{}]",
+                v.subject,
+                v.expires - now_secs(),
+                access.join(" ")
+            );
+            let mut ok = true;
+            for n in needs {
+                let scope: berth_auth::scope::Scope =
+                    n.parse().map_err(|e| anyhow::anyhow!("--needs {n}: {e}"))?;
+                for action in &scope.actions {
+                    let a = Access::new(&scope.typ, &scope.name, action);
+                    let granted = covers(&v.access, &a);
+                    ok &= granted;
+                    println!(
+                        "  {}:{}:{} {}",
+                        a.typ,
+                        a.name,
+                        a.action,
+                        if granted { "granted" } else { "NOT granted" }
+                    );
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Berth on S3 (a real `moto_server`) with the Redis blob-descriptor cache (a real
+//! `redis-server`): the conformance runner passes; three replicas share one bucket and one
+//! Redis and serve a chunked push and a pull round-robin; Redis dies mid-test and requests
+//! still succeed; distribution 2.8 and Berth serve each other's bucket; and what a push and a
+//! pull cost in S3 requests, for Berth and for distribution.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use berth_conformance::client::{with_query, Body, Client};
+use berth_conformance::fixtures::{bytes, digest, expect_status, location, Image, OCTET};
+use berth_conformance::{run, Gaps, Options};
+use support::{Berth, Distribution, Moto, Redis};
+
+const REDIS_CACHE: &str = "  cache:\n    blobdescriptor: redis\n";
+
+fn redis_keys(redis: &Redis, pattern: &str) -> Vec<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            pattern,
+        ])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn conformance_on_s3_with_redis_cache() {
+    let moto = Moto::start();
+    moto.create_bucket("conf");
+    let redis = Redis::start();
+    let berth = Berth::start_s3(&moto, "conf", REDIS_CACHE, &redis.yaml());
+    let report = run(&Options::new(&berth.url));
+    let verdict = report.judge(&Gaps::default());
+    assert!(
+        verdict.ok(),
+        "{}\n{verdict}\n{}",
+        report.render(&Gaps::default()),
+        berth.log()
+    );
+    // The cache was used, with distribution's keys.
+    assert!(!redis_keys(&redis, "repository::*::blobs").is_empty());
+    assert!(!redis_keys(&redis, "blobs::sha256:*").is_empty());
+    // Blob downloads went to presigned S3 URLs.
+    assert!(
+        moto.requests()
+            .iter()
+            .any(|r| r.starts_with("GET /conf/docker/registry/v2/blobs/")
+                && r.contains("X-Amz-Signature")),
+        "no presigned blob download in moto's log"
+    );
+}
+
+/// The path of an upload URL, to send it to another replica.
+fn path_of(location: &str) -> String {
+    location[location.find("/v2/").unwrap()..].to_owned()
+}
+
+#[test]
+fn three_replicas_serve_one_push_and_pull_round_robin() {
+    let moto = Moto::start();
+    moto.create_bucket("shared");
+    let redis = Redis::start();
+    let replicas: Vec<Berth> = (0..3)
+        .map(|_| Berth::start_s3(&moto, "shared", REDIS_CACHE, &redis.yaml()))
+        .collect();
+    let c: Vec<Client> = replicas.iter().map(|b| Client::new(&b.url, None)).collect();
+    let repo = "team/app";
+
+    // A 13 MB layer pushed in four chunks, each to the next replica (parts and tails of the
+    // S3 multipart upload are continued by whichever replica gets the chunk).
+    let layer = bytes("replicated layer", 13_000_000);
+    let mut loc = path_of(&c[0].start_upload(repo).unwrap());
+    let mut start = 0;
+    for (i, chunk) in layer.chunks(3_500_000).enumerate() {
+        let range = format!("{start}-{}", start + chunk.len() - 1);
+        let r = c[(i + 1) % 3]
+            .send(
+                "PATCH",
+                &loc,
+                &[("Content-Type", OCTET), ("Content-Range", &range)],
+                Body::Bytes(chunk),
+            )
+            .unwrap();
+        assert_eq!(
+            r.status,
+            202,
+            "chunk {i} on replica {}: {}",
+            (i + 1) % 3,
+            r.describe()
+        );
+        start += chunk.len();
+        loc = path_of(&location(&r).unwrap());
+        // Every replica reports the same progress.
+        for (j, cj) in c.iter().enumerate() {
+            let st = cj.get(&loc, &[]).unwrap();
+            assert_eq!(st.status, 204, "status on replica {j}");
+            assert_eq!(
+                st.header("range"),
+                Some(format!("0-{}", start - 1).as_str()),
+                "replica {j}"
+            );
+        }
+    }
+    let r = c[2]
+        .send(
+            "PUT",
+            &with_query(&loc, "digest", &digest(&layer)),
+            &[],
+            Body::Bytes(&[]),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.describe());
+
+    // The config and the manifest through other replicas.
+    let img = Image::with_layers("replicated", vec![layer.clone()], "");
+    c[1].push_blob(repo, &img.config).unwrap();
+    let r = c[0]
+        .put_manifest(repo, "v1", img.media_type, &img.manifest)
+        .unwrap();
+    expect_status(&r, &[201]).unwrap();
+
+    // Pull round-robin: every replica serves everything, and they agree on tags and catalog.
+    for (i, ci) in c.iter().enumerate() {
+        let r = ci.get(&format!("/v2/{repo}/manifests/v1"), &[]).unwrap();
+        assert_eq!(r.status, 200, "replica {i}");
+        assert_eq!(r.body, img.manifest);
+        let r = ci
+            .get(&format!("/v2/{repo}/blobs/{}", digest(&layer)), &[])
+            .unwrap();
+        assert_eq!(r.status, 200, "replica {i}: {}", r.describe());
+        assert!(r.body == layer, "replica {i}: layer differs");
+        let r = ci.get(&format!("/v2/{repo}/tags/list"), &[]).unwrap();
+        assert_eq!(r.json().unwrap()["tags"], serde_json::json!(["v1"]));
+        let r = ci.get("/v2/_catalog", &[]).unwrap();
+        assert_eq!(r.json().unwrap()["repositories"], serde_json::json!([repo]));
+    }
+    // A delete on one replica is seen by the others (storage and the shared cache).
+    let r = c[1]
+        .delete(&format!("/v2/{repo}/blobs/{}", digest(&img.config)))
+        .unwrap();
+    assert_eq!(r.status, 202);
+    for (i, ci) in c.iter().enumerate() {
+        let r = ci
+            .head(&format!("/v2/{repo}/blobs/{}", digest(&img.config)))
+            .unwrap();
+        assert_eq!(r.status, 404, "replica {i} still has the deleted blob");
+    }
+    let r = c[2].delete(&format!("/v2/{repo}/manifests/v1")).unwrap();
+    assert_eq!(r.status, 202);
+    let r = c[0].get(&format!("/v2/{repo}/tags/list"), &[]).unwrap();
+    assert_eq!(r.json().unwrap()["tags"], serde_json::json!([]));
+    // The layer went up as a multipart upload continued across replicas.
+    let reqs = moto.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("POST ") && r.ends_with("?uploads")),
+        "no CreateMultipartUpload"
+    );
+    assert!(
+        reqs.iter()
+            .filter(|r| r.starts_with("PUT ") && r.contains("partNumber="))
+            .count()
+            >= 2,
+        "no UploadPart"
+    );
+    for (i, b) in replicas.iter().enumerate() {
+        assert!(
+            !b.log().contains(" ERROR "),
+            "replica {i} logged an error:\n{}",
+            b.log()
+        );
+    }
+}
+
+#[test]
+fn requests_succeed_while_redis_is_down() {
+    let moto = Moto::start();
+    moto.create_bucket("flaky");
+    let mut redis = Redis::start();
+    let berth = Berth::start_s3(&moto, "flaky", REDIS_CACHE, &redis.yaml());
+    let c = Client::new(&berth.url, None);
+    let before = Image::oci("before the outage", 2, "");
+    c.push_image("app", "before", &before).unwrap();
+
+    redis.stop();
+    // Pulls and pushes go on, from storage.
+    for round in 0..3 {
+        for b in before.blobs() {
+            let r = c.head(&format!("/v2/app/blobs/{}", digest(b))).unwrap();
+            assert_eq!(r.status, 200, "round {round}");
+        }
+        let img = Image::oci(&format!("during the outage {round}"), 1, "");
+        c.push_image("app", &format!("during-{round}"), &img)
+            .unwrap();
+        let r = c.get("/v2/app/manifests/before", &[]).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let log = berth.wait_log("a WARN about redis", |l| {
+        l.contains("redis blob-descriptor cache unavailable")
+    });
+    assert_eq!(
+        log.matches("redis blob-descriptor cache unavailable")
+            .count(),
+        1,
+        "one WARN for the outage, not one per request"
+    );
+    assert!(!log.contains("status=500"), "{log}");
+
+    // Redis comes back: the cache recovers by itself.
+    redis.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !berth
+        .log()
+        .contains("redis blob-descriptor cache recovered")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache never recovered:\n{}",
+            berth.log()
+        );
+        let r = c
+            .head(&format!("/v2/app/blobs/{}", digest(&before.config)))
+            .unwrap();
+        assert_eq!(r.status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let r = c
+        .head(&format!("/v2/app/blobs/{}", digest(&before.layers[0])))
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        !redis_keys(&redis, "repository::app::blobs").is_empty(),
+        "the cache is filled again"
+    );
+}
+
+/// One bucket, both registries: what distribution 2.8 pushed, Berth serves, and the other
+/// way round.
+#[test]
+fn distribution_and_berth_serve_one_bucket() {
+    let moto = Moto::start();
+    moto.create_bucket("both");
+    let dist = Distribution::start_storage(&moto.storage_yaml("both", ""));
+    let berth = Berth::start_s3(&moto, "both", "", "");
+    let (cd, cb) = (Client::new(&dist.url, None), Client::new(&berth.url, None));
+    for (from, to, repo) in [(&cd, &cb, "from/distribution"), (&cb, &cd, "from/berth")] {
+        let img = Image::with_layers(repo, vec![bytes(repo, 2000), bytes(repo, 7_000_000)], "");
+        from.push_image(repo, "v1", &img).unwrap();
+        let r = to.get(&format!("/v2/{repo}/manifests/v1"), &[]).unwrap();
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert_eq!(r.body, img.manifest);
+        for b in img.blobs() {
+            let r = to
+                .get(&format!("/v2/{repo}/blobs/{}", digest(b)), &[])
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.describe());
+            assert!(&r.body == b);
+        }
+        let r = to.get(&format!("/v2/{repo}/tags/list"), &[]).unwrap();
+        assert_eq!(r.json().unwrap()["tags"], serde_json::json!(["v1"]));
+    }
+}
+
+/// Without keys in the configuration, credentials come from the usual AWS chain (here the
+/// environment; without them no request can be signed and the push fails).
+#[test]
+fn credentials_from_the_aws_environment() {
+    let moto = Moto::start();
+    moto.create_bucket("envcreds");
+    let yaml = moto
+        .storage_yaml("envcreds", "")
+        .replace("    accesskey: test\n    secretkey: test\n", "");
+    assert!(!yaml.contains("accesskey"));
+    let cfg = format!("version: 0.1\n{yaml}http:\n  addr: 127.0.0.1:0\n");
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_testkit::Berth::start_with_env(
+        support::bin(),
+        &cfg,
+        dir.path(),
+        &[
+            ("AWS_ACCESS_KEY_ID", "from-env"),
+            ("AWS_SECRET_ACCESS_KEY", "from-env-secret"),
+        ],
+    );
+    let c = Client::new(&berth.url, None);
+    c.push_image("env/app", "v1", &Image::oci("env", 1, ""))
+        .unwrap();
+    let r = c.get("/v2/env/app/manifests/v1", &[]).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+/// With `storage.redirect.disable`, blobs stream from S3 through Berth, ranges included.
+#[test]
+fn downloads_stream_through_berth_when_redirects_are_off() {
+    let moto = Moto::start();
+    moto.create_bucket("noredirect");
+    let berth = Berth::start_s3(&moto, "noredirect", "  redirect:\n    disable: true\n", "");
+    let mut opts = Options::new(&berth.url);
+    opts.workflows = [berth_conformance::Workflow::Pull].into_iter().collect();
+    let report = run(&opts);
+    let verdict = report.judge(&Gaps::default());
+    assert!(
+        verdict.ok(),
+        "{}\n{verdict}",
+        report.render(&Gaps::default())
+    );
+    assert!(
+        !moto
+            .requests()
+            .iter()
+            .any(|r| r.contains("X-Amz-Signature")),
+        "a presigned URL was used although redirects are off"
+    );
+    let c = Client::new(&berth.url, None);
+    let img = Image::with_layers("ranged", vec![bytes("ranged", 9_000_000)], "");
+    c.push_image("ranged", "v1", &img).unwrap();
+    let d = digest(&img.layers[0]);
+    let r = c
+        .get(
+            &format!("/v2/ranged/blobs/{d}"),
+            &[("Range", "bytes=8000000-8000099")],
+        )
+        .unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, img.layers[0][8_000_000..8_000_100]);
+}

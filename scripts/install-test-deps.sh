@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the external programs the test suite drives, when they are missing. Debian 12, root.
+#   skopeo, podman, buildah, umoci   real clients for end-to-end tests
+#   docker-registry                  distribution 2.8, for layout and conformance cross-checks
+#   containerd (ctr), docker.io      more real clients
+#   redis-server                     the Redis blob-descriptor cache
+#   strace                           proves Berth opens no connection it was not configured for
+#   moto_server (PyPI moto[server])  an S3-compatible server; pinned: 5.2.1-5.2.4 answer
+#                                    CompleteMultipartUpload with the wrong XML root element
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have skopeo || need+=(skopeo)
+have podman || need+=(podman)
+have buildah || need+=(buildah)
+have umoci || need+=(umoci)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+have ctr || need+=(containerd)
+have dockerd || need+=(docker.io)
+have redis-server || need+=(redis-server)
+have strace || need+=(strace)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "test dependencies: Debian packages present"
+else
+  echo "test dependencies: installing ${need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: need root to apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+  echo "test dependencies: installed ${need[*]}"
+fi
+
+MOTO_VERSION=5.2.5
+if ! { have moto_server && python3 -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; }; then
+  echo "test dependencies: installing moto[server]==$MOTO_VERSION (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  hash -r
+fi
+have moto_server || { echo "install-test-deps: moto_server is not on PATH after installing moto" >&2; exit 1; }

@@ -5,6 +5,7 @@
 #   containerd (ctr), docker.io      more real clients
 #   redis-server                     the Redis blob-descriptor cache
 #   strace                           proves Berth opens no connection it was not configured for
+#   curl                             HTTP/2 by ALPN, mutual TLS and TLS version checks
 #   moto_server (PyPI moto[server])  an S3-compatible server; pinned: 5.2.1-5.2.4 answer
 #                                    CompleteMultipartUpload with the wrong XML root element
 set -euo pipefail
@@ -20,6 +21,7 @@ have ctr || need+=(containerd)
 have dockerd || need+=(docker.io)
 have redis-server || need+=(redis-server)
 have strace || need+=(strace)
+have curl || need+=(curl)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "test dependencies: Debian packages present"

@@ -192,7 +192,7 @@ pub fn base_url(opts: &ServerOptions, headers: &HeaderMap) -> String {
     let proto = header_str(headers, "x-forwarded-proto")
         .and_then(|p| p.split(',').next())
         .map(str::trim)
-        .unwrap_or("http");
+        .unwrap_or(if opts.https { "https" } else { "http" });
     let host = header_str(headers, "x-forwarded-host")
         .and_then(|h| h.split(',').next())
         .map(str::trim)
@@ -204,6 +204,22 @@ pub fn base_url(opts: &ServerOptions, headers: &HeaderMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_urls() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "reg.local:5000".parse().unwrap());
+        let mut o = ServerOptions::default();
+        assert_eq!(base_url(&o, &h), "http://reg.local:5000");
+        o.https = true;
+        assert_eq!(base_url(&o, &h), "https://reg.local:5000");
+        h.insert("x-forwarded-proto", "http".parse().unwrap());
+        assert_eq!(base_url(&o, &h), "http://reg.local:5000");
+        o.external_url = Some("https://registry.example.com/".to_owned());
+        assert_eq!(base_url(&o, &h), "https://registry.example.com");
+        o.relative_urls = true;
+        assert_eq!(base_url(&o, &h), "");
+    }
 
     #[test]
     fn ranges() {

@@ -24,11 +24,13 @@ pub mod health;
 mod http_util;
 pub mod jwks;
 pub mod lifecycle;
+pub mod listen;
 pub mod metrics;
 mod observe;
 mod proxied;
 pub mod setup;
 pub mod telemetry;
+pub mod tls;
 mod token_endpoint;
 
 pub use error::ApiError;
@@ -48,6 +50,8 @@ pub struct ServerOptions {
     pub access_log: bool,
     /// `http.headers`: added to every response.
     pub extra_headers: http::HeaderMap,
+    /// The listener serves TLS: `Location` URLs built from `Host` use `https`.
+    pub https: bool,
 }
 
 impl Default for ServerOptions {
@@ -59,6 +63,7 @@ impl Default for ServerOptions {
             read_only: false,
             access_log: true,
             extra_headers: http::HeaderMap::new(),
+            https: false,
         }
     }
 }
@@ -114,15 +119,14 @@ pub fn debug_app(state: AppState, metrics_path: Option<String>) -> axum::Router 
     router.with_state(state)
 }
 
-/// Serves `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves `listener` (plain HTTP, default drain timeout) until `shutdown` resolves, then
+/// finishes in-flight requests. See [`listen::serve`] for TLS and the other options.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    listen::serve(listener, state, listen::ListenOptions::default(), shutdown).await
 }
 
 fn not_found() -> Response {
@@ -154,8 +158,19 @@ fn challenge_response(c: auth::Challenge) -> Response {
 
 /// Routes one request; the access log line, the metrics and the end of the request's span
 /// follow when its response has been sent (see `observe`).
-async fn dispatch(State(state): State<AppState>, req: Request<Body>) -> Response {
+async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Response {
     let started = Instant::now();
+    if !req.headers().contains_key(http::header::HOST) {
+        // HTTP/2 carries the host in the `:authority` pseudo-header (the URI), not in `Host`;
+        // `Location` URLs and token realms are built from `Host`.
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
     match req.uri().path() {
         "/livez" => return health::livez(),
         "/readyz" => return health::readyz(&state),

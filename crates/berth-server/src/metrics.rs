@@ -126,6 +126,11 @@ impl Metrics {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Requests started and not finished yet (the drain reports those it drops).
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// A request has finished: its response was sent, or the client went away.
     pub fn observe(&self, o: &Observation) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// A running `berth serve`.
 pub struct Berth {
     child: Child,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when the config enables TLS)
     pub url: String,
     /// `127.0.0.1:PORT`
     pub host: String,
@@ -90,13 +90,13 @@ impl Berth {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let addr: String = addr
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    let url: String = url
                         .chars()
                         .take_while(|c| !c.is_whitespace() && *c != '"')
                         .collect();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
+                    if let Some(tx) = tx.take().filter(|_| url.starts_with("http")) {
+                        let _ = tx.send(url);
                     }
                 }
                 let mut l = log2.lock().unwrap();
@@ -104,7 +104,7 @@ impl Berth {
                 l.push('\n');
             }
         });
-        let host = match rx.recv_timeout(Duration::from_secs(30)) {
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -114,9 +114,10 @@ impl Berth {
                 );
             }
         };
+        let host = url.split("://").nth(1).unwrap_or_default().to_owned();
         Berth {
             child,
-            url: format!("http://{host}"),
+            url,
             host,
             root: root.to_path_buf(),
             config_path,

@@ -66,6 +66,23 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             )))
         }
     };
+    let tls = match cfg
+        .http
+        .tls
+        .as_ref()
+        .filter(|t| berth_server::tls::enabled(t))
+    {
+        Some(t) => {
+            let http2 = !cfg.http.http2.as_ref().is_some_and(|h| h.disabled);
+            Some(berth_server::tls::Tls::load(t, http2).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let drain_timeout = match cfg.http.draintimeout.as_deref() {
+        // Checked with the rest of the configuration.
+        Some(d) => config::parse_duration(d).map_err(anyhow::Error::msg)?,
+        None => berth_server::listen::DEFAULT_DRAIN_TIMEOUT,
+    };
     let server = ServerOptions {
         relative_urls: cfg.http.relativeurls,
         external_url: cfg.http.host.clone().filter(|h| !h.is_empty()),
@@ -73,6 +90,7 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         read_only: cfg.storage.maintenance.readonly.enabled,
         access_log: !cfg.log.accesslog.disabled,
         extra_headers: extra_headers(cfg)?,
+        https: tls.is_some(),
     };
     let registry = berth_registry::Options {
         delete_enabled: cfg.storage.delete.enabled,
@@ -83,7 +101,7 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let mut state = match driver {
             Chosen::S3(s3) => setup::s3_state(*s3, registry, server)
                 .await
@@ -110,8 +128,19 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         let local = listener
             .local_addr()
             .context("reading the listener address")?;
-        tracing::info!("listening on http://{local}");
-        berth_server::run(listener, state, shutdown_signal())
+        let listen = berth_server::listen::ListenOptions {
+            tls: tls.map(berth_server::tls::Tls::watch),
+            h2c: cfg.http.h2c.as_ref().is_some_and(|h| h.enabled),
+            drain_timeout,
+        };
+        let scheme = if listen.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("listening on {scheme}://{local}");
+        // The debug listener stays up through the drain, so its /readyz shows it.
+        berth_server::listen::serve(listener, state, listen, shutdown_signal())
             .await
             .context("serving")?;
         if let Some(d) = debug {
@@ -123,7 +152,10 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
         }
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Connections the drain gave up on were aborted; do not wait on stray blocking work.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 /// `http.headers`: extra headers for every response.
@@ -191,17 +223,13 @@ fn listen_addr(addr: &str) -> String {
 }
 
 /// Features whose absence would make Berth less safe than the operator asked for stop the
-/// start-up instead of being ignored: serving without the auth or TLS the config demands, or
-/// serving a plain registry where a mirror was configured.
+/// start-up instead of being ignored: serving without the auth the config demands.
 fn refuse_unsafe_gaps(cfg: &Config) -> anyhow::Result<()> {
     let mut refused = Vec::new();
     if cfg.auth.as_ref().is_some_and(|a| a.silly.is_some()) {
         refused.push(
             "auth.silly (the registry would run without the authentication the config asks for)",
         );
-    }
-    if cfg.http.tls.is_some() {
-        refused.push("http.tls (the registry would serve plain HTTP)");
     }
     if !refused.is_empty() {
         bail!("these configured features are not supported yet and Berth will not start without them: {}", refused.join("; "));

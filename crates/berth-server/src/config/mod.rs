@@ -592,6 +592,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     if !valid_addr(&c.http.addr) {
         bad("http.addr", format!("{:?} is not host:port", c.http.addr));
     }
+    if let Some(t) = &c.http.tls {
+        crate::tls::check_config(t, &mut bad);
+    }
     if c.catalog.maxentries == 0 {
         bad("catalog.maxentries", "must be at least 1".to_owned());
     }
@@ -869,18 +872,12 @@ pub fn unsupported(c: &Config) -> Vec<String> {
     {
         add("notifications.endpoints: webhook notifications");
     }
-    if c.http.tls.is_some() {
-        add("http.tls: TLS");
-    }
     if c.http
         .prefix
         .as_ref()
         .is_some_and(|p| !p.is_empty() && p != "/")
     {
         add("http.prefix: serving below a path prefix");
-    }
-    if c.http.draintimeout.is_some() {
-        add("http.draintimeout: in-flight requests are finished without a time limit");
     }
     if c.middleware.is_some() {
         add("middleware: storage and registry middleware");

@@ -1,0 +1,218 @@
+//! The registry listener: the accept loop over plain TCP or TLS, and the drain at shutdown.
+//!
+//! Each accepted connection is served on its own task by hyper (through hyper-util's `auto`
+//! builder): over TLS the protocol is the one ALPN chose (`h2` or `http/1.1`); plain TCP serves
+//! HTTP/1.1, plus HTTP/2 with prior knowledge when `http.h2c` is enabled. A TLS handshake that
+//! fails or stalls ends that connection only.
+//!
+//! Shutdown ([`serve`]'s `shutdown` future resolves): readiness turns to not-ready, the listener
+//! is closed (new connections are refused), idle keep-alive connections are closed and busy ones
+//! close after their current request (HTTP/2: GOAWAY); requests still running when the drain
+//! timeout ends are dropped and counted in one WARN line.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::AppState;
+
+/// A client must finish its TLS handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the listener serves.
+#[derive(Clone)]
+pub struct ListenOptions {
+    /// `http.tls`: serve TLS with this configuration (its ALPN list decides about HTTP/2).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `http.h2c.enabled`: accept HTTP/2 with prior knowledge on plain TCP.
+    pub h2c: bool,
+    /// `http.draintimeout`: how long in-flight requests may run after a shutdown request.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            tls: None,
+            h2c: false,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// `http.draintimeout` when the configuration does not set it.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `listener` until `shutdown` resolves, then drains (see the module documentation).
+/// Returns when every connection has finished or the drain timeout has passed.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    options: ListenOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = crate::app(state.clone());
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        accept_error(e).await;
+                        continue;
+                    }
+                };
+                let service = TowerToHyperService::new(app.clone());
+                let drain = drain_rx.clone();
+                match &tls {
+                    None => {
+                        let h2c = options.h2c;
+                        connections.spawn(async move {
+                            serve_connection(tcp, service, Protocol::plain(h2c), drain).await;
+                        });
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        connections.spawn(async move {
+                            let _ = tcp.set_nodelay(true);
+                            let mut stop = drain.clone();
+                            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                            let stream = tokio::select! {
+                                r = handshake => match r {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                },
+                                _ = stop.wait_for(|d| *d) => return,
+                            };
+                            let protocol = match stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Protocol::Http2,
+                                _ => Protocol::Http1,
+                            };
+                            serve_connection(stream, service, protocol, drain).await;
+                        });
+                    }
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+
+    state.lifecycle.begin_drain();
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let open = connections.len();
+    tracing::info!(
+        connections = open,
+        timeout = ?options.drain_timeout,
+        "draining: no new connections; finishing in-flight requests"
+    );
+    let drained = tokio::time::timeout(options.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let requests = state.metrics.in_flight().max(0);
+        tracing::warn!(
+            requests,
+            connections = connections.len(),
+            "drain timeout of {:?} reached: dropping {requests} request(s) still running",
+            options.drain_timeout
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// HTTP/1.1, or HTTP/2 if the client starts with its preface (h2c prior knowledge).
+    Sniff,
+}
+
+impl Protocol {
+    fn plain(h2c: bool) -> Protocol {
+        if h2c {
+            Protocol::Sniff
+        } else {
+            Protocol::Http1
+        }
+    }
+}
+
+/// Serves one connection until it ends, or until the drain closes it gracefully.
+async fn serve_connection<I, S>(
+    io: I,
+    service: TowerToHyperService<S>,
+    protocol: Protocol,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Sniff => builder,
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::trace!("connection ended: {e}");
+            }
+            return;
+        }
+        _ = drain.wait_for(|d| *d) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::trace!("connection ended while draining: {e}");
+    }
+}
+
+/// Connection-level accept errors (the peer gave up) are ignored; others (out of file
+/// descriptors) are logged and slow the loop down rather than spin.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accepting a connection failed: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}

@@ -112,15 +112,15 @@ http:
     }
     assert!(y.contains("<redacted>"));
     assert!(y.contains("bucket: b"));
-    // auth.token, storage.s3 and redis are supported now: not listed.
-    for supported in ["auth", "storage.s3", "redis:"] {
+    // auth.token, storage.s3, redis, proxy and the debug server are supported now: not listed.
+    for supported in ["auth", "storage.s3", "redis:", "proxy", "http.debug"] {
         assert!(
             !l.unsupported.iter().any(|u| u.starts_with(supported)),
             "{supported} listed: {:?}",
             l.unsupported
         );
     }
-    for feature in ["proxy", "notifications", "http.tls", "http.debug"] {
+    for feature in ["notifications", "http.tls"] {
         assert!(
             l.unsupported.iter().any(|u| u.starts_with(feature)),
             "{feature} not listed: {:?}",

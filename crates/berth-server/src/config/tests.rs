@@ -45,9 +45,10 @@ fn distribution_example_loads() {
     assert!(
         matches!(l.config.storage.driver(), StorageDriver::Filesystem(f) if f.rootdirectory == "/var/lib/registry")
     );
-    // The blob-descriptor cache is supported now.
+    // The blob-descriptor cache and the health checks are supported now.
     assert!(!l.unsupported.iter().any(|u| u.starts_with("storage.cache")));
-    assert!(l.unsupported.iter().any(|u| u.starts_with("health")));
+    assert!(!l.unsupported.iter().any(|u| u.starts_with("health")));
+    assert!(l.config.health.is_some());
     assert_eq!(l.config.catalog.maxentries, 1000);
 }
 

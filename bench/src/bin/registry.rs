@@ -29,6 +29,8 @@ use sha2::{Digest as _, Sha256};
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const SERVICE: &str = "bench.registry";
 const ISSUER: &str = "berth-bench";
+/// bcrypt of `bench-pw`: the issuer wants one account; the bench pulls anonymously.
+const BENCH_USER_HASH: &str = "$2b$12$dnsT.XXF9qpmitr9acQrc.Tut33wpEa7WeuGczY99shVhe.geUPGm";
 
 struct Args {
     storage: PathBuf,
@@ -383,9 +385,16 @@ fn write_tag(root: &Path, repo: &str, tag: &str, d: &str) {
     std::fs::write(idx.join("link"), d).unwrap();
 }
 
-/// Writes a repository holding one manifest revision and one tag, on disk.
-fn write_repo(root: &Path, repo: &str, d: &str) {
+/// Writes a repository holding one manifest revision, one tag and a layer link (`_layers` is
+/// what distribution's catalog looks for), on disk.
+fn write_repo(root: &Path, repo: &str, d: &str, layer: &str) {
     let hex = d.trim_start_matches("sha256:");
+    let l = root.join(format!(
+        "docker/registry/v2/repositories/{repo}/_layers/sha256/{}",
+        layer.trim_start_matches("sha256:")
+    ));
+    std::fs::create_dir_all(&l).unwrap();
+    std::fs::write(l.join("link"), layer).unwrap();
     let rev = root.join(format!(
         "docker/registry/v2/repositories/{repo}/_manifests/revisions/sha256/{hex}"
     ));
@@ -441,7 +450,7 @@ fn main() {
         &bin,
         &keys.path().join("issuer-data"),
         &format!(
-            "auth:\n  token:\n    service: {SERVICE}\n    issuer: {ISSUER}\n  issuer:\n    keydir: {}\n    expiration: 2h\n    acl:\n      - {{ name: \"bench/*\", actions: [pull] }}\n",
+            "auth:\n  token:\n    service: {SERVICE}\n    issuer: {ISSUER}\n  issuer:\n    keydir: {}\n    expiration: 2h\n    users: {{ bench: \"{BENCH_USER_HASH}\" }}\n    acl:\n      - {{ name: \"bench/*\", actions: [pull] }}\n",
             keys.path().join("keys").display()
         ),
     );
@@ -544,7 +553,12 @@ fn main() {
             write_tag(root, "bench/tags", &format!("t{t:05}"), &manifest_digest);
         }
         for r in 0..10_000 {
-            write_repo(root, &format!("cat/r{r:05}"), &manifest_digest);
+            write_repo(
+                root,
+                &format!("cat/r{r:05}"),
+                &manifest_digest,
+                &small_digest,
+            );
         }
     }
     // bench/m, bench/tags, bench/large, bench/big (distribution keeps emptied repositories).

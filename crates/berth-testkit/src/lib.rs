@@ -199,6 +199,9 @@ pub struct Distribution {
     _cfg: tempfile::TempDir,
 }
 
+/// distribution's log section without the access log.
+const QUIET_LOG: &str = "log:\n  level: warn\n  accesslog:\n    disabled: true\n";
+
 impl Distribution {
     /// distribution 2.8 on the given filesystem root with deletes enabled.
     pub fn start(root: &Path) -> Distribution {
@@ -234,6 +237,17 @@ impl Distribution {
         panic!("docker-registry did not come up:\n{last_log}");
     }
 
+    /// The process ID (for RSS readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// As [`start_with_extra`](Self::start_with_extra), without the access log (benchmarks).
+    pub fn start_quiet(root: &Path, extra_yaml: &str) -> Distribution {
+        let extra = format!("{QUIET_LOG}{extra_yaml}");
+        Distribution::start_with_extra(root, &extra)
+    }
+
     fn try_start(root: &Path, extra_yaml: &str) -> Result<Distribution, String> {
         let storage = format!(
             "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
@@ -245,8 +259,13 @@ impl Distribution {
     fn try_start_yaml(storage_yaml: &str, extra_yaml: &str) -> Result<Distribution, String> {
         let cfg = tempfile::tempdir().unwrap();
         let port = free_port();
+        // A `log:` section in `extra_yaml` (start_quiet) replaces the default one.
+        let (log, extra_yaml) = match extra_yaml.strip_prefix(QUIET_LOG) {
+            Some(rest) => (QUIET_LOG, rest),
+            None => ("log:\n  level: warn\n", extra_yaml),
+        };
         let yaml = format!(
-            "version: 0.1\nlog:\n  level: warn\n{storage_yaml}http:\n  addr: 127.0.0.1:{port}\n{extra_yaml}"
+            "version: 0.1\n{log}{storage_yaml}http:\n  addr: 127.0.0.1:{port}\n{extra_yaml}"
         );
         let path = cfg.path().join("config.yml");
         std::fs::write(&path, yaml).unwrap();

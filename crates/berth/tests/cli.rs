@@ -314,3 +314,101 @@ fn keys_generate_and_jwks() {
         );
     }
 }
+
+/// `storage.maintenance.readonly.enabled`: what was pushed before still pulls; every push,
+/// mount and delete is `405 UNSUPPORTED` with a message naming the setting; nothing on disk
+/// changes.
+#[test]
+fn read_only_mode_serves_pulls_and_refuses_writes() {
+    use berth_conformance::client::{Body, Client};
+    use berth_conformance::fixtures::{digest, Image};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let img = Image::oci("read-only", 2, "");
+    let layer = digest(&img.layers[0]);
+    {
+        let b = support::Berth::start_on(&root, "");
+        Client::new(&b.url, None)
+            .push_image("ro/app", "v1", &img)
+            .unwrap();
+    }
+    let before = listing(&root);
+    let yaml = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    readonly:\n      enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+        root.display()
+    );
+    let b = support::Berth::start_with_config(&yaml, &root);
+    let c = Client::new(&b.url, None);
+
+    let r = c.get("/v2/ro/app/manifests/v1", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.body, img.manifest);
+    let r = c.get(&format!("/v2/ro/app/blobs/{layer}"), &[]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, img.layers[0]);
+    assert_eq!(c.get("/v2/ro/app/tags/list", &[]).unwrap().status, 200);
+
+    let refused: Vec<(&str, String, &[u8])> = vec![
+        ("POST", "/v2/ro/app/blobs/uploads/".into(), b""),
+        (
+            "POST",
+            format!("/v2/ro/other/blobs/uploads/?mount={layer}&from=ro/app"),
+            b"",
+        ),
+        (
+            "POST",
+            format!("/v2/ro/app/blobs/uploads/?digest={}", digest(b"x")),
+            b"x",
+        ),
+        ("PUT", "/v2/ro/app/manifests/v2".into(), &img.manifest),
+        ("DELETE", "/v2/ro/app/manifests/v1".into(), b""),
+        (
+            "DELETE",
+            format!("/v2/ro/app/manifests/{}", img.digest()),
+            b"",
+        ),
+        ("DELETE", format!("/v2/ro/app/blobs/{layer}"), b""),
+        (
+            "PATCH",
+            "/v2/ro/app/blobs/uploads/a3bb189e-8bf9-4888-9912-ace4e6543002".into(),
+            b"abc",
+        ),
+    ];
+    for (method, path, body) in refused {
+        let r = c
+            .send(
+                method,
+                &path,
+                &[("Content-Type", img.media_type)],
+                Body::Bytes(body),
+            )
+            .unwrap();
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.describe());
+        assert_eq!(r.error_codes(), ["UNSUPPORTED"], "{method} {path}");
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(
+            text.contains("read-only") && text.contains("storage.maintenance.readonly"),
+            "{method} {path}: the message should say why: {text}"
+        );
+    }
+    assert_eq!(listing(&root), before, "nothing may change on disk");
+}
+
+/// Every path under `root` with its size, sorted.
+fn listing(root: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            out.push((e.path().display().to_string(), m.len()));
+        }
+    }
+    out.sort();
+    out
+}

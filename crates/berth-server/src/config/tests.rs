@@ -45,9 +45,10 @@ fn distribution_example_loads() {
     assert!(
         matches!(l.config.storage.driver(), StorageDriver::Filesystem(f) if f.rootdirectory == "/var/lib/registry")
     );
-    // The blob-descriptor cache is supported now.
+    // The blob-descriptor cache and the health checks are supported now.
     assert!(!l.unsupported.iter().any(|u| u.starts_with("storage.cache")));
-    assert!(l.unsupported.iter().any(|u| u.starts_with("health")));
+    assert!(!l.unsupported.iter().any(|u| u.starts_with("health")));
+    assert!(l.config.health.is_some());
     assert_eq!(l.config.catalog.maxentries, 1000);
 }
 
@@ -112,15 +113,15 @@ http:
     }
     assert!(y.contains("<redacted>"));
     assert!(y.contains("bucket: b"));
-    // auth.token, storage.s3 and redis are supported now: not listed.
-    for supported in ["auth", "storage.s3", "redis:"] {
+    // auth.token, storage.s3, redis, proxy and the debug server are supported now: not listed.
+    for supported in ["auth", "storage.s3", "redis:", "proxy", "http.debug"] {
         assert!(
             !l.unsupported.iter().any(|u| u.starts_with(supported)),
             "{supported} listed: {:?}",
             l.unsupported
         );
     }
-    for feature in ["proxy", "notifications", "http.tls", "http.debug"] {
+    for feature in ["notifications", "http.tls"] {
         assert!(
             l.unsupported.iter().any(|u| u.starts_with(feature)),
             "{feature} not listed: {:?}",

@@ -1,4 +1,5 @@
-//! `berth serve`: configuration → logging → storage → listener → `berth_server::run`.
+//! `berth serve`: configuration → logging → storage → TLS → listener →
+//! `berth_server::listen::serve`, until SIGTERM/SIGINT and the drain.
 
 use std::process::ExitCode;
 

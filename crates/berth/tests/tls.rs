@@ -1,6 +1,7 @@
 //! `http.tls` and the graceful shutdown, against the real binary: skopeo pushes and pulls over
 //! HTTPS with a private CA; an HTTP/2 client gets HTTP/2 by ALPN (reqwest and curl); mutual TLS
-//! refuses clients without a certificate from `clientcas`; `minimumtls: tls1.3` and
+//! refuses clients without a certificate from `clientcas` (and follows a rewritten CA file);
+//! `minimumtls: tls1.3` and
 //! `ciphersuites` shut out the clients they should; a certificate rewritten on disk (in place,
 //! or by a Kubernetes-style `..data` symlink swap) is served to new connections while an open
 //! connection keeps working; `Location` URLs are https; bad TLS settings stop the start-up with
@@ -411,6 +412,44 @@ fn mutual_tls_requires_a_certificate_from_clientcas() {
         &url,
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+
+    // The client CA file is reloaded too: after it names a new CA, that CA's clients get in
+    // and the old one's do not.
+    let new_ca = Ca::new("berth client CA 2");
+    std::fs::write(&client_ca_file, new_ca.pem()).unwrap();
+    rt().block_on(async {
+        let deadline = Instant::now() + RELOAD_DEADLINE;
+        loop {
+            let r = client(&pki)
+                .identity(identity(&new_ca))
+                .build()
+                .unwrap()
+                .get(&url)
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the new client CA was not used");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let old = client(&pki)
+            .identity(identity(&client_ca))
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await;
+        assert!(
+            old.is_err(),
+            "a client of the replaced CA was served: {old:?}"
+        );
+    });
+    assert!(
+        berth.log().contains("client CAs reloaded"),
+        "{}",
+        berth.log()
+    );
 }
 
 #[test]

@@ -918,3 +918,41 @@ fn a_stalled_request_is_dropped_at_the_drain_timeout() {
     let answer = read_to_close(&mut stalled);
     assert!(answer.is_empty(), "{answer}");
 }
+
+#[test]
+fn h2c_prior_knowledge_only_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = start(dir.path(), "");
+    let h2 = |url: &str| curl(&["--http2-prior-knowledge", "-v", "-o", "/dev/null", url]);
+    let out = h2(&format!("{}/v2/", plain.url));
+    assert!(
+        !out.status.success(),
+        "HTTP/2 served without http.h2c: {out:?}"
+    );
+    // HTTP/1.1 is unaffected.
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        &format!("{}/v2/", plain.url),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1");
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let h2c = start(dir2.path(), "  h2c:\n    enabled: true\n");
+    let out = h2(&format!("{}/v2/", h2c.url));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("< HTTP/2 200"),
+        "{err}"
+    );
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        &format!("{}/v2/", h2c.url),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1");
+}

@@ -143,6 +143,7 @@ impl StorageDriver for FilesystemDriver {
         Ok(Box::new(FsWriter {
             path: p,
             file: Some(file),
+            inflight: None,
             size,
             buf: BytesMut::new(),
         }))
@@ -252,29 +253,47 @@ fn read_stream(file: std::fs::File, remaining: u64) -> ByteStream {
     .boxed()
 }
 
+/// Appends through a buffer; a full buffer is written by a blocking task while the next one
+/// fills (the caller hashes while the previous buffer goes to disk). At most one write is in
+/// flight, so memory stays at two buffers whatever the blob's size.
 struct FsWriter {
     path: String,
     file: Option<std::fs::File>,
+    inflight: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
     size: u64,
     buf: BytesMut,
 }
 
 impl FsWriter {
+    /// Waits for the write in flight and takes the file back.
+    async fn reclaim(&mut self) -> Result<()> {
+        if let Some(h) = self.inflight.take() {
+            let file = match h.await {
+                Ok(r) => r.map_err(|e| StorageError::io(&self.path, e))?,
+                Err(e) => return Err(StorageError::io(&self.path, std::io::Error::other(e))),
+            };
+            self.file = Some(file);
+        }
+        Ok(())
+    }
+
     async fn flush_buf(&mut self, sync: bool) -> Result<()> {
+        self.reclaim().await?;
         let mut file = self.file.take().ok_or_else(|| StorageError::Io {
             path: self.path.clone(),
             source: std::io::Error::other("writer failed earlier"),
         })?;
         let data = self.buf.split().freeze();
-        let file = blocking(&self.path, move || {
+        self.inflight = Some(tokio::task::spawn_blocking(move || {
             file.write_all(&data)?;
             if sync {
                 file.sync_all()?;
             }
             Ok(file)
-        })
-        .await?;
-        self.file = Some(file);
+        }));
+        if sync {
+            self.reclaim().await?;
+        }
         Ok(())
     }
 }

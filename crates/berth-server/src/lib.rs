@@ -24,6 +24,7 @@ pub mod health;
 mod http_util;
 pub mod jwks;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod metrics;
 mod observe;
 mod proxied;

@@ -160,6 +160,16 @@ impl StorageDriver for FilesystemDriver {
         })
     }
 
+    /// Sets the file's modification time (the bytes are untouched).
+    async fn touch(&self, path: &str) -> Result<()> {
+        let full = self.full(path)?;
+        blocking(path, move || {
+            let f = std::fs::OpenOptions::new().write(true).open(full)?;
+            f.set_modified(std::time::SystemTime::now())
+        })
+        .await
+    }
+
     async fn list(&self, path: &str) -> Result<Vec<String>> {
         let full = if path == "/" {
             self.root.clone()

@@ -118,6 +118,17 @@ impl StorageDriver for InMemoryDriver {
         Err(StorageError::NotFound(path.to_owned()))
     }
 
+    async fn touch(&self, path: &str) -> Result<()> {
+        validate_path(path)?;
+        match self.write().get_mut(path) {
+            Some((_, t)) => {
+                *t = SystemTime::now();
+                Ok(())
+            }
+            None => Err(StorageError::NotFound(path.to_owned())),
+        }
+    }
+
     async fn list(&self, path: &str) -> Result<Vec<String>> {
         let prefix = if path == "/" {
             "/".to_owned()

@@ -60,9 +60,11 @@ impl Registry {
         if self.fresh.recent(path, interval) {
             return Ok(true);
         }
+        // The object's own time (one HEAD on S3, not two): when it is old, a touch follows
+        // even if a recent touch marker exists, at most once per interval.
         let modified = match modified {
             Some(m) => m,
-            None => match self.driver.stat_touched(path).await {
+            None => match self.driver.stat_object(path).await {
                 Ok(info) => info.modified,
                 Err(e) if e.is_not_found() => {
                     self.fresh.forget(path);
@@ -91,6 +93,14 @@ impl Registry {
         }
         self.fresh.remember(path);
         Ok(true)
+    }
+
+    /// Records that the object at `path` was just written or moved into place (its time is
+    /// now), so the next confirmation costs no storage call.
+    pub(crate) fn landed(&self, path: &str) {
+        if self.options.touch_interval.is_some() {
+            self.fresh.remember(path);
+        }
     }
 
     /// Forgets that `path` was fresh (it was deleted).

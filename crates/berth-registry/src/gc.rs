@@ -481,7 +481,7 @@ impl Registry {
     }
 
     /// The digests of the entries under `dir/<alg>/<hex>` (revisions, layer links), with the
-    /// entry's path. A missing directory has none.
+    /// entry's path (which may have lost its `link`). A missing directory has none.
     async fn digest_dirs(&self, dir: &str) -> crate::Result<Vec<(Digest, String)>> {
         let algs = match self.driver.list(dir).await {
             Ok(a) => a,
@@ -556,11 +556,16 @@ impl Run<'_> {
             .digest_dirs(&format!("{dir}/_manifests/revisions"))
             .await
             .map_err(fail)?;
-        let bodies: Vec<(Digest, Option<bytes::Bytes>)> =
-            futures_util::stream::iter(entries.into_iter().map(|(d, _)| async move {
+        // A revision is a directory with a `link`: distribution deletes a manifest by
+        // deleting only the link file, leaving the directory.
+        let bodies: Vec<Option<(Digest, Option<bytes::Bytes>)>> =
+            futures_util::stream::iter(entries.into_iter().map(|(d, entry)| async move {
+                if reg.read_link(&format!("{entry}/link")).await?.is_none() {
+                    return Ok(None);
+                }
                 match reg.driver.get_content(&paths::blob_data(&d)).await {
-                    Ok(b) => Ok((d, Some(b))),
-                    Err(e) if e.is_not_found() => Ok((d, None)),
+                    Ok(b) => Ok(Some((d, Some(b)))),
+                    Err(e) if e.is_not_found() => Ok(Some((d, None))),
                     Err(e) => Err(RegistryError::from(e)),
                 }
             }))
@@ -569,7 +574,7 @@ impl Run<'_> {
             .await
             .map_err(fail)?;
         let mut revs = HashMap::new();
-        for (d, body) in bodies {
+        for (d, body) in bodies.into_iter().flatten() {
             let Some(body) = body else {
                 self.report.broken_manifests += 1;
                 (self.events)(&Event::Warning(format!(

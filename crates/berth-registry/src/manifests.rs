@@ -84,6 +84,7 @@ impl Registry {
         let blob = paths::blob_data(&digest);
         if !self.refresh(&blob, None).await? {
             self.driver.put_content(&blob, body).await?;
+            self.landed(&blob);
         }
         self.write_link(&paths::revision_link(name, &digest), &digest)
             .await?;

@@ -310,8 +310,7 @@ impl Registry {
                     self.driver
                         .finish_append(&data, cursor.driver.clone(), &blob)
                         .await?;
-                    // The data may have been written long ago (a session resumed late).
-                    self.refresh(&blob, None).await?;
+                    self.landed(&blob);
                 }
             }
             Algorithm::Sha512 => {
@@ -328,7 +327,7 @@ impl Registry {
                 }
                 if !self.refresh(&blob, None).await? {
                     self.driver.move_object(&data, &blob).await?;
-                    self.refresh(&blob, None).await?;
+                    self.landed(&blob);
                 }
             }
         }
@@ -401,6 +400,7 @@ impl Registry {
                         let blob = paths::blob_data(digest);
                         if !self.refresh(&blob, None).await? {
                             self.driver.put_content(&blob, data).await?;
+                            self.landed(&blob);
                         }
                         self.write_link(&paths::layer_link(name, digest), digest)
                             .await?;
@@ -636,7 +636,7 @@ impl BlobWriter {
             registry.driver.abort_append(&data, state).await?;
         } else {
             registry.driver.finish_append(&data, state, &blob).await?;
-            registry.refresh(&blob, None).await?;
+            registry.landed(&blob);
         }
         registry
             .write_link(&paths::layer_link(&name, digest), digest)

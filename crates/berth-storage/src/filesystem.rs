@@ -205,6 +205,11 @@ impl StorageDriver for FilesystemDriver {
                 .ok_or_else(|| std::io::Error::other("no parent directory"))?;
             std::fs::create_dir_all(dir)?;
             std::fs::rename(&src, &dst)?;
+            // A rename keeps the source's mtime; the object appeared now.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&dst)?
+                .set_modified(std::time::SystemTime::now())?;
             sync_dir(dir)
         })
         .await

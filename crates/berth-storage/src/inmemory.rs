@@ -158,10 +158,10 @@ impl StorageDriver for InMemoryDriver {
         validate_path(from)?;
         validate_path(to)?;
         let mut objects = self.write();
-        let obj = objects
+        let (bytes, _) = objects
             .remove(from)
             .ok_or_else(|| StorageError::NotFound(from.to_owned()))?;
-        objects.insert(to.to_owned(), obj);
+        objects.insert(to.to_owned(), (bytes, SystemTime::now()));
         Ok(())
     }
 

@@ -163,7 +163,9 @@ pub trait StorageDriver: Send + Sync + 'static {
     }
     /// Full paths of the direct children of a directory, sorted.
     async fn list(&self, path: &str) -> Result<Vec<String>>;
-    /// Atomically moves an object, replacing any object at `to`.
+    /// Atomically moves an object, replacing any object at `to`. The moved object's modified
+    /// time is the time of the move (garbage collection's grace period counts from when
+    /// content appears at its path; see [`touch`](Self::touch)).
     async fn move_object(&self, from: &str, to: &str) -> Result<()>;
     /// Deletes an object or a whole directory tree.
     async fn delete(&self, path: &str) -> Result<()>;

@@ -127,6 +127,14 @@ async fn touch(d: &dyn StorageDriver) {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let asked = std::time::SystemTime::now();
     d.touch("/touch/obj").await.unwrap();
+    // A moved object's time is the move's.
+    d.put_content("/touch/src", Bytes::from_static(b"m"))
+        .await
+        .unwrap();
+    let old = d.stat_touched("/touch/src").await.unwrap().modified;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    d.move_object("/touch/src", "/touch/dst").await.unwrap();
+    assert!(d.stat_touched("/touch/dst").await.unwrap().modified > old);
     let after = d.stat_touched("/touch/obj").await.unwrap();
     assert!(
         after.modified > before,

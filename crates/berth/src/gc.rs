@@ -177,9 +177,9 @@ fn grace(cfg: &config::Config, flag: Option<&str>, short_ok: bool) -> anyhow::Re
 
 fn show(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{:.1}s", d.as_secs_f64())

@@ -1168,6 +1168,9 @@ mod tests {
         let reg = registry(Some(Duration::from_millis(50)));
         let layer = blob(&reg, "r", b"layer").await;
         let config = blob(&reg, "r", b"config").await;
+        // A collection only deletes what was not confirmed for a grace period (>= three
+        // touch intervals), so the registry no longer remembers it as fresh.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         // The blob goes, but the repository's link is left (as distribution leaves it).
         reg.driver()
             .delete(paths::blob_data(&layer).trim_end_matches("/data"))

@@ -15,41 +15,48 @@ pub struct BlobInfo {
 
 impl Registry {
     /// Size of a blob linked into `name`; `BLOB_UNKNOWN` otherwise. Answered from the
-    /// blob-descriptor cache when it knows.
+    /// blob-descriptor cache when it knows. The blob is refreshed for garbage collection
+    /// (see `crate::fresh`): a client that learns it exists may push a manifest naming it.
     pub async fn stat_blob(&self, name: &RepoName, digest: &Digest) -> Result<BlobInfo> {
+        let data = paths::blob_data(digest);
         if let Some(size) = self.cache.repo_blob(name, digest).await {
-            return Ok(BlobInfo {
-                digest: digest.clone(),
-                size,
-            });
+            if self.refresh(&data, None).await? {
+                return Ok(BlobInfo {
+                    digest: digest.clone(),
+                    size,
+                });
+            }
+            // The content is gone (collected): the cache was stale.
+            self.cache.forget_repo_blob(name, digest).await;
+            return Err(RegistryError::code(ErrorCode::BlobUnknown));
         }
         if !self.exists(&paths::layer_link(name, digest)).await? {
             return Err(RegistryError::code(ErrorCode::BlobUnknown));
         }
-        let info = self.stat_global_blob(digest).await?;
-        self.cache.set_repo_blob(name, digest, info.size).await;
-        Ok(info)
-    }
-
-    /// Whether `name` links `digest` (the cache, or its link).
-    pub(crate) async fn has_blob(&self, name: &RepoName, digest: &Digest) -> Result<bool> {
-        if self.cache.repo_blob(name, digest).await.is_some() {
-            return Ok(true);
+        let st = self.stat_blob_data(digest).await?;
+        if !self.refresh(&data, Some(st.modified)).await? {
+            return Err(RegistryError::code(ErrorCode::BlobUnknown));
         }
-        self.exists(&paths::layer_link(name, digest)).await
-    }
-
-    /// Size of a blob in the global store, regardless of repository.
-    pub(crate) async fn stat_global_blob(&self, digest: &Digest) -> Result<BlobInfo> {
-        let st = self
-            .driver
-            .stat_object(&paths::blob_data(digest))
-            .await
-            .map_err(|e| RegistryError::not_found_as(e, ErrorCode::BlobUnknown))?;
+        self.cache.set_repo_blob(name, digest, st.size).await;
         Ok(BlobInfo {
             digest: digest.clone(),
             size: st.size,
         })
+    }
+
+    /// Whether `name` links `digest` (the cache, or its link) and its content is stored; the
+    /// content is refreshed for garbage collection.
+    pub(crate) async fn has_blob(&self, name: &RepoName, digest: &Digest) -> Result<bool> {
+        let linked = self.cache.repo_blob(name, digest).await.is_some()
+            || self.exists(&paths::layer_link(name, digest)).await?;
+        Ok(linked && self.refresh(&paths::blob_data(digest), None).await?)
+    }
+
+    async fn stat_blob_data(&self, digest: &Digest) -> Result<berth_storage::FileInfo> {
+        self.driver
+            .stat_object(&paths::blob_data(digest))
+            .await
+            .map_err(|e| RegistryError::not_found_as(e, ErrorCode::BlobUnknown))
     }
 
     /// Streams `len` bytes (or to the end) of a blob from `offset`. The caller has checked
@@ -114,15 +121,24 @@ impl Registry {
     /// Links a blob that is already stored (for another repository) into `name`; `None`
     /// when it is not stored at all.
     pub async fn adopt_blob(&self, name: &RepoName, digest: &Digest) -> Result<Option<BlobInfo>> {
-        let info = match self.stat_global_blob(digest).await {
+        let st = match self.stat_blob_data(digest).await {
             Ok(i) => i,
             Err(RegistryError::Oci(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
+        if !self
+            .refresh(&paths::blob_data(digest), Some(st.modified))
+            .await?
+        {
+            return Ok(None);
+        }
         self.write_link(&paths::layer_link(name, digest), digest)
             .await?;
-        self.cache.set_repo_blob(name, digest, info.size).await;
-        Ok(Some(info))
+        self.cache.set_repo_blob(name, digest, st.size).await;
+        Ok(Some(BlobInfo {
+            digest: digest.clone(),
+            size: st.size,
+        }))
     }
 
     /// Whether the repository exists at all (has manifests or layers).

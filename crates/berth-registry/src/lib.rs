@@ -17,9 +17,12 @@ pub mod blobs;
 pub mod cache;
 pub mod catalog;
 mod error;
+mod fresh;
+pub mod gc;
 mod link;
 pub mod manifests;
 pub mod paths;
+pub mod purge;
 pub mod referrers;
 pub mod tags;
 pub mod uploads;
@@ -30,10 +33,22 @@ pub use uploads::{UploadId, UploadStatus};
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// Behaviour switches from the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// `storage.delete.enabled`: blob and manifest deletes are allowed.
     pub delete_enabled: bool,
+    /// How often content a client is told about is touched, so that an online garbage
+    /// collection leaves it alone (see [`gc`]); `None` never touches (a read-only registry).
+    pub touch_interval: Option<std::time::Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            delete_enabled: false,
+            touch_interval: Some(gc::DEFAULT_TOUCH_INTERVAL),
+        }
+    }
 }
 
 /// A registry over one storage driver. Cheap to clone.
@@ -43,6 +58,7 @@ pub struct Registry {
     options: Options,
     locks: Arc<uploads::UploadLocks>,
     cache: Arc<dyn cache::DescriptorCache>,
+    fresh: Arc<fresh::Fresh>,
 }
 
 impl Registry {
@@ -52,6 +68,7 @@ impl Registry {
             options,
             locks: Arc::default(),
             cache: Arc::new(cache::NoCache::default()),
+            fresh: Arc::default(),
         }
     }
 

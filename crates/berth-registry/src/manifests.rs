@@ -82,8 +82,9 @@ impl Registry {
         }
 
         let blob = paths::blob_data(&digest);
-        if !self.exists(&blob).await? {
+        if !self.refresh(&blob, None).await? {
             self.driver.put_content(&blob, body).await?;
+            self.landed(&blob);
         }
         self.write_link(&paths::revision_link(name, &digest), &digest)
             .await?;
@@ -140,7 +141,9 @@ impl Registry {
         // (`image-manifest=false`, the default before BuildKit 0.21) lists layers and its
         // cache config directly in an image index.
         let child_checks = info.children.iter().map(|d| async move {
-            let found = match self.exists(&paths::revision_link(name, d)).await {
+            // Refreshed, so that an online garbage collection does not delete a child it
+            // found untagged while this index is being stored (see `crate::fresh`).
+            let found = match self.refresh(&paths::revision_link(name, d), None).await {
                 Ok(false) => self.has_blob(name, d).await,
                 other => other,
             };

@@ -301,7 +301,7 @@ impl Registry {
                         .discard_mismatch(name, id, cursor.driver, digest, &computed)
                         .await);
                 }
-                if self.exists(&blob).await? {
+                if self.refresh(&blob, None).await? {
                     // Already stored (by another repository, or a concurrent push).
                     self.driver
                         .abort_append(&data, cursor.driver.clone())
@@ -310,6 +310,7 @@ impl Registry {
                     self.driver
                         .finish_append(&data, cursor.driver.clone(), &blob)
                         .await?;
+                    self.landed(&blob);
                 }
             }
             Algorithm::Sha512 => {
@@ -324,8 +325,9 @@ impl Registry {
                         .discard_mismatch(name, id, None, digest, &computed)
                         .await);
                 }
-                if !self.exists(&blob).await? {
+                if !self.refresh(&blob, None).await? {
                     self.driver.move_object(&data, &blob).await?;
+                    self.landed(&blob);
                 }
             }
         }
@@ -396,8 +398,9 @@ impl Registry {
                                 .await);
                         }
                         let blob = paths::blob_data(digest);
-                        if !self.exists(&blob).await? {
+                        if !self.refresh(&blob, None).await? {
                             self.driver.put_content(&blob, data).await?;
+                            self.landed(&blob);
                         }
                         self.write_link(&paths::layer_link(name, digest), digest)
                             .await?;
@@ -629,10 +632,11 @@ impl BlobWriter {
         let state = writer.commit().await?;
         let data = paths::upload_data(&name, &id);
         let blob = paths::blob_data(digest);
-        if registry.exists(&blob).await? {
+        if registry.refresh(&blob, None).await? {
             registry.driver.abort_append(&data, state).await?;
         } else {
             registry.driver.finish_append(&data, state, &blob).await?;
+            registry.landed(&blob);
         }
         registry
             .write_link(&paths::layer_link(&name, digest), digest)

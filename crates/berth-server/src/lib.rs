@@ -25,6 +25,7 @@ mod http_util;
 pub mod jwks;
 pub mod lifecycle;
 pub mod listen;
+pub mod maintenance;
 pub mod metrics;
 mod observe;
 mod proxied;

@@ -29,6 +29,7 @@ fn start_with(opts: ServerOptions, delete: bool) -> Server {
         DriverChoice::Filesystem(root.clone()),
         berth_registry::Options {
             delete_enabled: delete,
+            ..Default::default()
         },
         opts,
     );

@@ -161,6 +161,16 @@ impl StorageDriver for FilesystemDriver {
         })
     }
 
+    /// Sets the file's modification time (the bytes are untouched).
+    async fn touch(&self, path: &str) -> Result<()> {
+        let full = self.full(path)?;
+        blocking(path, move || {
+            let f = std::fs::OpenOptions::new().write(true).open(full)?;
+            f.set_modified(std::time::SystemTime::now())
+        })
+        .await
+    }
+
     async fn list(&self, path: &str) -> Result<Vec<String>> {
         let full = if path == "/" {
             self.root.clone()
@@ -196,6 +206,11 @@ impl StorageDriver for FilesystemDriver {
                 .ok_or_else(|| std::io::Error::other("no parent directory"))?;
             std::fs::create_dir_all(dir)?;
             std::fs::rename(&src, &dst)?;
+            // A rename keeps the source's mtime; the object appeared now.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&dst)?
+                .set_modified(std::time::SystemTime::now())?;
             sync_dir(dir)
         })
         .await

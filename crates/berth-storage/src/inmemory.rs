@@ -118,6 +118,17 @@ impl StorageDriver for InMemoryDriver {
         Err(StorageError::NotFound(path.to_owned()))
     }
 
+    async fn touch(&self, path: &str) -> Result<()> {
+        validate_path(path)?;
+        match self.write().get_mut(path) {
+            Some((_, t)) => {
+                *t = SystemTime::now();
+                Ok(())
+            }
+            None => Err(StorageError::NotFound(path.to_owned())),
+        }
+    }
+
     async fn list(&self, path: &str) -> Result<Vec<String>> {
         let prefix = if path == "/" {
             "/".to_owned()
@@ -147,10 +158,10 @@ impl StorageDriver for InMemoryDriver {
         validate_path(from)?;
         validate_path(to)?;
         let mut objects = self.write();
-        let obj = objects
+        let (bytes, _) = objects
             .remove(from)
             .ok_or_else(|| StorageError::NotFound(from.to_owned()))?;
-        objects.insert(to.to_owned(), obj);
+        objects.insert(to.to_owned(), (bytes, SystemTime::now()));
         Ok(())
     }
 

@@ -33,10 +33,12 @@ pub enum Op {
     List,
     Move,
     Delete,
+    Touch,
+    StatTouched,
 }
 
 impl Op {
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 16] = [
         Op::GetContent,
         Op::PutContent,
         Op::Reader,
@@ -51,6 +53,8 @@ impl Op {
         Op::List,
         Op::Move,
         Op::Delete,
+        Op::Touch,
+        Op::StatTouched,
     ];
 
     /// The metric label (and span name suffix).
@@ -70,6 +74,8 @@ impl Op {
             Op::List => "list",
             Op::Move => "move",
             Op::Delete => "delete",
+            Op::Touch => "touch",
+            Op::StatTouched => "stat_touched",
         }
     }
 }
@@ -245,6 +251,15 @@ impl StorageDriver for Instrumented {
 
     async fn stat_object(&self, path: &str) -> Result<FileInfo> {
         self.timed(Op::StatObject, path, self.inner.stat_object(path))
+            .await
+    }
+
+    async fn touch(&self, path: &str) -> Result<()> {
+        self.timed(Op::Touch, path, self.inner.touch(path)).await
+    }
+
+    async fn stat_touched(&self, path: &str) -> Result<FileInfo> {
+        self.timed(Op::StatTouched, path, self.inner.stat_touched(path))
             .await
     }
 

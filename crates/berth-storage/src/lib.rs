@@ -150,9 +150,22 @@ pub trait StorageDriver: Send + Sync + 'static {
             Ok(info)
         }
     }
+    /// Marks an object as in use now: afterwards [`stat_touched`](Self::stat_touched) reports
+    /// a modification time no earlier than the call. The object's bytes do not change.
+    /// `NotFound` when there is no such object. Garbage collection's grace period counts from
+    /// this time (see `berth_registry::gc`).
+    async fn touch(&self, path: &str) -> Result<()>;
+    /// [`stat_object`](Self::stat_object) whose `modified` also counts [`touch`](Self::touch)
+    /// calls. The same on drivers that touch by setting the modification time; S3 keeps touches
+    /// in a marker object beside the object and reports the later of the two.
+    async fn stat_touched(&self, path: &str) -> Result<FileInfo> {
+        self.stat_object(path).await
+    }
     /// Full paths of the direct children of a directory, sorted.
     async fn list(&self, path: &str) -> Result<Vec<String>>;
-    /// Atomically moves an object, replacing any object at `to`.
+    /// Atomically moves an object, replacing any object at `to`. The moved object's modified
+    /// time is the time of the move (garbage collection's grace period counts from when
+    /// content appears at its path; see [`touch`](Self::touch)).
     async fn move_object(&self, from: &str, to: &str) -> Result<()>;
     /// Deletes an object or a whole directory tree.
     async fn delete(&self, path: &str) -> Result<()>;

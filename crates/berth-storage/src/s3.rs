@@ -990,6 +990,33 @@ impl StorageDriver for S3Driver {
         Ok(out)
     }
 
+    /// A marker object beside the object (`<key>.berth-touched`): one small PutObject, where
+    /// refreshing the object's own LastModified would mean copying all its bytes onto itself.
+    async fn touch(&self, path: &str) -> Result<()> {
+        let key = self.key(path)?;
+        if self.head(&key, path).await?.is_none() {
+            return Err(StorageError::NotFound(path.to_owned()));
+        }
+        self.put(&touch_key(&key), path, Bytes::new()).await
+    }
+
+    async fn stat_touched(&self, path: &str) -> Result<FileInfo> {
+        let key = self.key(path)?;
+        let marker = touch_key(&key);
+        let (object, touched) = tokio::join!(self.head(&key, path), self.head(&marker, path));
+        let (size, modified) = object?.ok_or_else(|| StorageError::NotFound(path.to_owned()))?;
+        let modified = match touched? {
+            Some((_, t)) => modified.max(t),
+            None => modified,
+        };
+        Ok(FileInfo {
+            path: path.to_owned(),
+            size,
+            is_dir: false,
+            modified,
+        })
+    }
+
     async fn move_object(&self, from: &str, to: &str) -> Result<()> {
         let (src, dst) = (self.key(from)?, self.key(to)?);
         let (size, _) = self
@@ -1010,8 +1037,16 @@ impl StorageDriver for S3Driver {
         if self.head(&key, path).await?.is_none() {
             return Err(StorageError::NotFound(path.to_owned()));
         }
-        self.delete_key(&key, path).await
+        self.delete_key(&key, path).await?;
+        // The object's touch marker, if any (no error when there is none).
+        self.delete_key(&touch_key(&key), path).await
     }
+}
+
+/// The key of an object's touch marker (see [`S3Driver::touch`]). Registry paths end in
+/// `/data` or `/link`, so no layout entry ends like this.
+fn touch_key(key: &str) -> String {
+    format!("{key}.berth-touched")
 }
 
 /// A writer of a staged object (see the module documentation).

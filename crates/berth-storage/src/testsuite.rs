@@ -117,6 +117,45 @@ async fn staged_appends(d: &dyn StorageDriver) {
     let _ = d.delete("/abort").await;
 }
 
+/// `touch` moves the time `stat_touched` reports forward, keeps the bytes, and says
+/// `NotFound` for a missing object. S3 reports times in whole seconds, hence the pause.
+async fn touch(d: &dyn StorageDriver) {
+    d.put_content("/touch/obj", Bytes::from_static(b"keep"))
+        .await
+        .unwrap();
+    let before = d.stat_touched("/touch/obj").await.unwrap().modified;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let asked = std::time::SystemTime::now();
+    d.touch("/touch/obj").await.unwrap();
+    // A moved object's time is the move's.
+    d.put_content("/touch/src", Bytes::from_static(b"m"))
+        .await
+        .unwrap();
+    let old = d.stat_touched("/touch/src").await.unwrap().modified;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    d.move_object("/touch/src", "/touch/dst").await.unwrap();
+    assert!(d.stat_touched("/touch/dst").await.unwrap().modified > old);
+    let after = d.stat_touched("/touch/obj").await.unwrap();
+    assert!(
+        after.modified > before,
+        "touch did not move the time forward"
+    );
+    // Whole-second clocks: the touch is no earlier than the second it was asked in.
+    let floor = asked - std::time::Duration::from_secs(1);
+    assert!(after.modified >= floor, "touch time is in the past");
+    assert_eq!(after.size, 4);
+    assert_eq!(d.get_content("/touch/obj").await.unwrap(), "keep");
+    assert!(d.touch("/touch/none").await.unwrap_err().is_not_found());
+    assert!(d
+        .stat_touched("/touch/none")
+        .await
+        .unwrap_err()
+        .is_not_found());
+    // Deleting the directory takes whatever the driver keeps for touches with it.
+    d.delete("/touch").await.unwrap();
+    assert!(d.list("/touch").await.unwrap_err().is_not_found());
+}
+
 /// Runs every contract check against `d`.
 pub async fn run(d: &dyn StorageDriver) {
     // Missing objects are NotFound, for every operation.
@@ -221,6 +260,8 @@ pub async fn run(d: &dyn StorageDriver) {
     d.delete("/dir").await.unwrap();
     assert!(d.stat("/dir/sub/obj").await.unwrap_err().is_not_found());
     assert!(d.stat("/dir").await.unwrap_err().is_not_found());
+
+    touch(d).await;
 
     // Concurrent overwrites of one object leave one complete version.
     let big_a = Bytes::from(vec![b'a'; 100_000]);

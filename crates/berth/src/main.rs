@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod gc;
 mod keys;
 mod logging;
 mod serve;
@@ -42,6 +43,37 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Delete blobs no manifest references (and with -m, manifests no tag reaches), as
+    /// distribution's `registry garbage-collect`. Safe while the registry serves pushes: content
+    /// written or touched within the grace period is kept. Deletions are listed on stdout,
+    /// progress and a summary on stderr.
+    GarbageCollect(GcArgs),
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// List what would be deleted; delete nothing.
+    #[arg(short = 'd', long)]
+    dry_run: bool,
+    /// Also delete manifests that no tag points at, unless a kept index lists them or they
+    /// refer (subject) to a kept manifest.
+    #[arg(short = 'm', long)]
+    delete_untagged: bool,
+    /// The registry is stopped or read-only: no grace period, everything unreferenced goes.
+    #[arg(long, conflicts_with = "grace")]
+    offline: bool,
+    /// Keep what was written or touched this recently (default: storage.maintenance.gc.grace,
+    /// else 1h; at least 15m).
+    #[arg(long, value_name = "DURATION")]
+    grace: Option<String>,
+    /// Tests only: allow a grace period shorter than 15 minutes.
+    #[arg(long, hide = true)]
+    unsafe_short_grace: bool,
+    /// Seconds between progress lines on stderr.
+    #[arg(long, hide = true, default_value_t = 2.0)]
+    progress_every: f64,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +169,17 @@ fn main() -> ExitCode {
                     token,
                 },
         } => token::verify_cmd(config.as_deref(), &token, &needs),
+        Command::GarbageCollect(a) => gc::garbage_collect(gc::Args {
+            config: a.config.path(),
+            dry_run: a.dry_run,
+            delete_untagged: a.delete_untagged,
+            offline: a.offline,
+            grace: a.grace.as_deref(),
+            short_grace: a.unsafe_short_grace,
+            progress_every: std::time::Duration::from_secs_f64(
+                a.progress_every.clamp(0.05, 3600.0),
+            ),
+        }),
     };
     match result {
         Ok(code) => code,

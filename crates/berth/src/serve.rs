@@ -95,7 +95,10 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     };
     let registry = berth_registry::Options {
         delete_enabled: cfg.storage.delete.enabled,
+        touch_interval: berth_server::maintenance::touch_interval(cfg)
+            .map_err(anyhow::Error::msg)?,
     };
+    let purging = berth_server::maintenance::upload_purging(cfg).map_err(anyhow::Error::msg)?;
     let addr = listen_addr(&cfg.http.addr);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -112,6 +115,8 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         let cache = setup::cache(cfg).map_err(anyhow::Error::msg)?;
         state.registry = state.registry.clone().with_cache(cache);
         state.proxy = setup::proxy(cfg, &state.registry).map_err(anyhow::Error::msg)?;
+        let purger = purging
+            .map(|p| berth_server::maintenance::start_upload_purger(state.registry.clone(), p));
         let auth = setup::auth(cfg).await.map_err(|e| anyhow::anyhow!(e))?;
         state.auth = std::sync::Arc::new(auth);
         let health = berth_server::health::Health::from_config(
@@ -146,6 +151,9 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             .context("serving")?;
         if let Some(d) = debug {
             d.abort();
+        }
+        if let Some(p) = purger {
+            p.abort();
         }
         tracing::info!("shut down");
         if let Some(e) = exporter {

@@ -614,6 +614,19 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             "storage.maintenance.uploadpurging.interval",
             u.interval.as_ref(),
         ));
+        if u.interval.as_deref().and_then(|i| parse_duration(i).ok()) == Some(Duration::ZERO) {
+            bad(
+                "storage.maintenance.uploadpurging.interval",
+                "must be greater than 0".to_owned(),
+            );
+        }
+    }
+    if let Some(g) = &c.storage.maintenance.gc {
+        durations.push((
+            "storage.maintenance.gc.touchinterval",
+            g.touchinterval.as_ref(),
+        ));
+        durations.push(("storage.maintenance.gc.grace", g.grace.as_ref()));
     }
     let mut owned_durations: Vec<(String, Option<&String>)> = Vec::new();
     if let Some(h) = &c.health {
@@ -842,14 +855,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         }
     }
 
-    if c.storage
-        .maintenance
-        .uploadpurging
-        .as_ref()
-        .is_some_and(|u| u.enabled)
-    {
-        add("storage.maintenance.uploadpurging: purging of abandoned uploads");
-    }
     if c.storage.redirect.disable {
         // Nothing to do: Berth never redirects on filesystem storage.
     }

@@ -236,12 +236,18 @@ pub struct Cache {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Maintenance {
+    /// Absent: distribution's defaults (enabled, 168h, 24h).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uploadpurging: Option<UploadPurging>,
     pub readonly: Enabled,
+    /// Berth's own: online garbage collection (`berth garbage-collect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcSettings>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `storage.maintenance.uploadpurging`. As in distribution, a section without `enabled` is
+/// enabled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UploadPurging {
     pub enabled: bool,
@@ -250,6 +256,30 @@ pub struct UploadPurging {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
     pub dryrun: bool,
+}
+
+impl Default for UploadPurging {
+    fn default() -> Self {
+        UploadPurging {
+            enabled: true,
+            age: None,
+            interval: None,
+            dryrun: false,
+        }
+    }
+}
+
+/// `storage.maintenance.gc` (Berth's own).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GcSettings {
+    /// How often the registry refreshes content it confirms to clients (default 5m); an
+    /// online collection's grace period must be at least three times this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub touchinterval: Option<String>,
+    /// The default grace period of `berth garbage-collect` (1h).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -227,10 +227,13 @@ fn s3_and_redis_are_the_only_connections() {
     );
 }
 
+/// One request the collector received: path, headers, body.
+type Received = (String, Vec<(String, String)>, Vec<u8>);
+
 /// An OTLP/HTTP receiver: answers every POST with 200 and keeps the requests.
 struct Collector {
     url: String,
-    requests: Arc<Mutex<Vec<(String, Vec<(String, String)>, Vec<u8>)>>>,
+    requests: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Collector {
@@ -274,7 +277,7 @@ impl Collector {
     }
 }
 
-fn serve_otlp(s: TcpStream, reqs: &Mutex<Vec<(String, Vec<(String, String)>, Vec<u8>)>>) {
+fn serve_otlp(s: TcpStream, reqs: &Mutex<Vec<Received>>) {
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
     loop {

@@ -391,6 +391,55 @@ fn overlays_build_into_manifests_that_keep_their_promises() {
                 "{overlay}: {p} (named by config.yml) is on no volume"
             );
         }
+        // Files the configuration reads from a Secret are keys the documented command creates.
+        for m in seq(&c["volumeMounts"]) {
+            let vol = seq(&spec["volumes"])
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .unwrap();
+            let (Some(secret), Some(at)) = (
+                vol["secret"]["secretName"].as_str(),
+                m["mountPath"].as_str(),
+            ) else {
+                continue;
+            };
+            let files: Vec<String> = config_paths(config)
+                .into_iter()
+                .filter_map(|p| p.strip_prefix(&format!("{at}/")).map(str::to_owned))
+                .collect();
+            assert!(
+                !files.is_empty(),
+                "{overlay}: Secret {secret} is mounted for nothing"
+            );
+            let command = kustomization
+                .split(&format!("kubectl create secret generic {secret}"))
+                .nth(1)
+                .unwrap()
+                .split("\n#   kubectl")
+                .next()
+                .unwrap()
+                .to_owned();
+            for f in files {
+                let added = command.split_whitespace().any(|t| {
+                    t.strip_prefix("--from-file=")
+                        .is_some_and(|src| Path::new(src).file_name() == Some(f.as_ref()))
+                });
+                assert!(
+                    added,
+                    "{overlay}: the command creating {secret} does not add {f}: {command}"
+                );
+            }
+        }
+        for e in seq(&c["env"]) {
+            let r = &e["valueFrom"]["secretKeyRef"];
+            if let (Some(secret), Some(key)) = (r["name"].as_str(), r["key"].as_str()) {
+                assert!(
+                    kustomization.contains(&format!("kubectl create secret generic {secret}"))
+                        && kustomization.contains(&format!("--from-literal={key}=")),
+                    "{overlay}: {secret}/{key} is not documented"
+                );
+            }
+        }
 
         match overlay {
             "filesystem" => {

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Berth's container image: the release build of `berth` on a distroless base (glibc and CA
 # certificates; no shell, no package manager), running as uid/gid 65532.
 #

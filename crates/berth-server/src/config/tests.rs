@@ -360,3 +360,31 @@ fn kubernetes_service_links_change_nothing_with_or_without_a_redis_section() {
         assert!(l.unsupported.is_empty(), "{:?}", l.unsupported);
     }
 }
+
+#[test]
+fn service_links_below_a_scalar_key_are_ignored_too() {
+    // Services `registry-auth-token`, `registry-version` and `registry-loglevel`: the variables
+    // run through the string keys auth.token.service, version and loglevel.
+    let vars = [
+        ("REGISTRY_AUTH_TOKEN_SERVICE_HOST", "10.96.0.12"),
+        ("REGISTRY_AUTH_TOKEN_SERVICE_PORT", "443"),
+        ("REGISTRY_AUTH_TOKEN_PORT", "tcp://10.96.0.12:443"),
+        ("REGISTRY_VERSION_PORT", "tcp://10.96.0.13:80"),
+        ("REGISTRY_VERSION_SERVICE_HOST", "10.96.0.13"),
+        ("REGISTRY_LOGLEVEL_SERVICE_HOST", "10.96.0.14"),
+        ("REGISTRY_HTTP_RELATIVEURLS_PORT", "tcp://10.96.0.15:80"),
+    ];
+    let with_token = "version: 0.1\nstorage:\n  inmemory:\nauth:\n  token:\n    realm: https://auth.example.com/token\n    service: registry.example.com\n    issuer: auth\n    jwks: /etc/jwks.json\n";
+    for text in ["version: 0.1\nstorage:\n  inmemory:\n", with_token] {
+        let bare = ok(text, &[]);
+        let l = ok(text, &vars);
+        assert_eq!(l.warnings.len(), vars.len(), "{:?}", l.warnings);
+        assert_eq!(l.config.redacted_yaml(), bare.config.redacted_yaml());
+    }
+    // A wrong value for a real scalar key is still a problem, not a warning.
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\n",
+        &[("REGISTRY_HTTP_RELATIVEURLS", "maybe")],
+    );
+    assert_eq!(p[0].location, "REGISTRY_HTTP_RELATIVEURLS");
+}

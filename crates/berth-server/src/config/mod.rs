@@ -338,7 +338,33 @@ fn try_override(root: &Value, path: &[String], value: &str) -> Override {
             Err(e) => last_error = e.to_string(),
         }
     }
+    // A path that goes on below a scalar key names no key either: the Service
+    // `registry-auth-token` gives pods REGISTRY_AUTH_TOKEN_SERVICE_HOST (`auth.token.service` is
+    // a string), `registry-version` REGISTRY_VERSION_PORT.
+    if (1..path.len()).any(|i| names_scalar(root, &path[..i], &baseline)) {
+        return Override::NamesNoKey;
+    }
     Override::Invalid(last_error)
+}
+
+/// Whether `prefix` is a key whose value is a scalar (it accepts a string, bool or number).
+fn names_scalar(root: &Value, prefix: &[String], baseline: &BTreeSet<String>) -> bool {
+    let dotted = prefix.join(".");
+    [
+        Value::String("x".to_owned()),
+        Value::Bool(true),
+        Value::Number(1.into()),
+    ]
+    .into_iter()
+    .any(|probe| {
+        let mut candidate = root.clone();
+        set_path(&mut candidate, prefix, probe);
+        ignored_keys(&candidate).is_ok_and(|ignored| {
+            !ignored
+                .difference(baseline)
+                .any(|k| dotted == *k || dotted.starts_with(&format!("{k}.")))
+        })
+    })
 }
 
 /// `REGISTRY_STORAGE=<driver>` replaces the configured driver, keeping the common keys.

@@ -316,3 +316,82 @@ fn key_lines() {
     assert_eq!(key_line(t, &["e", "0", "f"]), Some((7, 5)));
     assert_eq!(key_line(t, &["a", "e"]), None);
 }
+
+/// The variables kubelet injects (docker-links style) for the Services of `deploy/kubernetes`:
+/// `registry` (port `http` 5000) and `registry-redis` (port `redis` 6379), exactly as named.
+const KUBERNETES_SERVICE_LINKS: [(&str, &str); 16] = [
+    ("REGISTRY_SERVICE_HOST", "10.96.0.10"),
+    ("REGISTRY_SERVICE_PORT", "5000"),
+    ("REGISTRY_SERVICE_PORT_HTTP", "5000"),
+    ("REGISTRY_PORT", "tcp://10.96.0.10:5000"),
+    ("REGISTRY_PORT_5000_TCP", "tcp://10.96.0.10:5000"),
+    ("REGISTRY_PORT_5000_TCP_PROTO", "tcp"),
+    ("REGISTRY_PORT_5000_TCP_PORT", "5000"),
+    ("REGISTRY_PORT_5000_TCP_ADDR", "10.96.0.10"),
+    ("REGISTRY_REDIS_SERVICE_HOST", "10.96.0.11"),
+    ("REGISTRY_REDIS_SERVICE_PORT", "6379"),
+    ("REGISTRY_REDIS_SERVICE_PORT_REDIS", "6379"),
+    ("REGISTRY_REDIS_PORT", "tcp://10.96.0.11:6379"),
+    ("REGISTRY_REDIS_PORT_6379_TCP", "tcp://10.96.0.11:6379"),
+    ("REGISTRY_REDIS_PORT_6379_TCP_PROTO", "tcp"),
+    ("REGISTRY_REDIS_PORT_6379_TCP_PORT", "6379"),
+    ("REGISTRY_REDIS_PORT_6379_TCP_ADDR", "10.96.0.11"),
+];
+
+#[test]
+fn kubernetes_service_links_change_nothing_with_or_without_a_redis_section() {
+    let plain = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n";
+    let with_redis = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n  cache:\n    blobdescriptor: redis\nhttp:\n  addr: :5000\nredis:\n  addr: registry-redis:6379\n  db: 0\n";
+    for text in [plain, with_redis] {
+        let bare = ok(text, &[]);
+        let l = ok(text, &KUBERNETES_SERVICE_LINKS);
+        assert_eq!(
+            l.warnings.len(),
+            KUBERNETES_SERVICE_LINKS.len(),
+            "one warning per variable: {:?}",
+            l.warnings
+        );
+        for (k, v) in KUBERNETES_SERVICE_LINKS {
+            assert!(
+                l.warnings.iter().any(|w| w.contains(&format!("{k} "))),
+                "no warning names {k}: {:?}",
+                l.warnings
+            );
+            assert!(
+                !l.warnings.iter().any(|w| w.contains(v) && v.contains('.')),
+                "value of {k} echoed"
+            );
+        }
+        // The effective configuration is exactly the one without the variables.
+        assert_eq!(l.config.redacted_yaml(), bare.config.redacted_yaml());
+        assert!(l.unsupported.is_empty(), "{:?}", l.unsupported);
+    }
+}
+
+#[test]
+fn service_links_below_a_scalar_key_are_ignored_too() {
+    // Services `registry-auth-token`, `registry-version` and `registry-loglevel`: the variables
+    // run through the string keys auth.token.service, version and loglevel.
+    let vars = [
+        ("REGISTRY_AUTH_TOKEN_SERVICE_HOST", "10.96.0.12"),
+        ("REGISTRY_AUTH_TOKEN_SERVICE_PORT", "443"),
+        ("REGISTRY_AUTH_TOKEN_PORT", "tcp://10.96.0.12:443"),
+        ("REGISTRY_VERSION_PORT", "tcp://10.96.0.13:80"),
+        ("REGISTRY_VERSION_SERVICE_HOST", "10.96.0.13"),
+        ("REGISTRY_LOGLEVEL_SERVICE_HOST", "10.96.0.14"),
+        ("REGISTRY_HTTP_RELATIVEURLS_PORT", "tcp://10.96.0.15:80"),
+    ];
+    let with_token = "version: 0.1\nstorage:\n  inmemory:\nauth:\n  token:\n    realm: https://auth.example.com/token\n    service: registry.example.com\n    issuer: auth\n    jwks: /etc/jwks.json\n";
+    for text in ["version: 0.1\nstorage:\n  inmemory:\n", with_token] {
+        let bare = ok(text, &[]);
+        let l = ok(text, &vars);
+        assert_eq!(l.warnings.len(), vars.len(), "{:?}", l.warnings);
+        assert_eq!(l.config.redacted_yaml(), bare.config.redacted_yaml());
+    }
+    // A wrong value for a real scalar key is still a problem, not a warning.
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\n",
+        &[("REGISTRY_HTTP_RELATIVEURLS", "maybe")],
+    );
+    assert_eq!(p[0].location, "REGISTRY_HTTP_RELATIVEURLS");
+}

@@ -24,6 +24,7 @@ pub mod health;
 mod http_util;
 pub mod jwks;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 mod observe;
 mod proxied;
@@ -32,6 +33,7 @@ pub mod telemetry;
 mod token_endpoint;
 
 pub use error::ApiError;
+pub use limits::Limits;
 
 /// Behaviour of the HTTP layer, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ pub struct ServerOptions {
     pub access_log: bool,
     /// `http.headers`: added to every response.
     pub extra_headers: http::HeaderMap,
+    /// `http.limits`: connection timeouts and header limits (see [`limits`]).
+    pub limits: Limits,
 }
 
 impl Default for ServerOptions {
@@ -59,6 +63,7 @@ impl Default for ServerOptions {
             read_only: false,
             access_log: true,
             extra_headers: http::HeaderMap::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -120,9 +125,8 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.options.limits.clone();
+    limits::serve(listener, app(state), limits, shutdown).await
 }
 
 fn not_found() -> Response {
@@ -253,7 +257,7 @@ async fn serve(
     };
     let has_body = http_util::has_body(req.headers());
     let (parts, body) = req.into_parts();
-    let mut body = body::BodySlot::new(body, has_body);
+    let mut body = body::BodySlot::new(body, has_body, state.options.limits.body_idle_timeout);
     let mut account = None;
     let mut resp = match endpoint {
         Ok(endpoint::Endpoint::Token) => match &state.auth.issuer {

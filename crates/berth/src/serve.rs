@@ -73,6 +73,7 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         read_only: cfg.storage.maintenance.readonly.enabled,
         access_log: !cfg.log.accesslog.disabled,
         extra_headers: extra_headers(cfg)?,
+        limits: berth_server::Limits::from_config(cfg),
     };
     let registry = berth_registry::Options {
         delete_enabled: cfg.storage.delete.enabled,

@@ -597,6 +597,21 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     }
     let mut durations: Vec<(&str, Option<&String>)> =
         vec![("http.draintimeout", c.http.draintimeout.as_ref())];
+    if let Some(l) = &c.http.limits {
+        durations.push((
+            "http.limits.readheadertimeout",
+            l.readheadertimeout.as_ref(),
+        ));
+        durations.push(("http.limits.bodyidletimeout", l.bodyidletimeout.as_ref()));
+        durations.push(("http.limits.writeidletimeout", l.writeidletimeout.as_ref()));
+        let range = crate::limits::MAX_HEADER_BYTES_RANGE;
+        if let Some(n) = l.maxheaderbytes.filter(|n| !range.contains(n)) {
+            bad(
+                "http.limits.maxheaderbytes",
+                format!("{n} is outside {}..={}", range.start(), range.end()),
+            );
+        }
+    }
     if let Some(p) = &c.proxy {
         durations.push(("proxy.ttl", p.ttl.as_ref()));
     }

@@ -21,7 +21,7 @@ pub mod endpoint;
 pub mod error;
 pub mod handlers;
 pub mod health;
-mod http_util;
+pub mod http_util;
 pub mod jwks;
 pub mod lifecycle;
 pub mod limits;

@@ -472,7 +472,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += n * factor;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // Found by fuzzing: `from_secs_f64` panics on a duration too long for a `Duration`
+    // (`99999999999999999999h`) or an infinite one (`1e999s`).
+    Duration::try_from_secs_f64(total).map_err(|_| format!("duration {s:?} is too long"))
 }
 
 /// Semantic checks after parsing.

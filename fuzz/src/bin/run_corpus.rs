@@ -319,6 +319,10 @@ fn main() {
         .filter(|(n, _)| a.targets.is_empty() || a.targets.iter().any(|t| t == n))
         .collect();
     assert!(!selected.is_empty(), "no such target: {:?}", a.targets);
+    if let Err(e) = berth_fuzz::self_check() {
+        eprintln!("the fuzz fixtures are broken: {e}");
+        std::process::exit(2);
+    }
 
     if a.write_seeds {
         let dir = corpus_dir("token");

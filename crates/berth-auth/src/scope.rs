@@ -67,7 +67,10 @@ impl FromStr for Scope {
                 && t.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"()-_./".contains(&b))
         };
-        if !valid(typ) || name.is_empty() || name.len() > 512 {
+        // `repository(plugin)` is a repository of another class: same checks. A class alone,
+        // `(plugin)`, has no type (found by fuzzing: it parsed to an empty type).
+        let base = typ.split('(').next().unwrap_or(typ);
+        if !valid(typ) || base.is_empty() || name.is_empty() || name.len() > 512 {
             return Err(err());
         }
         let actions: BTreeSet<String> = actions
@@ -83,8 +86,7 @@ impl FromStr for Scope {
             return Err(err());
         }
         Ok(Scope {
-            // `repository(plugin)` is a repository of another class: same checks.
-            typ: typ.split('(').next().unwrap_or(typ).to_owned(),
+            typ: base.to_owned(),
             name: name.to_owned(),
             actions,
         })
@@ -156,6 +158,8 @@ mod tests {
             "repository::pull",
             "a b:x:pull",
             "repository:x:pu ll",
+            // Found by fuzzing: a class without a type parsed to an empty type.
+            "(plugin):x:pull",
         ] {
             assert!(bad.parse::<Scope>().is_err(), "{bad:?}");
         }

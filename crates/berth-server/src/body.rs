@@ -8,6 +8,9 @@
 //! connection stays usable; past the limit (or when a handler stopped reading half-way), the
 //! response says `Connection: close` so the client never reuses a connection the server is
 //! about to drop.
+//!
+//! A body that stops arriving while the handler waits for it fails after the body idle timeout
+//! (`http.limits.bodyidletimeout`, see `crate::limits`); the connection is then closed.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +22,8 @@ use axum::body::{Body, HttpBody};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
+use crate::limits::IdleTimer;
+
 /// Unread body bytes drained after a response (beyond this, the connection is closed).
 const DRAIN_LIMIT: u64 = 1 << 20;
 /// How long draining may take before the connection is closed instead.
@@ -29,15 +34,21 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct BodySlot {
     shared: Arc<Mutex<Body>>,
     finished: Arc<AtomicBool>,
+    /// The client stopped sending mid-body (nothing left worth draining).
+    stalled: Arc<AtomicBool>,
     /// Body bytes read so far (by the handler, then by the drain).
     read: Arc<AtomicU64>,
+    idle_timeout: Option<Duration>,
 }
 
-/// The handler's handle on the body. It records when the last byte has been read.
+/// The handler's handle on the body. It records when the last byte has been read, and fails
+/// the body when no byte arrives for the idle timeout.
 struct Lent {
     shared: Arc<Mutex<Body>>,
     finished: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     read: Arc<AtomicU64>,
+    idle: IdleTimer,
 }
 
 impl HttpBody for Lent {
@@ -49,27 +60,44 @@ impl HttpBody for Lent {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         // Uncontended: the slot only touches the body after the handler has returned.
-        let mut inner = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let poll = Pin::new(&mut *inner).poll_frame(cx);
+        let this = self.get_mut();
+        let poll = {
+            let mut inner = this.shared.lock().unwrap_or_else(|p| p.into_inner());
+            Pin::new(&mut *inner).poll_frame(cx)
+        };
         match &poll {
-            Poll::Ready(None) => self.finished.store(true, Ordering::Release),
+            Poll::Ready(None) => this.finished.store(true, Ordering::Release),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.read.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    this.read.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
-            _ => {}
+            Poll::Ready(Some(Err(_))) => {}
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    this.stalled.store(true, Ordering::Release);
+                    let secs = this.idle.limit().unwrap_or_default().as_secs();
+                    return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no request body data arrived for {secs}s"),
+                    )))));
+                }
+                return Poll::Pending;
+            }
         }
+        this.idle.reset();
         poll
     }
 }
 
 impl BodySlot {
-    pub fn new(body: Body, has_body: bool) -> BodySlot {
+    pub fn new(body: Body, has_body: bool, idle_timeout: Option<Duration>) -> BodySlot {
         BodySlot {
             shared: Arc::new(Mutex::new(body)),
             finished: Arc::new(AtomicBool::new(!has_body)),
+            stalled: Arc::new(AtomicBool::new(false)),
             read: Arc::new(AtomicU64::new(0)),
+            idle_timeout,
         }
     }
 
@@ -78,7 +106,9 @@ impl BodySlot {
         Body::new(Lent {
             shared: self.shared.clone(),
             finished: self.finished.clone(),
+            stalled: self.stalled.clone(),
             read: self.read.clone(),
+            idle: IdleTimer::new(self.idle_timeout),
         })
     }
 
@@ -87,6 +117,9 @@ impl BodySlot {
     pub async fn finish(self) -> (bool, u64) {
         if self.finished.load(Ordering::Acquire) {
             return (true, self.read.load(Ordering::Relaxed));
+        }
+        if self.stalled.load(Ordering::Acquire) {
+            return (false, self.read.load(Ordering::Relaxed));
         }
         let rest = {
             let mut inner = self.shared.lock().unwrap_or_else(|p| p.into_inner());

@@ -285,9 +285,12 @@ fn digest_param(q: &[(String, String)]) -> Result<Option<Digest>> {
 
 /// The chunk's start offset from `Content-Range`, checked against `Content-Length`.
 fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>> {
-    let Some(cr) = header_str(headers, header::CONTENT_RANGE) else {
+    let Some(raw) = headers.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
+    // A Content-Range that is present but not text is malformed, not absent (hardening: it
+    // used to be ignored, and the chunk appended wherever the upload stood).
+    let cr = raw.to_str().unwrap_or("");
     let (start, end) = parse_content_range(cr).ok_or_else(|| {
         ApiError::msg(
             ErrorCode::ChunkOutOfOrder,
@@ -297,7 +300,9 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>> {
     if let Some(len) =
         header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
     {
-        if len != end - start + 1 {
+        // `end - start + 1` overflows for `0-18446744073709551615` (hardening: that was a
+        // panic in debug builds, a wrong comparison in release builds).
+        if len.checked_sub(1) != Some(end - start) {
             return Err(ApiError::msg(
                 ErrorCode::SizeInvalid,
                 format!("Content-Range {cr:?} does not match Content-Length {len}"),

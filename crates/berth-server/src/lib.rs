@@ -21,9 +21,10 @@ pub mod endpoint;
 pub mod error;
 pub mod handlers;
 pub mod health;
-mod http_util;
+pub mod http_util;
 pub mod jwks;
 pub mod lifecycle;
+pub mod limits;
 pub mod listen;
 pub mod maintenance;
 pub mod metrics;
@@ -35,6 +36,7 @@ pub mod tls;
 mod token_endpoint;
 
 pub use error::ApiError;
+pub use limits::Limits;
 
 /// Behaviour of the HTTP layer, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -53,6 +55,8 @@ pub struct ServerOptions {
     pub extra_headers: http::HeaderMap,
     /// The listener serves TLS: `Location` URLs built from `Host` use `https`.
     pub https: bool,
+    /// `http.limits`: connection timeouts and header limits (see [`limits`]).
+    pub limits: Limits,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +69,7 @@ impl Default for ServerOptions {
             access_log: true,
             extra_headers: http::HeaderMap::new(),
             https: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -269,7 +274,7 @@ async fn serve(
     };
     let has_body = http_util::has_body(req.headers());
     let (parts, body) = req.into_parts();
-    let mut body = body::BodySlot::new(body, has_body);
+    let mut body = body::BodySlot::new(body, has_body, state.options.limits.body_idle_timeout);
     let mut account = None;
     let mut resp = match endpoint {
         Ok(endpoint::Endpoint::Token) => match &state.auth.issuer {

@@ -60,6 +60,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = crate::app(state.clone());
+    let limits = state.options.limits.clone();
     let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -78,11 +79,12 @@ pub async fn serve(
                 };
                 let service = TowerToHyperService::new(app.clone());
                 let drain = drain_rx.clone();
+                let limits = limits.clone();
                 match &tls {
                     None => {
                         let h2c = options.h2c;
                         connections.spawn(async move {
-                            serve_connection(tcp, service, Protocol::plain(h2c), drain).await;
+                            serve_connection(tcp, service, Protocol::plain(h2c), drain, &limits).await;
                         });
                     }
                     Some(acceptor) => {
@@ -109,7 +111,7 @@ pub async fn serve(
                                 Some(b"h2") => Protocol::Http2,
                                 _ => Protocol::Http1,
                             };
-                            serve_connection(stream, service, protocol, drain).await;
+                            serve_connection(stream, service, protocol, drain, &limits).await;
                         });
                     }
                 }
@@ -169,6 +171,7 @@ async fn serve_connection<I, S>(
     service: TowerToHyperService<S>,
     protocol: Protocol,
     mut drain: watch::Receiver<bool>,
+    limits: &crate::limits::Limits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<
@@ -180,27 +183,52 @@ async fn serve_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let builder = match protocol {
-        Protocol::Http1 => builder.http1_only(),
-        Protocol::Http2 => builder.http2_only(),
-        Protocol::Sniff => builder,
-    };
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::trace!("connection ended: {e}");
+    let io = TokioIo::new(crate::limits::WriteIdle::new(io, limits.write_idle_timeout));
+    // The connection limits (`limits.rs`): hyper applies its header read timeout only with a
+    // timer. HTTP/1.1 (the common case) gets hyper's own HTTP/1 connection, which also bounds
+    // the request head; h2c sniffing and HTTP/2 go through the auto builder.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!("connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = drain.wait_for(|d| *d) => {}
             }
-            return;
-        }
-        _ = drain.wait_for(|d| *d) => {}
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::trace!("connection ended while draining: {e}");
+            }
+        }};
     }
-    conn.as_mut().graceful_shutdown();
-    if let Err(e) = conn.await {
-        tracing::trace!("connection ended while draining: {e}");
+    if let Protocol::Http1 = protocol {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_header_size(limits.max_header_bytes);
+        drive!(builder.serve_connection(io, service));
+        return;
     }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = match protocol {
+        Protocol::Http2 => builder.http2_only(),
+        _ => builder,
+    };
+    drive!(builder.serve_connection(io, service));
 }
 
 /// Connection-level accept errors (the peer gave up) are ignored; others (out of file

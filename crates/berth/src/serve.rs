@@ -92,6 +92,7 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         access_log: !cfg.log.accesslog.disabled,
         extra_headers: extra_headers(cfg)?,
         https: tls.is_some(),
+        limits: berth_server::Limits::from_config(cfg),
     };
     let registry = berth_registry::Options {
         delete_enabled: cfg.storage.delete.enabled,

@@ -498,7 +498,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += n * factor;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // Found by fuzzing: `from_secs_f64` panics on a duration too long for a `Duration`
+    // (`99999999999999999999h`) or an infinite one (`1e999s`).
+    Duration::try_from_secs_f64(total).map_err(|_| format!("duration {s:?} is too long"))
 }
 
 /// Semantic checks after parsing.
@@ -626,6 +628,21 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     }
     let mut durations: Vec<(&str, Option<&String>)> =
         vec![("http.draintimeout", c.http.draintimeout.as_ref())];
+    if let Some(l) = &c.http.limits {
+        durations.push((
+            "http.limits.readheadertimeout",
+            l.readheadertimeout.as_ref(),
+        ));
+        durations.push(("http.limits.bodyidletimeout", l.bodyidletimeout.as_ref()));
+        durations.push(("http.limits.writeidletimeout", l.writeidletimeout.as_ref()));
+        let range = crate::limits::MAX_HEADER_BYTES_RANGE;
+        if let Some(n) = l.maxheaderbytes.filter(|n| !range.contains(n)) {
+            bad(
+                "http.limits.maxheaderbytes",
+                format!("{n} is outside {}..={}", range.start(), range.end()),
+            );
+        }
+    }
     if let Some(p) = &c.proxy {
         durations.push(("proxy.ttl", p.ttl.as_ref()));
     }

@@ -314,6 +314,27 @@ pub struct Http {
     pub tls: Option<Tls>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debug: Option<Debug>,
+    /// Berth: connection timeouts and header limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<HttpLimits>,
+}
+
+/// `http.limits` (Berth): see `crate::limits` for the defaults. `0s` turns a timeout off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpLimits {
+    /// Time to receive a request's line and headers; also closes idle keep-alive connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readheadertimeout: Option<String>,
+    /// Longest wait for the next byte of a request body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bodyidletimeout: Option<String>,
+    /// Longest wait for the client to accept the next byte of a response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writeidletimeout: Option<String>,
+    /// Largest request head (request line and headers), in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxheaderbytes: Option<usize>,
 }
 
 impl Default for Http {
@@ -332,6 +353,7 @@ impl Default for Http {
             h2c: None,
             tls: None,
             debug: None,
+            limits: None,
         }
     }
 }

@@ -303,7 +303,17 @@ fn durations() {
     assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-    for bad in ["", "10", "s", "10 s", "5d", "1h-5m"] {
+    // The last two are found by fuzzing: they used to panic.
+    for bad in [
+        "",
+        "10",
+        "s",
+        "10 s",
+        "5d",
+        "1h-5m",
+        "99999999999999999999h",
+        "1e999s",
+    ] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
@@ -394,4 +404,33 @@ fn service_links_below_a_scalar_key_are_ignored_too() {
         &[("REGISTRY_HTTP_RELATIVEURLS", "maybe")],
     );
     assert_eq!(p[0].location, "REGISTRY_HTTP_RELATIVEURLS");
+}
+
+#[test]
+fn http_limits_are_berths_own_keys() {
+    use crate::limits::{Limits, DEFAULT_MAX_HEADER_BYTES};
+    use std::time::Duration;
+    let base = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n";
+    assert_eq!(
+        Limits::from_config(&ok(base, &[]).config),
+        Limits::default()
+    );
+    let l = ok(
+        &format!("{base}http:\n  limits:\n    readheadertimeout: 5s\n    bodyidletimeout: 0s\n    maxheaderbytes: 8192\n"),
+        &[("REGISTRY_HTTP_LIMITS_WRITEIDLETIMEOUT", "2m")],
+    );
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let limits = Limits::from_config(&l.config);
+    assert_eq!(limits.header_read_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(limits.body_idle_timeout, None);
+    assert_eq!(limits.write_idle_timeout, Some(Duration::from_secs(120)));
+    assert_eq!(limits.max_header_bytes, 8192);
+    assert_ne!(DEFAULT_MAX_HEADER_BYTES, 8192);
+    let p = problems(
+        &format!("{base}http:\n  limits:\n    bodyidletimeout: soon\n    maxheaderbytes: 10\n"),
+        &[],
+    );
+    let locs: Vec<&str> = p.iter().map(|p| p.location.as_str()).collect();
+    assert!(locs.contains(&"http.limits.bodyidletimeout"), "{p:?}");
+    assert!(locs.contains(&"http.limits.maxheaderbytes"), "{p:?}");
 }

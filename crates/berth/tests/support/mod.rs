@@ -8,6 +8,8 @@
     clippy::panic
 )]
 
+pub mod raw;
+
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 

@@ -80,6 +80,10 @@ pub async fn serve(
                 let service = TowerToHyperService::new(app.clone());
                 let drain = drain_rx.clone();
                 let limits = limits.clone();
+                // Responses go out as a head and then body frames: without TCP_NODELAY, Nagle
+                // holds a small last frame until the client's delayed ACK (tens of ms per small
+                // blob GET).
+                let _ = tcp.set_nodelay(true);
                 match &tls {
                     None => {
                         let h2c = options.h2c;
@@ -90,7 +94,6 @@ pub async fn serve(
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
                         connections.spawn(async move {
-                            let _ = tcp.set_nodelay(true);
                             let mut stop = drain.clone();
                             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                             let stream = tokio::select! {

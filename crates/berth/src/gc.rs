@@ -26,13 +26,7 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
     let loaded = match config::load(args.config, std::env::vars()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "berth: the configuration has {} problem(s):",
-                e.problems.len()
-            );
-            for p in &e.problems {
-                eprintln!("  {p}");
-            }
+            crate::print_problems(&e);
             return Ok(ExitCode::FAILURE);
         }
     };

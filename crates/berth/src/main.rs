@@ -8,6 +8,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod gc;
+
+/// How every command reports a configuration it cannot use.
+pub(crate) fn print_problems(e: &berth_server::config::ConfigError) {
+    eprintln!(
+        "berth: the configuration has {} problem(s):",
+        e.problems.len()
+    );
+    for p in &e.problems {
+        eprintln!("  {p}");
+    }
+}
 mod keys;
 mod logging;
 mod serve;
@@ -206,13 +217,7 @@ fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!(
-                "berth: the configuration has {} problem(s):",
-                e.problems.len()
-            );
-            for p in &e.problems {
-                eprintln!("  {p}");
-            }
+            crate::print_problems(&e);
             ExitCode::FAILURE
         }
     };

@@ -12,13 +12,7 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let loaded = match config::load(path, std::env::vars()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "berth: the configuration has {} problem(s):",
-                e.problems.len()
-            );
-            for p in &e.problems {
-                eprintln!("  {p}");
-            }
+            crate::print_problems(&e);
             return Ok(ExitCode::FAILURE);
         }
     };

@@ -119,17 +119,23 @@ impl Tag {
     }
 }
 
+impl Tag {
+    /// Whether `s` matches the spec's tag grammar, `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+    pub fn is_valid(s: &str) -> bool {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    }
+}
+
 impl FromStr for Tag {
     type Err = NameError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let b = s.as_bytes();
-        let ok = !b.is_empty()
-            && b.len() <= 128
-            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
-        if ok {
+        if Tag::is_valid(s) {
             Ok(Tag(s.to_owned()))
         } else {
             Err(NameError::Tag(s.chars().take(140).collect()))

@@ -453,29 +453,20 @@ impl Registry {
     /// `_manifests`, `_layers` or `_uploads`; `_`-prefixed directories are not descended into.
     pub(crate) async fn repository_dirs(&self) -> crate::Result<Vec<(String, String)>> {
         let root = paths::repositories();
-        let mut out = Vec::new();
-        let mut stack = vec![root.clone()];
-        while let Some(dir) = stack.pop() {
-            let children = match self.driver.list(&dir).await {
-                Ok(c) => c,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let mut is_repo = false;
-            for child in children {
-                let base = child.rsplit('/').next().unwrap_or("");
-                if matches!(base, "_manifests" | "_layers" | "_uploads") {
-                    is_repo = true;
-                } else if !base.starts_with('_') {
-                    stack.push(child);
-                }
-            }
-            if is_repo {
-                if let Some(name) = dir.strip_prefix(&format!("{root}/")) {
-                    out.push((name.to_owned(), dir.clone()));
-                }
-            }
-        }
+        let mut out: Vec<(String, String)> = self
+            .driver
+            .find_dirs(
+                &root,
+                |n| matches!(n, "_manifests" | "_layers" | "_uploads"),
+                |n| n.starts_with('_'),
+            )
+            .await?
+            .into_iter()
+            .map(|name| {
+                let dir = format!("{root}/{name}");
+                (name, dir)
+            })
+            .collect();
         out.sort_unstable();
         Ok(out)
     }

@@ -13,12 +13,11 @@ pub struct Page {
 }
 
 /// Applies `last` (exclusive start) and `n` (page size) to a sorted list.
-pub fn paginate(sorted: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
-    let start = match last {
-        Some(l) => sorted.partition_point(|e| e.as_str() <= l),
-        None => 0,
-    };
-    let mut entries: Vec<String> = sorted.into_iter().skip(start).collect();
+pub fn paginate(mut entries: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+    if let Some(l) = last {
+        let start = entries.partition_point(|e| e.as_str() <= l);
+        entries.drain(..start);
+    }
     let more = n.is_some_and(|n| entries.len() > n);
     if let Some(n) = n {
         entries.truncate(n);
@@ -29,14 +28,22 @@ pub fn paginate(sorted: Vec<String>, n: Option<usize>, last: Option<&str>) -> Pa
 impl Registry {
     /// Every tag of a repository, sorted; `NAME_UNKNOWN` if the repository does not exist.
     pub(crate) async fn all_tags(&self, name: &RepoName) -> Result<Vec<Tag>> {
-        match self.driver.list(&paths::tags_dir(name)).await {
-            Ok(children) => {
-                let mut tags: Vec<Tag> = children
-                    .iter()
-                    .filter_map(|p| p.rsplit('/').next().and_then(|t| t.parse().ok()))
-                    .collect();
-                tags.sort_unstable();
-                Ok(tags)
+        Ok(self
+            .tag_names(name)
+            .await?
+            .iter()
+            .filter_map(|t| t.parse().ok())
+            .collect())
+    }
+
+    /// Every tag of a repository as text, sorted (entries that are not valid tags are left
+    /// out); `NAME_UNKNOWN` if the repository does not exist.
+    async fn tag_names(&self, name: &RepoName) -> Result<Vec<String>> {
+        match self.driver.list_names(&paths::tags_dir(name)).await {
+            Ok(mut names) => {
+                names.retain(|t| Tag::is_valid(t));
+                names.sort_unstable();
+                Ok(names)
             }
             Err(e) if e.is_not_found() => {
                 if self.repository_exists(name).await? {
@@ -56,13 +63,7 @@ impl Registry {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<Page> {
-        let tags = self
-            .all_tags(name)
-            .await?
-            .into_iter()
-            .map(|t| t.as_str().to_owned())
-            .collect();
-        Ok(paginate(tags, n, last))
+        Ok(paginate(self.tag_names(name).await?, n, last))
     }
 }
 

@@ -570,7 +570,15 @@ async fn tags(state: &AppState, name: &RepoName, req: &Parts) -> Result<Response
     let q = query(&req.uri);
     let n = page_size(&q)?;
     let page = state.registry.list_tags(name, n, param(&q, "last")).await?;
-    let body = serde_json::json!({ "name": name.as_str(), "tags": page.entries });
+    #[derive(serde::Serialize)]
+    struct TagList<'a> {
+        name: &'a str,
+        tags: &'a [String],
+    }
+    let body = TagList {
+        name: name.as_str(),
+        tags: &page.entries,
+    };
     let mut r = json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
@@ -591,7 +599,13 @@ async fn catalog(state: &AppState, req: &Parts) -> Result<Response> {
     let max = state.options.catalog_max_entries;
     let n = Some(page_size(&q)?.map_or(max, |n| n.min(max)));
     let page = state.registry.catalog(n, param(&q, "last")).await?;
-    let body = serde_json::json!({ "repositories": page.entries });
+    #[derive(serde::Serialize)]
+    struct Catalog<'a> {
+        repositories: &'a [String],
+    }
+    let body = Catalog {
+        repositories: &page.entries,
+    };
     let mut r = json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),

@@ -13,14 +13,14 @@ use crate::{AppState, ServerOptions};
 /// Which storage driver to run on.
 #[derive(Debug, Clone)]
 pub enum DriverChoice {
-    Filesystem(PathBuf),
+    Filesystem(FilesystemDriver),
     InMemory,
 }
 
 /// Builds the application state.
 pub fn state(driver: DriverChoice, registry: RegistryOptions, server: ServerOptions) -> AppState {
     let driver: Arc<dyn StorageDriver> = match driver {
-        DriverChoice::Filesystem(root) => Arc::new(FilesystemDriver::new(root)),
+        DriverChoice::Filesystem(fs) => Arc::new(fs),
         DriverChoice::InMemory => Arc::new(InMemoryDriver::new()),
     };
     state_with_driver(driver, registry, server)

@@ -26,7 +26,7 @@ fn start_with(opts: ServerOptions, delete: bool) -> Server {
         .build()
         .unwrap();
     let st = state(
-        DriverChoice::Filesystem(root.clone()),
+        DriverChoice::Filesystem(berth_storage::FilesystemDriver::new(root.clone())),
         berth_registry::Options {
             delete_enabled: delete,
             ..Default::default()

@@ -1,6 +1,14 @@
 //! The filesystem driver: objects are files under a root directory, exactly where
 //! distribution's filesystem driver puts them, so one directory serves both.
 //!
+//! Where the work runs: reads of small objects (links, manifests, small blobs: up to
+//! [`INLINE_READ`] bytes) and metadata calls (stat, touch) run on the request's own thread by
+//! default. On a local filesystem they are page-cache hits that take microseconds, while a
+//! hand-off to the blocking pool costs two thread wake-ups, which under load was most of the
+//! CPU a manifest or small-blob GET used. Large reads, every write (they fsync) and listings go
+//! to the blocking pool. [`FilesystemDriver::inline_io`] turns the inline path off for a root
+//! on a network filesystem, where a stat can stall for long.
+//!
 //! Durability: `put_content` writes a temporary sibling, fsyncs it, renames it over the
 //! target and fsyncs the directory; `move_object` renames and fsyncs the destination
 //! directory. A crash leaves either the old or the new object, never a torn one. Temporary
@@ -14,22 +22,49 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::{
-    validate_path, AppendWriter, ByteStream, FileInfo, Result, StorageDriver, StorageError,
+    validate_path, AppendWriter, ByteStream, FileInfo, NameFilter, Result, StorageDriver,
+    StorageError,
 };
 
 /// Reads are issued in blocks of this size (large reads, few syscalls).
 const READ_CHUNK: usize = 1 << 20;
+/// Objects up to this size are read whole in one call (inline unless turned off).
+const INLINE_READ: u64 = 256 << 10;
 /// Writes are gathered to this size before one blocking write.
 const WRITE_BUFFER: usize = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub struct FilesystemDriver {
     root: PathBuf,
+    inline: bool,
 }
 
 impl FilesystemDriver {
     pub fn new(root: impl Into<PathBuf>) -> FilesystemDriver {
-        FilesystemDriver { root: root.into() }
+        FilesystemDriver {
+            root: root.into(),
+            inline: true,
+        }
+    }
+
+    /// Whether small reads and metadata calls run on the calling thread (the default) or on
+    /// the blocking pool (for roots on network filesystems).
+    pub fn inline_io(mut self, inline: bool) -> FilesystemDriver {
+        self.inline = inline;
+        self
+    }
+
+    /// Runs short filesystem work: inline, or on the blocking pool when inline I/O is off.
+    async fn quick<T: Send + 'static>(
+        &self,
+        path: &str,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.inline {
+            f().map_err(|e| StorageError::io(path, e))
+        } else {
+            blocking(path, f).await
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -65,10 +100,55 @@ fn tmp_sibling(target: &Path) -> PathBuf {
     target.with_file_name(name)
 }
 
+/// Writes an object whose directory does not exist yet so that the directories appear with
+/// it: the missing part of the tree is built under a temporary name and renamed into place in
+/// one step. A crash never leaves a tag, revision or layer-link directory without its link
+/// (which a listing would show while a read of it fails). `false` when another writer created
+/// the directory meanwhile: the caller then writes into it as usual.
+fn write_with_new_dirs(target: &Path, content: &[u8]) -> std::io::Result<bool> {
+    // The highest missing ancestor becomes the temporary tree's root.
+    let mut top = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    loop {
+        match top.parent() {
+            Some(p) if !p.as_os_str().is_empty() && !p.is_dir() => top = p,
+            Some(p) if !p.as_os_str().is_empty() => break,
+            _ => return Ok(false),
+        }
+    }
+    let (Some(parent), Ok(rel)) = (top.parent(), target.strip_prefix(top)) else {
+        return Ok(false);
+    };
+    let tmp_top = tmp_sibling(top);
+    let res = (|| {
+        let file = tmp_top.join(rel);
+        if let Some(d) = file.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let mut f = std::fs::File::create(&file)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        match std::fs::rename(&tmp_top, top) {
+            Ok(()) => sync_dir(parent).map(|()| true),
+            // Someone else created it (`rename` refuses to replace a non-empty directory).
+            Err(_) if top.is_dir() => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    if !matches!(res, Ok(true)) {
+        let _ = std::fs::remove_dir_all(&tmp_top);
+    }
+    res
+}
+
 fn write_atomic(target: &Path, content: &[u8]) -> std::io::Result<()> {
     let dir = target
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    if !dir.is_dir() && write_with_new_dirs(target, content)? {
+        return Ok(());
+    }
     std::fs::create_dir_all(dir)?;
     let tmp = tmp_sibling(target);
     let res = (|| {
@@ -92,8 +172,24 @@ impl StorageDriver for FilesystemDriver {
 
     async fn get_content(&self, path: &str) -> Result<Bytes> {
         let full = self.full(path)?;
-        let data = blocking(path, move || std::fs::read(full)).await?;
-        Ok(Bytes::from(data))
+        let opened = self
+            .quick(path, move || {
+                let mut f = std::fs::File::open(full)?;
+                let size = f.metadata()?.len();
+                if size <= INLINE_READ {
+                    Ok(Opened::Whole(read_exact_len(&mut f, size as usize)?))
+                } else {
+                    Ok(Opened::Large(f, size))
+                }
+            })
+            .await?;
+        match opened {
+            Opened::Large(mut f, size) => {
+                blocking(path, move || read_exact_len(&mut f, size as usize)).await
+            }
+            Opened::Whole(data) => Ok(data),
+            Opened::PastEnd(_) => Ok(Bytes::new()),
+        }
     }
 
     async fn put_content(&self, path: &str, content: Bytes) -> Result<()> {
@@ -104,24 +200,33 @@ impl StorageDriver for FilesystemDriver {
     async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> Result<ByteStream> {
         let full = self.full(path)?;
         let p = path.to_owned();
-        let (file, size) = blocking(path, move || {
-            let mut f = std::fs::File::open(full)?;
-            let size = f.metadata()?.len();
-            if offset <= size {
+        // A small range is read in the same call that opens the file: one step, no stream
+        // of hand-offs.
+        let opened = self
+            .quick(path, move || {
+                let mut f = std::fs::File::open(full)?;
+                let size = f.metadata()?.len();
+                if offset > size {
+                    return Ok(Opened::PastEnd(size));
+                }
                 f.seek(SeekFrom::Start(offset))?;
-            }
-            Ok((f, size))
-        })
-        .await?;
-        if offset > size {
-            return Err(StorageError::InvalidOffset {
+                let remaining = len.unwrap_or(size - offset).min(size - offset);
+                if remaining <= INLINE_READ {
+                    Ok(Opened::Whole(read_exact_len(&mut f, remaining as usize)?))
+                } else {
+                    Ok(Opened::Large(f, remaining))
+                }
+            })
+            .await?;
+        match opened {
+            Opened::PastEnd(size) => Err(StorageError::InvalidOffset {
                 path: p,
                 offset,
                 size,
-            });
+            }),
+            Opened::Whole(data) => Ok(Box::pin(futures_util::stream::iter([Ok(data)]))),
+            Opened::Large(file, remaining) => Ok(read_stream(file, remaining)),
         }
-        let remaining = len.unwrap_or(size - offset).min(size - offset);
-        Ok(read_stream(file, remaining))
     }
 
     /// The file is its own state: appends go to its end, whatever `state` says.
@@ -145,14 +250,15 @@ impl StorageDriver for FilesystemDriver {
             file: Some(file),
             inflight: None,
             size,
-            buf: BytesMut::new(),
+            pending: Vec::new(),
+            pending_len: 0,
         }))
     }
 
     async fn stat(&self, path: &str) -> Result<FileInfo> {
         let full = self.full(path)?;
         let p = path.to_owned();
-        let md = blocking(path, move || std::fs::metadata(full)).await?;
+        let md = self.quick(path, move || std::fs::metadata(full)).await?;
         Ok(FileInfo {
             path: p,
             size: if md.is_dir() { 0 } else { md.len() },
@@ -164,7 +270,7 @@ impl StorageDriver for FilesystemDriver {
     /// Sets the file's modification time (the bytes are untouched).
     async fn touch(&self, path: &str) -> Result<()> {
         let full = self.full(path)?;
-        blocking(path, move || {
+        self.quick(path, move || {
             let f = std::fs::OpenOptions::new().write(true).open(full)?;
             f.set_modified(std::time::SystemTime::now())
         })
@@ -197,6 +303,68 @@ impl StorageDriver for FilesystemDriver {
         Ok(names.into_iter().map(|n| format!("{prefix}/{n}")).collect())
     }
 
+    async fn list_names(&self, path: &str) -> Result<Vec<String>> {
+        let full = self.full(path)?;
+        blocking(path, move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(full)? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(".berth-tmp-") {
+                    out.push(name);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One blocking walk: no hand-off per directory, and entries that are not directories
+    /// (by the type `readdir` reports) are never opened.
+    async fn find_dirs(
+        &self,
+        root: &str,
+        marks: NameFilter,
+        prunes: NameFilter,
+    ) -> Result<Vec<String>> {
+        let full = self.full(root)?;
+        blocking(root, move || {
+            let mut found = Vec::new();
+            let mut stack = vec![(full, String::new())];
+            while let Some((dir, rel)) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    // Gone since its parent was read (or no root yet).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                let mut marked = false;
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if marks(name) {
+                        marked = true;
+                    } else if !prunes(name)
+                        && !name.starts_with(".berth-tmp-")
+                        && entry.file_type()?.is_dir()
+                    {
+                        let child = if rel.is_empty() {
+                            name.to_owned()
+                        } else {
+                            format!("{rel}/{name}")
+                        };
+                        stack.push((entry.path(), child));
+                    }
+                }
+                if marked && !rel.is_empty() {
+                    found.push(rel);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn move_object(&self, from: &str, to: &str) -> Result<()> {
         let src = self.full(from)?;
         let dst = self.full(to)?;
@@ -221,13 +389,34 @@ impl StorageDriver for FilesystemDriver {
         blocking(path, move || {
             let md = std::fs::symlink_metadata(&full)?;
             if md.is_dir() {
-                std::fs::remove_dir_all(&full)
+                // Out of sight in one step, then removed: a crash midway leaves a hidden
+                // temporary tree, never a half-deleted tag or repository.
+                let doomed = tmp_sibling(&full);
+                std::fs::rename(&full, &doomed)?;
+                std::fs::remove_dir_all(&doomed)
             } else {
                 std::fs::remove_file(&full)
             }
         })
         .await
     }
+}
+
+/// A file opened for reading a range.
+enum Opened {
+    /// The range, read whole.
+    Whole(Bytes),
+    /// The file at the range's start, and the range's length.
+    Large(std::fs::File, u64),
+    /// The offset is past the end of a file of this size.
+    PastEnd(u64),
+}
+
+/// Reads exactly `len` bytes from the file's position (`UnexpectedEof` if it shrank).
+fn read_exact_len(f: &mut std::fs::File, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    f.read_exact(&mut buf)?;
+    Ok(buf.freeze())
 }
 
 /// Streams `remaining` bytes of `file` from its current position in large blocks, each read on
@@ -268,15 +457,17 @@ fn read_stream(file: std::fs::File, remaining: u64) -> ByteStream {
     .boxed()
 }
 
-/// Appends through a buffer; a full buffer is written by a blocking task while the next one
-/// fills (the caller hashes while the previous buffer goes to disk). At most one write is in
-/// flight, so memory stays at two buffers whatever the blob's size.
+/// Appends by gathering the caller's chunks (no copy) until [`WRITE_BUFFER`] bytes are pending;
+/// they are then written with one vectored write by a blocking task while the next ones
+/// gather (the caller hashes while the previous batch goes to disk). At most one batch is in
+/// flight, so memory stays at two batches whatever the blob's size.
 struct FsWriter {
     path: String,
     file: Option<std::fs::File>,
     inflight: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
     size: u64,
-    buf: BytesMut,
+    pending: Vec<Bytes>,
+    pending_len: usize,
 }
 
 impl FsWriter {
@@ -292,15 +483,16 @@ impl FsWriter {
         Ok(())
     }
 
-    async fn flush_buf(&mut self, sync: bool) -> Result<()> {
+    async fn flush_pending(&mut self, sync: bool) -> Result<()> {
         self.reclaim().await?;
         let mut file = self.file.take().ok_or_else(|| StorageError::Io {
             path: self.path.clone(),
             source: std::io::Error::other("writer failed earlier"),
         })?;
-        let data = self.buf.split().freeze();
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
         self.inflight = Some(tokio::task::spawn_blocking(move || {
-            file.write_all(&data)?;
+            write_all_vectored(&mut file, batch)?;
             if sync {
                 file.sync_all()?;
             }
@@ -313,13 +505,45 @@ impl FsWriter {
     }
 }
 
+/// Writes every chunk, in order, with as few `writev` calls as the kernel allows.
+fn write_all_vectored(file: &mut std::fs::File, mut chunks: Vec<Bytes>) -> std::io::Result<()> {
+    // The kernel takes at most IOV_MAX (1024) buffers per call.
+    const IOV_MAX: usize = 1024;
+    let mut first = 0;
+    while first < chunks.len() {
+        let end = chunks.len().min(first + IOV_MAX);
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..end]
+            .iter()
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut written = file.write_vectored(&slices)?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while first < end && written >= chunks[first].len() {
+            written -= chunks[first].len();
+            first += 1;
+        }
+        if written > 0 {
+            // A short write ended inside this chunk: keep its rest.
+            let rest = chunks[first].slice(written..);
+            chunks[first] = rest;
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl AppendWriter for FsWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
         self.size += data.len() as u64;
-        self.buf.extend_from_slice(&data);
-        if self.buf.len() >= WRITE_BUFFER {
-            self.flush_buf(false).await?;
+        self.pending_len += data.len();
+        self.pending.push(data);
+        if self.pending_len >= WRITE_BUFFER {
+            self.flush_pending(false).await?;
         }
         Ok(())
     }
@@ -329,7 +553,7 @@ impl AppendWriter for FsWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<Option<Bytes>> {
-        self.flush_buf(true).await?;
+        self.flush_pending(true).await?;
         Ok(None)
     }
 }
@@ -360,5 +584,56 @@ mod tests {
             d.get_content("/../etc/passwd").await,
             Err(StorageError::InvalidPath(_))
         ));
+    }
+
+    /// Writers racing to create the same new directories all land, and nothing temporary
+    /// is left behind, by writes or by deletes of trees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn new_directories_appear_with_their_objects() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = FilesystemDriver::new(dir.path());
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let d = d.clone();
+            tasks.push(tokio::spawn(async move {
+                d.put_content(&format!("/r/tags/t/current/link{i}"), Bytes::from("x"))
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let names = d
+            .list_names("/r/tags/t/current")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names.len(), 16, "{names:?}");
+        d.delete("/r/tags/t")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut left = Vec::new();
+        for e in walkdir(dir.path()) {
+            left.push(e);
+        }
+        assert_eq!(left, vec![dir.path().join("r"), dir.path().join("r/tags")]);
+    }
+
+    /// Every path under `root`, sorted (hidden temporary entries included).
+    fn walkdir(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).unwrap_or_else(|e| panic!("{e}")) {
+                let path = e.unwrap_or_else(|e| panic!("{e}")).path();
+                if path.is_dir() {
+                    stack.push(path.clone());
+                }
+                out.push(path);
+            }
+        }
+        out.sort();
+        out
     }
 }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument;
 
-use crate::{AppendWriter, ByteStream, FileInfo, Result, StorageDriver};
+use crate::{AppendWriter, ByteStream, FileInfo, NameFilter, Result, StorageDriver};
 
 /// The operations counted, in the order of [`StorageStats::ops`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +35,11 @@ pub enum Op {
     Delete,
     Touch,
     StatTouched,
+    FindDirs,
 }
 
 impl Op {
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::GetContent,
         Op::PutContent,
         Op::Reader,
@@ -55,6 +56,7 @@ impl Op {
         Op::Delete,
         Op::Touch,
         Op::StatTouched,
+        Op::FindDirs,
     ];
 
     /// The metric label (and span name suffix).
@@ -76,6 +78,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Touch => "touch",
             Op::StatTouched => "stat_touched",
+            Op::FindDirs => "find_dirs",
         }
     }
 }
@@ -265,6 +268,25 @@ impl StorageDriver for Instrumented {
 
     async fn list(&self, path: &str) -> Result<Vec<String>> {
         self.timed(Op::List, path, self.inner.list(path)).await
+    }
+
+    async fn list_names(&self, path: &str) -> Result<Vec<String>> {
+        self.timed(Op::List, path, self.inner.list_names(path))
+            .await
+    }
+
+    async fn find_dirs(
+        &self,
+        root: &str,
+        marks: NameFilter,
+        prunes: NameFilter,
+    ) -> Result<Vec<String>> {
+        self.timed(
+            Op::FindDirs,
+            root,
+            self.inner.find_dirs(root, marks, prunes),
+        )
+        .await
     }
 
     async fn move_object(&self, from: &str, to: &str) -> Result<()> {

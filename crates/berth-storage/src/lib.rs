@@ -72,6 +72,9 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// A test of an entry's base name ([`StorageDriver::find_dirs`]).
+pub type NameFilter = fn(&str) -> bool;
+
 /// Metadata of an object or directory.
 #[derive(Debug, Clone)]
 pub struct FileInfo {
@@ -163,12 +166,88 @@ pub trait StorageDriver: Send + Sync + 'static {
     }
     /// Full paths of the direct children of a directory, sorted.
     async fn list(&self, path: &str) -> Result<Vec<String>>;
+    /// Base names of the direct children of a directory, in no particular order: what
+    /// [`list`](Self::list) says, without building and sorting full paths where a driver can
+    /// skip that.
+    async fn list_names(&self, path: &str) -> Result<Vec<String>> {
+        let mut paths = self.list(path).await?;
+        for p in &mut paths {
+            if let Some(i) = p.rfind('/') {
+                p.drain(..=i);
+            }
+        }
+        Ok(paths)
+    }
+    /// Walks the directories under `root` and returns, unsorted and relative to `root`, each
+    /// directory below it that has a child `marks` accepts. Children that `marks` or `prunes`
+    /// accept are not descended into. A missing `root` is an empty answer. (The catalog:
+    /// repositories are directories with `_manifests` or `_layers`; `_` entries are pruned.)
+    /// The default lists directory by directory, [`WALK_CONCURRENCY`] listings at a time
+    /// (a listing is a round trip on S3); the filesystem walks in one blocking call.
+    async fn find_dirs(
+        &self,
+        root: &str,
+        marks: NameFilter,
+        prunes: NameFilter,
+    ) -> Result<Vec<String>> {
+        find_dirs_by_listing(self, root, marks, prunes).await
+    }
     /// Atomically moves an object, replacing any object at `to`. The moved object's modified
     /// time is the time of the move (garbage collection's grace period counts from when
     /// content appears at its path; see [`touch`](Self::touch)).
     async fn move_object(&self, from: &str, to: &str) -> Result<()>;
     /// Deletes an object or a whole directory tree.
     async fn delete(&self, path: &str) -> Result<()>;
+}
+
+/// Directory listings in flight in [`StorageDriver::find_dirs`]'s default walk.
+pub const WALK_CONCURRENCY: usize = 32;
+
+/// [`StorageDriver::find_dirs`] by listing each directory, several at a time.
+async fn find_dirs_by_listing<D: StorageDriver + ?Sized>(
+    driver: &D,
+    root: &str,
+    marks: NameFilter,
+    prunes: NameFilter,
+) -> Result<Vec<String>> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let prefix = format!("{root}/");
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < WALK_CONCURRENCY {
+            let Some(dir) = pending.pop() else { break };
+            running.push(async move {
+                let listed = driver.list(&dir).await;
+                (dir, listed)
+            });
+        }
+        let Some((dir, listed)) = running.next().await else {
+            break;
+        };
+        let children = match listed {
+            Ok(c) => c,
+            // Gone since its parent was listed.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        let mut marked = false;
+        for child in children {
+            let base = child.rsplit('/').next().unwrap_or("");
+            if marks(base) {
+                marked = true;
+            } else if !prunes(base) {
+                pending.push(child);
+            }
+        }
+        if marked {
+            if let Some(rel) = dir.strip_prefix(&prefix) {
+                found.push(rel.to_owned());
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Checks a driver path: absolute, `/`-separated, no empty, `.` or `..` components, no NUL.

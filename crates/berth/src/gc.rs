@@ -50,7 +50,10 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
         let driver: Arc<dyn berth_storage::StorageDriver> = match cfg.storage.driver() {
             StorageDriver::Filesystem(fs) => {
                 eprintln!("gc: storage: filesystem at {}", fs.rootdirectory);
-                Arc::new(berth_storage::FilesystemDriver::new(&fs.rootdirectory))
+                Arc::new(
+                    berth_storage::FilesystemDriver::new(&fs.rootdirectory)
+                        .inline_io(fs.inlineio.unwrap_or(true)),
+                )
             }
             StorageDriver::S3(s3) => {
                 let c = berth_server::setup::s3_config(&s3, false);

@@ -38,7 +38,9 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             let root = std::path::absolute(&fs.rootdirectory)
                 .unwrap_or_else(|_| fs.rootdirectory.clone().into());
             tracing::info!(driver = "filesystem", root = %root.display(), "storing data in {}", root.display());
-            Chosen::Local(DriverChoice::Filesystem(root))
+            Chosen::Local(DriverChoice::Filesystem(
+                berth_storage::FilesystemDriver::new(root).inline_io(fs.inlineio.unwrap_or(true)),
+            ))
         }
         StorageDriver::InMemory => {
             tracing::info!(

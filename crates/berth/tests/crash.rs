@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -173,12 +173,10 @@ fn verify(root: &Path) -> usize {
             continue;
         }
         let tags = repo.join("_manifests/tags");
-        for t in std::fs::read_dir(&tags).into_iter().flatten() {
-            let t = t.unwrap().path();
+        for t in visible_entries(&tags) {
             let current = t.join("current/link");
-            if !current.exists() {
-                continue;
-            }
+            // Tag directories appear with their link and vanish in one step.
+            assert!(current.exists(), "tag {} has no link", t.display());
             let d = read_link(&current);
             let hex = d.strip_prefix("sha256:").unwrap();
             assert!(
@@ -189,12 +187,9 @@ fn verify(root: &Path) -> usize {
             );
         }
         let revisions = repo.join("_manifests/revisions/sha256");
-        for r in std::fs::read_dir(&revisions).into_iter().flatten() {
-            let r = r.unwrap().path();
+        for r in visible_entries(&revisions) {
             let link = r.join("link");
-            if !link.exists() {
-                continue;
-            }
+            assert!(link.exists(), "revision {} has no link", r.display());
             let d = read_link(&link);
             let manifest = blob_path(&d);
             assert!(manifest.exists(), "revision {d} has no stored manifest");
@@ -216,18 +211,32 @@ fn verify(root: &Path) -> usize {
                 );
             }
         }
-        for l in std::fs::read_dir(repo.join("_layers/sha256"))
-            .into_iter()
-            .flatten()
-        {
-            let link = l.unwrap().path().join("link");
-            if link.exists() {
-                let d = read_link(&link);
-                assert!(blob_path(&d).exists(), "layer link to {d} without its blob");
-            }
+        for l in visible_entries(&repo.join("_layers/sha256")) {
+            let link = l.join("link");
+            assert!(
+                link.exists(),
+                "layer link directory {} is empty",
+                l.display()
+            );
+            let d = read_link(&link);
+            assert!(blob_path(&d).exists(), "layer link to {d} without its blob");
         }
     }
     blobs
+}
+
+/// A directory's entries (none when it does not exist), without the temporary ones a crash
+/// may leave (`.berth-tmp-*`, hidden from every listing).
+fn visible_entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".berth-tmp-"))
+        })
+        .collect()
 }
 
 /// Every upload under way when the server died resumes from the reported offset and completes,

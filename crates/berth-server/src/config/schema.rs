@@ -151,6 +151,10 @@ pub struct Filesystem {
     pub rootdirectory: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maxthreads: Option<u64>,
+    /// Berth: small reads and metadata calls on the request's thread (default true); false
+    /// for a root on a network filesystem, where a stat may stall.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inlineio: Option<bool>,
 }
 
 impl Default for Filesystem {
@@ -159,6 +163,7 @@ impl Default for Filesystem {
         Filesystem {
             rootdirectory: "/var/lib/registry".to_owned(),
             maxthreads: None,
+            inlineio: None,
         }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_bench::{berth_bin, median, mib_per_s, timed};
+use berth_bench::{berth_bin, median, mib_per_s, raw, timed};
 use berth_conformance::client::Client;
 use berth_conformance::fixtures::{bytes, digest, Image};
 use berth_testkit::{Berth, Distribution};
@@ -103,12 +103,13 @@ fn with_digest(loc: &str, d: &str) -> String {
 fn push_monolithic(a: &ureq::Agent, s: &Server, repo: &str, data: &[u8], d: &str) -> Duration {
     let (_, t) = timed(|| {
         let loc = start_upload(a, s, repo);
-        let r = a
-            .put(&with_digest(&loc, d))
-            .set("Content-Type", "application/octet-stream")
-            .send_bytes(data)
-            .unwrap();
-        assert_eq!(r.status(), 201, "{}", s.name);
+        let r = raw::exchange(
+            "PUT",
+            &with_digest(&loc, d),
+            &[("Content-Type", "application/octet-stream")],
+            data,
+        );
+        assert_eq!(r.status, 201, "{}", s.name);
     });
     t
 }
@@ -126,32 +127,30 @@ fn push_chunked(
         let mut loc = start_upload(a, s, repo);
         for (i, part) in data.chunks(chunk).enumerate() {
             let start = i * chunk;
-            let r = a
-                .request("PATCH", &loc)
-                .set("Content-Type", "application/octet-stream")
-                .set(
-                    "Content-Range",
-                    &format!("{start}-{}", start + part.len() - 1),
-                )
-                .send_bytes(part)
-                .unwrap();
-            assert_eq!(r.status(), 202, "{}", s.name);
+            let range = format!("{start}-{}", start + part.len() - 1);
+            let r = raw::exchange(
+                "PATCH",
+                &loc,
+                &[
+                    ("Content-Type", "application/octet-stream"),
+                    ("Content-Range", &range),
+                ],
+                part,
+            );
+            assert_eq!(r.status, 202, "{}", s.name);
             loc = absolute(&s.url, r.header("location").unwrap());
         }
-        let r = a.put(&with_digest(&loc, d)).call().unwrap();
-        assert_eq!(r.status(), 201, "{}", s.name);
+        let r = raw::exchange("PUT", &with_digest(&loc, d), &[], b"");
+        assert_eq!(r.status, 201, "{}", s.name);
     });
     t
 }
 
-fn pull(a: &ureq::Agent, s: &Server, repo: &str, d: &str, len: usize) -> Duration {
+fn pull(s: &Server, repo: &str, d: &str, len: usize) -> Duration {
     let (_, t) = timed(|| {
-        let r = a
-            .get(&format!("{}/v2/{repo}/blobs/{d}", s.url))
-            .call()
-            .unwrap();
-        let n = std::io::copy(&mut r.into_reader(), &mut std::io::sink()).unwrap();
-        assert_eq!(n as usize, len, "{}", s.name);
+        let r = raw::exchange("GET", &format!("{}/v2/{repo}/blobs/{d}", s.url), &[], b"");
+        assert_eq!(r.status, 200, "{}", s.name);
+        assert_eq!(r.body_len as usize, len, "{}", s.name);
     });
     t
 }
@@ -511,7 +510,7 @@ fn main() {
             res[i].rss_blob = res[i].rss_blob.max(sampler.finish());
             res[i]
                 .pull
-                .push(mib_per_s(len, pull(&a, s, "bench/large", &d, len)));
+                .push(mib_per_s(len, pull(s, "bench/large", &d, len)));
             delete_blob(&a, s, "bench/large", &d);
             let t = push_chunked(&a, s, "bench/large", &data, &d, 32 << 20);
             res[i].chunked.push(mib_per_s(len, t));

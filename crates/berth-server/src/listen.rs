@@ -149,6 +149,36 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves a side application (the debug listener: health and metrics) on plain HTTP/1.1 with
+/// the same per-connection limits as the registry (header size and read timeout, idle
+/// timeouts), until the task is dropped. No drain: it answers until the process ends.
+pub async fn serve_plain(listener: TcpListener, app: axum::Router, limits: crate::limits::Limits) {
+    // Never flips: these connections are not drained.
+    let (_keep, drain) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let tcp = match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        accept_error(e).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let drain = drain.clone();
+                let limits = limits.clone();
+                connections.spawn(async move {
+                    serve_connection(tcp, service, Protocol::Http1, drain, &limits).await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
 /// Which HTTP a connection speaks.
 #[derive(Clone, Copy)]
 enum Protocol {

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 
 use crate::{
     validate_path, AppendWriter, ByteStream, FileInfo, NameFilter, Result, StorageDriver,
@@ -420,16 +419,12 @@ fn read_exact_len(f: &mut std::fs::File, len: usize) -> std::io::Result<Bytes> {
 }
 
 /// Streams `remaining` bytes of `file` from its current position in large blocks, each read on
-/// the blocking pool.
+/// the blocking pool. The next block is read while the caller sends the last one (one block
+/// of read-ahead), so disk and network work overlap; memory stays at two blocks.
 fn read_stream(file: std::fs::File, remaining: u64) -> ByteStream {
-    let state = Some((file, remaining));
-    Box::pin(futures_util::stream::unfold(state, |state| async move {
-        let (mut file, remaining) = state?;
-        if remaining == 0 {
-            return None;
-        }
-        let want = remaining.min(READ_CHUNK as u64) as usize;
-        let res = tokio::task::spawn_blocking(move || {
+    type Read = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Bytes)>>;
+    fn read_block(mut file: std::fs::File, want: usize) -> Read {
+        tokio::task::spawn_blocking(move || {
             let mut buf = BytesMut::zeroed(want);
             let mut filled = 0;
             while filled < want {
@@ -444,17 +439,24 @@ fn read_stream(file: std::fs::File, remaining: u64) -> ByteStream {
             }
             Ok((file, buf.freeze()))
         })
-        .await;
-        match res {
-            Ok(Ok((file, chunk))) => {
-                let left = remaining - chunk.len() as u64;
-                Some((Ok(chunk), Some((file, left))))
+    }
+    let block = |left: u64| left.min(READ_CHUNK as u64) as usize;
+    let first = (remaining > 0).then(|| (read_block(file, block(remaining)), remaining));
+    Box::pin(futures_util::stream::unfold(
+        first,
+        move |state: Option<(Read, u64)>| async move {
+            let (reading, remaining) = state?;
+            match reading.await {
+                Ok(Ok((file, chunk))) => {
+                    let left = remaining - chunk.len() as u64;
+                    let next = (left > 0).then(|| (read_block(file, block(left)), left));
+                    Some((Ok(chunk), next))
+                }
+                Ok(Err(e)) => Some((Err(e), None)),
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
             }
-            Ok(Err(e)) => Some((Err(e), None)),
-            Err(e) => Some((Err(std::io::Error::other(e)), None)),
-        }
-    }))
-    .boxed()
+        },
+    ))
 }
 
 /// Appends by gathering the caller's chunks (no copy) until [`WRITE_BUFFER`] bytes are pending;

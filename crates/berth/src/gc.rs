@@ -106,10 +106,10 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
         let events = move |e: &Event| {
             let verb = if dry { "would delete" } else { "deleted" };
             match e {
-                Event::Manifest { repo, digest } => println!("{verb} manifest {repo}@{digest}"),
-                Event::Blob { digest, size } => println!("{verb} blob {digest} ({size} bytes)"),
+                Event::Manifest { repo, digest } => outln!("{verb} manifest {repo}@{digest}"),
+                Event::Blob { digest, size } => outln!("{verb} blob {digest} ({size} bytes)"),
                 Event::LayerLink { repo, digest } => {
-                    println!("{verb} layer link {repo} -> {digest}")
+                    outln!("{verb} layer link {repo} -> {digest}")
                 }
                 Event::Warning(w) => eprintln!("gc: warning: {w}"),
             }

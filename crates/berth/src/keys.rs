@@ -23,7 +23,7 @@ pub fn generate_cmd(out: &Path, alg: &str, cn: &str, days: u32) -> anyhow::Resul
     std::fs::write(out.join("token.crt"), &g.cert_pem).context("writing token.crt")?;
     let jwks = serde_json::json!({ "keys": [signer.jwk()] });
     std::fs::write(out.join("jwks.json"), format!("{jwks:#}\n")).context("writing jwks.json")?;
-    println!(
+    outln!(
         "wrote {0}/token.key, {0}/token.crt, {0}/jwks.json",
         out.display()
     );
@@ -32,9 +32,9 @@ pub fn generate_cmd(out: &Path, alg: &str, cn: &str, days: u32) -> anyhow::Resul
 }
 
 fn print_ids(key: &PublicKey) {
-    println!("  key:                 {}", key.describe());
-    println!("  libtrust key ID:     {}", key.libtrust_id());
-    println!("  RFC 7638 thumbprint: {}", key.thumbprint());
+    outln!("  key:                 {}", key.describe());
+    outln!("  libtrust key ID:     {}", key.libtrust_id());
+    outln!("  RFC 7638 thumbprint: {}", key.thumbprint());
 }
 
 /// Prints a JWKS of the public keys of certificates, public keys or private keys (PEM files).
@@ -81,6 +81,6 @@ pub fn jwks_cmd(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
         eprintln!("  RFC 7638 thumbprint:   {}", key.thumbprint());
         keys.push(key.to_jwk(&kid, &chain));
     }
-    println!("{:#}", serde_json::json!({ "keys": keys }));
+    outln!("{:#}", serde_json::json!({ "keys": keys }));
     Ok(())
 }

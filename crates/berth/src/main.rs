@@ -7,6 +7,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `println!` that ends the process quietly when stdout is closed early (`berth config check |
+/// head`) instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod gc;
 
 /// How every command reports a configuration it cannot use.
@@ -205,15 +218,15 @@ fn main() -> ExitCode {
 fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let code = match berth_server::config::load(path, std::env::vars()) {
         Ok(loaded) => {
-            println!("# configuration: {}", loaded.source);
+            outln!("# configuration: {}", loaded.source);
             for w in &loaded.warnings {
-                println!("# warning: {w}");
+                outln!("# warning: {w}");
             }
             for u in &loaded.unsupported {
-                println!("# not supported yet: {u}");
+                outln!("# not supported yet: {u}");
             }
             let yaml = loaded.config.redacted_yaml();
-            println!("{yaml}");
+            outln!("{yaml}");
             ExitCode::SUCCESS
         }
         Err(e) => {

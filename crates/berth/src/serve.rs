@@ -206,11 +206,10 @@ async fn start_debug_listener(
         "debug listener on http://{local} (/debug/health, /livez, /readyz)"
     );
     let app = berth_server::debug_app(state.clone(), metrics_path);
-    Ok(Some(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("debug listener failed: {e}");
-        }
-    })))
+    let limits = state.options.limits.clone();
+    Ok(Some(tokio::spawn(berth_server::listen::serve_plain(
+        listener, app, limits,
+    ))))
 }
 
 /// The storage driver the configuration chose.

@@ -53,12 +53,12 @@ pub fn verify_cmd(
     }
     match verdict {
         Err(r) => {
-            println!("{r}");
+            outln!("{r}");
             Ok(ExitCode::FAILURE)
         }
         Ok(v) => {
             let access: Vec<String> = v.access.iter().map(|s| s.to_string()).collect();
-            println!(
+            outln!(
                 "token valid: sub={:?}, expires in {}s, access [{}]",
                 v.subject,
                 v.expires - now_secs(),
@@ -72,7 +72,7 @@ pub fn verify_cmd(
                     let a = Access::new(&scope.typ, &scope.name, action);
                     let granted = covers(&v.access, &a);
                     ok &= granted;
-                    println!(
+                    outln!(
                         "  {}:{}:{} {}",
                         a.typ,
                         a.name,

@@ -135,6 +135,29 @@ fn unknown_key_is_an_error_naming_key_and_line() {
     assert!(!out.status.success());
 }
 
+/// A reader that stops early (`berth config check | head -1`) ends the command quietly: no
+/// panic on the broken pipe.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yml");
+    std::fs::write(&path, "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /tmp/x\nhttp:\n  addr: 127.0.0.1:0\n")
+        .unwrap();
+    let mut child = berth()
+        .args(["config", "check"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command writes.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?} {err}", out.status);
+}
+
 #[test]
 fn unreadable_htpasswd_file_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();

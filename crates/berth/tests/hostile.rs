@@ -651,50 +651,30 @@ fn garbage_authorization_is_401_with_a_challenge() {
 // ---------------------------------------------------------------- slow clients
 
 /// Slowloris: a client that sends its request head one byte a second is disconnected once the
-/// header read timeout (3 s here) has passed, and an idle keep-alive connection likewise.
+/// header read timeout (3 s here) has passed, on the registry's listener and on the debug
+/// listener alike; an idle keep-alive connection likewise.
 #[test]
 fn slow_headers_and_idle_connections_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    let b = Berth::start_with_config(&config(&root, ""), &root);
-
-    let mut s = TcpStream::connect(&b.host).unwrap();
-    let started = Instant::now();
-    let head = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-    let mut cut_off = None;
-    for byte in head {
-        if s.write_all(&[*byte]).is_err() {
-            cut_off = Some(started.elapsed());
-            break;
-        }
-        // One byte a second; a closed connection shows as EOF (or a reset) on the read.
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut buf = [0u8; 1024];
-        match s.read(&mut buf) {
-            Ok(0) => {
-                cut_off = Some(started.elapsed());
-                break;
-            }
-            Ok(n) => panic!(
-                "the server answered a request it never fully received: {:?}",
-                String::from_utf8_lossy(&buf[..n])
-            ),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                cut_off = Some(started.elapsed());
-                break;
-            }
-        }
+    let b = Berth::start_with_config(&config(&root, "  debug:\n    addr: 127.0.0.1:0\n"), &root);
+    let debug_line = b.wait_log("the debug listener", |l| {
+        l.contains("debug listener on http://")
+    });
+    let debug_host: String = debug_line
+        .split("debug listener on http://")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    for host in [&b.host, &debug_host] {
+        let t = slowloris(host);
+        assert!(
+            t >= Duration::from_secs(2) && t < Duration::from_secs(8),
+            "{host}: cut off after {t:?}"
+        );
     }
-    let t = cut_off.expect("the slow client was served");
-    assert!(
-        t >= Duration::from_secs(2) && t < Duration::from_secs(8),
-        "cut off after {t:?}"
-    );
 
     // An idle keep-alive connection (one request served, then nothing) is closed too.
     let mut s = TcpStream::connect(&b.host).unwrap();
@@ -710,6 +690,35 @@ fn slow_headers_and_idle_connections_are_cut_off() {
         r.elapsed
     );
     assert!(log_problems(&b.log()).is_empty(), "{}", b.log());
+}
+
+/// Sends a request head one byte a second; how long until the server closed the connection.
+fn slowloris(host: &str) -> Duration {
+    let mut s = TcpStream::connect(host).unwrap();
+    let started = Instant::now();
+    let head = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    for byte in head {
+        if s.write_all(&[*byte]).is_err() {
+            return started.elapsed();
+        }
+        // One byte a second; a closed connection shows as EOF (or a reset) on the read.
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 1024];
+        match s.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(n) => panic!(
+                "{host} answered a request it never fully received: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return started.elapsed(),
+        }
+    }
+    panic!("{host} served the slow client")
 }
 
 /// A chunk whose body stops half-way fails after the body idle timeout (2 s here) with
@@ -798,12 +807,15 @@ fn client_that_stops_reading_is_disconnected() {
     s.set_nodelay(true).unwrap();
     s.write_all(format!("GET /v2/slow/read/blobs/{d} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
-    let line = b.wait_log("the aborted download", |l| {
-        l.contains("read nothing for 3s")
+    // The connection is closed for that reason, then the access log line says the download
+    // was aborted (two lines, in that order; the test waits for both).
+    let log = b.wait_log("the aborted download", |l| {
+        l.contains("read nothing for 3s") && l.lines().any(|l| l.contains("aborted=true"))
     });
+    let access = log.lines().find(|l| l.contains("aborted=true")).unwrap();
     assert!(
-        line.contains("aborted=true"),
-        "the access log does not show the abort:\n{line}"
+        access.contains(&format!("/v2/slow/read/blobs/{d}")),
+        "the aborted download is not the blob's:\n{log}"
     );
     // The rest of what the server had buffered can be read, then the connection ends early.
     let mut got = 0usize;

@@ -349,8 +349,7 @@ fn sigkill_during_pushes_leaves_a_consistent_store() {
             let tags = root.join(format!(
                 "docker/registry/v2/repositories/crash/client{id}/_manifests/tags"
             ));
-            for t in std::fs::read_dir(&tags).into_iter().flatten() {
-                let t = t.unwrap().path();
+            for t in visible_entries(&tags) {
                 let want = read_link(&t.join("current/link"));
                 let name = t.file_name().unwrap().to_string_lossy().into_owned();
                 let r = c

@@ -171,22 +171,11 @@ impl StorageDriver for FilesystemDriver {
 
     async fn get_content(&self, path: &str) -> Result<Bytes> {
         let full = self.full(path)?;
-        let opened = self
-            .quick(path, move || {
-                let mut f = std::fs::File::open(full)?;
-                let size = f.metadata()?.len();
-                if size <= INLINE_READ {
-                    Ok(Opened::Whole(read_exact_len(&mut f, size as usize)?))
-                } else {
-                    Ok(Opened::Large(f, size))
-                }
-            })
-            .await?;
-        match opened {
+        match self.quick(path, move || open_range(&full, 0, None)).await? {
+            Opened::Whole(data) => Ok(data),
             Opened::Large(mut f, size) => {
                 blocking(path, move || read_exact_len(&mut f, size as usize)).await
             }
-            Opened::Whole(data) => Ok(data),
             Opened::PastEnd(_) => Ok(Bytes::new()),
         }
     }
@@ -202,20 +191,7 @@ impl StorageDriver for FilesystemDriver {
         // A small range is read in the same call that opens the file: one step, no stream
         // of hand-offs.
         let opened = self
-            .quick(path, move || {
-                let mut f = std::fs::File::open(full)?;
-                let size = f.metadata()?.len();
-                if offset > size {
-                    return Ok(Opened::PastEnd(size));
-                }
-                f.seek(SeekFrom::Start(offset))?;
-                let remaining = len.unwrap_or(size - offset).min(size - offset);
-                if remaining <= INLINE_READ {
-                    Ok(Opened::Whole(read_exact_len(&mut f, remaining as usize)?))
-                } else {
-                    Ok(Opened::Large(f, remaining))
-                }
-            })
+            .quick(path, move || open_range(&full, offset, len))
             .await?;
         match opened {
             Opened::PastEnd(size) => Err(StorageError::InvalidOffset {
@@ -282,39 +258,15 @@ impl StorageDriver for FilesystemDriver {
         } else {
             self.full(path)?
         };
-        let prefix = if path == "/" {
-            String::new()
-        } else {
-            path.to_owned()
-        };
-        let mut names = blocking(path, move || {
-            let mut out = Vec::new();
-            for entry in std::fs::read_dir(full)? {
-                let name = entry?.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(".berth-tmp-") {
-                    out.push(name);
-                }
-            }
-            Ok(out)
-        })
-        .await?;
+        let prefix = if path == "/" { "" } else { path }.to_owned();
+        let mut names = blocking(path, move || read_names(&full)).await?;
         names.sort_unstable();
         Ok(names.into_iter().map(|n| format!("{prefix}/{n}")).collect())
     }
 
     async fn list_names(&self, path: &str) -> Result<Vec<String>> {
         let full = self.full(path)?;
-        blocking(path, move || {
-            let mut out = Vec::new();
-            for entry in std::fs::read_dir(full)? {
-                let name = entry?.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(".berth-tmp-") {
-                    out.push(name);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        blocking(path, move || read_names(&full)).await
     }
 
     /// One blocking walk: no hand-off per directory, and entries that are not directories
@@ -409,6 +361,37 @@ enum Opened {
     Large(std::fs::File, u64),
     /// The offset is past the end of a file of this size.
     PastEnd(u64),
+}
+
+/// Opens `full` for `len` bytes (or to the end) from `offset`, reading them at once when they
+/// are at most [`INLINE_READ`].
+fn open_range(full: &Path, offset: u64, len: Option<u64>) -> std::io::Result<Opened> {
+    let mut f = std::fs::File::open(full)?;
+    let size = f.metadata()?.len();
+    if offset > size {
+        return Ok(Opened::PastEnd(size));
+    }
+    if offset > 0 {
+        f.seek(SeekFrom::Start(offset))?;
+    }
+    let remaining = len.unwrap_or(size - offset).min(size - offset);
+    if remaining <= INLINE_READ {
+        Ok(Opened::Whole(read_exact_len(&mut f, remaining as usize)?))
+    } else {
+        Ok(Opened::Large(f, remaining))
+    }
+}
+
+/// A directory's entry names, without Berth's temporary entries.
+fn read_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".berth-tmp-") {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// Reads exactly `len` bytes from the file's position (`UnexpectedEof` if it shrank).

@@ -172,6 +172,9 @@ pub enum Mode {
         verifier: Arc<Verifier>,
         /// `auth.token.realm`; `None`: Berth's own issuer endpoint on the request's host.
         realm: Option<String>,
+        /// `auth.token.autoredirect`: the realm is this path on the request's `Host`, with
+        /// `X-Forwarded-Proto` or `https` (see [`auto_realm`]).
+        autoredirect: Option<String>,
         service: String,
         jwks: Option<Arc<crate::jwks::Refresher>>,
     },
@@ -232,6 +235,36 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
+/// The realm of `auth.token.autoredirect`, built as distribution 3 builds it: the scheme is
+/// `X-Forwarded-Proto` when present, else `https` (2.8 always said `https`); the host is the
+/// request's `Host`; the path is `autoredirectpath` (default `/auth/token`).
+pub fn auto_realm(headers: &HeaderMap, path: &str) -> String {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
+    let scheme = text(http::HeaderName::from_static("x-forwarded-proto")).unwrap_or("https");
+    let host = text(http::header::HOST).unwrap_or("");
+    let slash = if path.starts_with('/') || path.is_empty() {
+        ""
+    } else {
+        "/"
+    };
+    format!("{scheme}://{host}{slash}{path}")
+}
+
+/// `autoredirectpath` when `autoredirect` is on (distribution's default path when empty).
+pub fn autoredirect_path(t: &crate::config::schema::TokenAuth) -> Option<String> {
+    t.autoredirect.unwrap_or(false).then(|| {
+        t.autoredirectpath
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/auth/token".to_owned())
+    })
+}
+
 fn quote(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -276,12 +309,15 @@ impl Auth {
             Mode::Token {
                 verifier,
                 realm,
+                autoredirect,
                 service,
                 jwks,
             } => {
-                let realm = realm
-                    .clone()
-                    .unwrap_or_else(|| format!("{base}/auth/token"));
+                let realm = match (autoredirect, realm) {
+                    (Some(path), _) => auto_realm(headers, path),
+                    (None, Some(r)) => r.clone(),
+                    (None, None) => format!("{base}/auth/token"),
+                };
                 let scope: Vec<String> = scopes_of(needed).iter().map(|s| s.to_string()).collect();
                 let challenge = |error: Option<&str>, message: String| {
                     let mut h = format!(

@@ -542,19 +542,26 @@ async fn put_manifest(
 
 // ---------------------------------------------------------------- listings
 
-/// `n` from the query: absent, or a non-negative integer.
+/// `n` from the query: absent (or empty), or a non-negative integer (Go's `Atoi`: a sign
+/// is allowed, `-0` is 0); anything else is `PAGINATION_NUMBER_INVALID`, as in distribution.
 fn page_size(q: &[(String, String)]) -> Result<Option<usize>> {
     match param(q, "n") {
         None | Some("") => Ok(None),
-        Some(n) => n.parse::<usize>().map(Some).map_err(|_| {
-            ApiError::msg(
-                ErrorCode::PaginationNumberInvalid,
-                format!("n={n:?} is not a non-negative integer"),
-            )
-        }),
+        Some(n) => n
+            .parse::<i64>()
+            .ok()
+            .and_then(|v| usize::try_from(v).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::msg(
+                    ErrorCode::PaginationNumberInvalid,
+                    format!("n={n:?} is not a non-negative integer"),
+                )
+            }),
     }
 }
 
+/// The `Link` to the next page: the request's own path (with `http.prefix`), `n` and `last`.
 fn link_next(r: &mut Response, path: &str, n: Option<usize>, last: Option<&String>) {
     if let Some(last) = last {
         let n = n.map(|n| format!("n={n}&")).unwrap_or_default();
@@ -566,10 +573,19 @@ fn link_next(r: &mut Response, path: &str, n: Option<usize>, last: Option<&Strin
     }
 }
 
+/// `GET /v2/<name>/tags/list`, as distribution 3.1: without `n` every tag; a larger `n` than
+/// `tags.maxtags` is clamped to it (the `Link` says how to go on); `n=0` is an empty list.
 async fn tags(state: &AppState, name: &RepoName, req: &Parts) -> Result<Response> {
     let q = query(&req.uri);
-    let n = page_size(&q)?;
-    let page = state.registry.list_tags(name, n, param(&q, "last")).await?;
+    let n = page_size(&q)?.map(|n| n.min(state.options.tags_max_entries));
+    let page = if n == Some(0) {
+        berth_registry::tags::Page {
+            entries: Vec::new(),
+            more: false,
+        }
+    } else {
+        state.registry.list_tags(name, n, param(&q, "last")).await?
+    };
     #[derive(serde::Serialize)]
     struct TagList<'a> {
         name: &'a str,
@@ -584,21 +600,37 @@ async fn tags(state: &AppState, name: &RepoName, req: &Parts) -> Result<Response
         serde_json::to_vec(&body).unwrap_or_default(),
     );
     if page.more {
-        link_next(
-            &mut r,
-            &format!("/v2/{name}/tags/list"),
-            n,
-            page.entries.last(),
-        );
+        link_next(&mut r, req.uri.path(), n, page.entries.last());
     }
     Ok(r)
 }
 
+/// `GET /v2/_catalog`, as distribution 3.1: 100 names by default (at most
+/// `catalog.maxentries`); an `n` above `catalog.maxentries` is refused with
+/// `PAGINATION_NUMBER_INVALID`; `n=0` is an empty list.
 async fn catalog(state: &AppState, req: &Parts) -> Result<Response> {
+    /// distribution's page size when the client names none.
+    const DEFAULT_ENTRIES: usize = 100;
     let q = query(&req.uri);
     let max = state.options.catalog_max_entries;
-    let n = Some(page_size(&q)?.map_or(max, |n| n.min(max)));
-    let page = state.registry.catalog(n, param(&q, "last")).await?;
+    let n = match page_size(&q)? {
+        Some(n) if n > max => {
+            return Err(ApiError::msg(
+                ErrorCode::PaginationNumberInvalid,
+                format!("n={n} is above catalog.maxentries ({max})"),
+            ))
+        }
+        Some(n) => n,
+        None => DEFAULT_ENTRIES.min(max),
+    };
+    let page = if n == 0 {
+        berth_registry::tags::Page {
+            entries: Vec::new(),
+            more: false,
+        }
+    } else {
+        state.registry.catalog(Some(n), param(&q, "last")).await?
+    };
     #[derive(serde::Serialize)]
     struct Catalog<'a> {
         repositories: &'a [String],
@@ -611,7 +643,7 @@ async fn catalog(state: &AppState, req: &Parts) -> Result<Response> {
         serde_json::to_vec(&body).unwrap_or_default(),
     );
     if page.more {
-        link_next(&mut r, "/v2/_catalog", n, page.entries.last());
+        link_next(&mut r, req.uri.path(), Some(n), page.entries.last());
     }
     Ok(r)
 }

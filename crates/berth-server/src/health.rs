@@ -1,20 +1,24 @@
 //! Health: distribution's periodic checks (`health` section: `storagedriver`, `file`, `http`,
-//! `tcp`), a Redis check when Redis is the blob-descriptor cache, and the endpoints built on
-//! them:
+//! `tcp`), a Redis check when Redis is the blob-descriptor cache, and what is built on them:
 //!
+//! - **The API gate** (as distribution's `health.Handler`): while a storage, file, HTTP or TCP
+//!   check fails (`threshold` failures in a row), every request on the registry listener —
+//!   `/v2/…`, `GET /`, the token endpoint — answers `503` with distribution's body (`UNAVAILABLE`,
+//!   "health check failed: please see /debug/health"); the first passing run opens it again.
+//!   Operators use a `file` check as a maintenance switch and rely on exactly this.
 //! - `/debug/health` (debug listener, as distribution): `200 {}` when every check passes, else
 //!   `503` with `{"<check>": "<error>"}`.
 //! - `/livez` (both listeners): the process answers. No dependency is checked, so a storage
 //!   outage never makes Kubernetes restart every replica at once.
-//! - `/readyz` (both listeners): `503` while draining after SIGTERM, or while a *gating* check
-//!   fails (storage, file, http, tcp — the ones an operator configured to mean "do not send
-//!   traffic here"). Redis is reported but does not gate: without it Berth still serves
-//!   everything from storage, and failing readiness on every replica at once would turn a
-//!   degraded cache into an outage.
+//! - `/readyz` (both listeners): `503` while draining after SIGTERM, or while a gating check
+//!   fails. `/livez` and `/readyz` are Berth's and answer before the gate.
 //!
-//! Unlike distribution, a failing check does not turn every API response into a 503: the
-//! load balancer, told by `/readyz`, is the one to route around a sick replica.
+//! Redis is reported but gates nothing: without it Berth still serves everything from
+//! storage, and failing every replica at once would turn a degraded cache into an outage.
+//! Checks run once at start and then every `interval` (distribution waits one interval
+//! before the first run).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,10 +56,12 @@ struct Check {
     interval: Duration,
     /// Consecutive failures before the check counts as failing (at least 1).
     threshold: u32,
-    /// Whether a failure makes `/readyz` fail.
+    /// Whether a failure closes the API and fails `/readyz`.
     gates: bool,
     /// `(consecutive failures, last error)`.
     state: Mutex<(u32, Option<String>)>,
+    /// Failing now (`threshold` reached); read by every request, hence an atomic.
+    down: AtomicBool,
 }
 
 impl Check {
@@ -67,9 +73,11 @@ impl Check {
                 Err(e) if e.is_not_found() => Ok(()),
                 Err(e) => Err(e.to_string()),
             },
+            // distribution's wording: the check's name is the path already.
             Probe::File(path) => match tokio::fs::metadata(path).await {
-                Ok(_) => Err(format!("{path} exists")),
-                Err(_) => Ok(()),
+                Ok(_) => Err("file exists".to_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("{path}: {e}")),
             },
             Probe::Http {
                 client,
@@ -77,21 +85,27 @@ impl Check {
                 headers,
                 status,
             } => {
-                let mut req = client.get(uri);
+                // A HEAD, as distribution's check sends.
+                let mut req = client.head(uri);
                 for (k, v) in headers {
                     req = req.header(k, v);
                 }
                 match req.send().await {
                     Ok(r) if r.status().as_u16() == *status => Ok(()),
-                    Ok(r) => Err(format!("{uri}: HTTP {} (want {status})", r.status())),
-                    Err(e) => Err(format!("{uri}: {e}")),
+                    Ok(r) => Err(format!(
+                        "{uri}: downstream service returned unexpected status: {} (want {status})",
+                        r.status().as_u16()
+                    )),
+                    Err(e) => Err(format!("{uri}: error while checking: {e}")),
                 }
             }
             Probe::Tcp { addr, timeout } => {
                 match tokio::time::timeout(*timeout, tokio::net::TcpStream::connect(addr)).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(format!("{addr}: {e}")),
-                    Err(_) => Err(format!("{addr}: no connection within {timeout:?}")),
+                    Ok(Err(e)) => Err(format!("{addr}: connection failed: {e}")),
+                    Err(_) => Err(format!(
+                        "{addr}: connection failed: no connection within {timeout:?}"
+                    )),
                 }
             }
             Probe::Redis(cache) => cache.ping().await,
@@ -106,11 +120,19 @@ impl Check {
                     tracing::info!(check = %self.name, "health check passes again");
                 }
                 *st = (0, None);
+                self.down.store(false, Ordering::SeqCst);
             }
             Err(e) => {
                 st.0 = st.0.saturating_add(1);
                 if st.0 == self.threshold {
-                    tracing::warn!(check = %self.name, "health check failing: {e}");
+                    if self.gates {
+                        tracing::warn!(check = %self.name, "health check failing: {e}; the API answers 503 until it passes");
+                    } else {
+                        tracing::warn!(check = %self.name, "health check failing: {e}");
+                    }
+                }
+                if st.0 >= self.threshold {
+                    self.down.store(true, Ordering::SeqCst);
                 }
                 st.1 = Some(e);
             }
@@ -153,6 +175,7 @@ impl Health {
                 threshold: threshold.unwrap_or(1).max(1),
                 gates,
                 state: Mutex::new((0, None)),
+                down: AtomicBool::new(false),
             }))
         };
         let h: HealthConfig = cfg.health.clone().unwrap_or_default();
@@ -245,6 +268,13 @@ impl Health {
         }
     }
 
+    /// Whether a gating check fails: the API answers 503 (see [`unavailable`]).
+    pub fn gate_closed(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.gates && c.down.load(Ordering::SeqCst))
+    }
+
     /// `(check, error)` of every failing check.
     pub fn failing(&self, gating_only: bool) -> Vec<(String, String)> {
         self.checks
@@ -264,6 +294,21 @@ fn text(status: StatusCode, body: String) -> Response {
     );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// distribution's answer while a health check fails (its `health.Handler`).
+pub fn unavailable() -> Response {
+    // Byte for byte distribution's body (its field order; Go's encoder ends with a newline).
+    const BODY: &str = "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"service unavailable\",\"detail\":\"health check failed: please see /debug/health\"}]}\n";
+    let mut r = Response::new(Body::from(BODY));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.extensions_mut()
+        .insert(crate::error::LoggedCode("UNAVAILABLE"));
     r
 }
 

@@ -181,13 +181,15 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     (end >= start).then_some((start, end))
 }
 
-/// The base for absolute `Location` URLs: `http.host`, or the scheme and host the client used.
+/// The base of the API's URLs (`/v2/` follows): `http.host` as configured (as in
+/// distribution, it names the prefix itself when there is one), or the scheme and host the
+/// client used followed by `http.prefix`, or only the prefix with `http.relativeurls`.
 pub fn base_url(opts: &ServerOptions, headers: &HeaderMap) -> String {
-    if opts.relative_urls {
-        return String::new();
-    }
     if let Some(ext) = &opts.external_url {
         return ext.trim_end_matches('/').to_owned();
+    }
+    if opts.relative_urls {
+        return opts.prefix.clone();
     }
     let proto = header_str(headers, "x-forwarded-proto")
         .and_then(|p| p.split(',').next())
@@ -198,7 +200,7 @@ pub fn base_url(opts: &ServerOptions, headers: &HeaderMap) -> String {
         .map(str::trim)
         .or_else(|| header_str(headers, header::HOST))
         .unwrap_or("localhost");
-    format!("{proto}://{host}")
+    format!("{proto}://{host}{}", opts.prefix)
 }
 
 #[cfg(test)]
@@ -215,10 +217,15 @@ mod tests {
         assert_eq!(base_url(&o, &h), "https://reg.local:5000");
         h.insert("x-forwarded-proto", "http".parse().unwrap());
         assert_eq!(base_url(&o, &h), "http://reg.local:5000");
+        o.prefix = "/registry".to_owned();
+        assert_eq!(base_url(&o, &h), "http://reg.local:5000/registry");
+        o.relative_urls = true;
+        assert_eq!(base_url(&o, &h), "/registry");
         o.external_url = Some("https://registry.example.com/".to_owned());
         assert_eq!(base_url(&o, &h), "https://registry.example.com");
-        o.relative_urls = true;
-        assert_eq!(base_url(&o, &h), "");
+        o.prefix = String::new();
+        o.relative_urls = false;
+        assert_eq!(base_url(&o, &h), "https://registry.example.com");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct ServerOptions {
     pub external_url: Option<String>,
     /// `catalog.maxentries`: the largest catalog page.
     pub catalog_max_entries: usize,
+    /// `tags.maxtags`: a tags page asked for with a larger `n` is clamped to this.
+    pub tags_max_entries: usize,
+    /// `http.prefix` without its trailing slash (`/registry`); empty: the API is at `/v2/`.
+    pub prefix: String,
     /// `storage.maintenance.readonly.enabled`: refuse every write.
     pub read_only: bool,
     /// `log.accesslog.disabled`.
@@ -65,6 +69,8 @@ impl Default for ServerOptions {
             relative_urls: false,
             external_url: None,
             catalog_max_entries: 1000,
+            tags_max_entries: 1000,
+            prefix: String::new(),
             read_only: false,
             access_log: true,
             extra_headers: http::HeaderMap::new(),
@@ -135,6 +141,64 @@ pub async fn run(
     listen::serve(listener, state, listen::ListenOptions::default(), shutdown).await
 }
 
+/// What a request path asks for before the API's own routing.
+enum Routed {
+    /// `GET /` (any method, as distribution's `alive` handler): 200, before auth.
+    Alive,
+    /// Outside `http.prefix`.
+    OutsidePrefix,
+    /// A gating health check fails: distribution's 503.
+    Unavailable,
+    Api(Result<endpoint::Endpoint, endpoint::RouteError>),
+}
+
+impl Routed {
+    fn route(&self) -> &'static str {
+        match self {
+            Routed::Alive => "root",
+            Routed::OutsidePrefix => "none",
+            Routed::Unavailable => "unavailable",
+            Routed::Api(Ok(e)) => e.route(),
+            Routed::Api(Err(_)) => "none",
+        }
+    }
+}
+
+/// The path below `prefix` (`/registry/v2/x` → `/v2/x`), or `None` when the path is not
+/// below it.
+fn below_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return Some(path);
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) if rest.starts_with('/') => Some(rest),
+        _ => None,
+    }
+}
+
+/// distribution's answer to a path outside `http.prefix` (its router's plain 404).
+fn outside_prefix() -> Response {
+    let mut r = Response::new(Body::from("404 page not found\n"));
+    *r.status_mut() = http::StatusCode::NOT_FOUND;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// distribution's `alive` answer to `/`: 200, no body.
+fn alive() -> Response {
+    let mut r = Response::new(Body::empty());
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
 fn not_found() -> Response {
     let mut r = error::oci_response(&berth_core::OciError::with_message(
         berth_core::ErrorCode::NameUnknown,
@@ -186,13 +250,23 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let request_id = observe::request_id(req.headers());
-    let endpoint = endpoint::parse(&path);
-    let route = endpoint.as_ref().map(|e| e.route()).unwrap_or("none");
-    let repository = endpoint
-        .as_ref()
-        .ok()
-        .and_then(|e| e.repository())
-        .map(|r| r.as_str().to_owned());
+    // As distribution wraps its application: the health gate first, then `/`, then the
+    // routes below `http.prefix`.
+    let routed = if state.health.gate_closed() {
+        Routed::Unavailable
+    } else if path == "/" {
+        Routed::Alive
+    } else {
+        match below_prefix(&path, &state.options.prefix) {
+            Some(api_path) => Routed::Api(endpoint::parse(api_path)),
+            None => Routed::OutsidePrefix,
+        }
+    };
+    let route = routed.route();
+    let repository = match &routed {
+        Routed::Api(Ok(e)) => e.repository().map(|r| r.as_str().to_owned()),
+        _ => None,
+    };
     let span = tracing::info_span!(
         target: "berth::otel",
         "request",
@@ -207,7 +281,7 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
         otel.status_code = tracing::field::Empty,
     );
     telemetry::set_parent(&span, req.headers());
-    let handled = serve(&state, req, endpoint).instrument(span.clone()).await;
+    let handled = serve(&state, req, routed).instrument(span.clone()).await;
     let (mut resp, account, bytes_in, logged) = handled;
     resp.headers_mut().insert(
         "docker-distribution-api-version",
@@ -262,7 +336,7 @@ struct Logged {
 async fn serve(
     state: &AppState,
     req: Request<Body>,
-    endpoint: Result<endpoint::Endpoint, endpoint::RouteError>,
+    routed: Routed,
 ) -> (Response, Option<String>, u64, Logged) {
     let logged = Logged {
         query: req.uri().query().map(http_util::loggable_query),
@@ -276,7 +350,20 @@ async fn serve(
     let (parts, body) = req.into_parts();
     let mut body = body::BodySlot::new(body, has_body, state.options.limits.body_idle_timeout);
     let mut account = None;
-    let mut resp = match endpoint {
+    let endpoint = match routed {
+        Routed::Api(e) => e,
+        early => {
+            let resp = match early {
+                Routed::Alive => alive(),
+                Routed::OutsidePrefix => outside_prefix(),
+                _ => health::unavailable(),
+            };
+            // Nothing reads the body: a short one is drained so the connection stays usable.
+            let (reusable, bytes_in) = body.finish().await;
+            return (close_unless(reusable, resp), None, bytes_in, logged);
+        }
+    };
+    let resp = match endpoint {
         Ok(endpoint::Endpoint::Token) => match &state.auth.issuer {
             Some(issuer) => {
                 token_endpoint::token(issuer, &state.auth.refusals, &parts, &mut body).await
@@ -304,11 +391,15 @@ async fn serve(
         Err(endpoint::RouteError::NotFound) => not_found(),
     };
     let (reusable, bytes_in) = body.finish().await;
+    (close_unless(reusable, resp), account, bytes_in, logged)
+}
+
+/// Part of the body is still unread: the connection cannot carry another request, and the
+/// client must know not to reuse it (see `body`).
+fn close_unless(reusable: bool, mut resp: Response) -> Response {
     if !reusable {
-        // Part of the body is still unread: the connection cannot carry another request, and
-        // the client must know not to reuse it (see `body`).
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    (resp, account, bytes_in, logged)
+    resp
 }

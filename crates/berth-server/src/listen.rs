@@ -1,4 +1,5 @@
-//! The registry listener: the accept loop over plain TCP or TLS, and the drain at shutdown.
+//! The registry listener: the accept loop over TCP or a Unix socket (`http.net: unix`), plain
+//! or TLS, and the drain at shutdown.
 //!
 //! Each accepted connection is served on its own task by hyper (through hyper-util's `auto`
 //! builder): over TLS the protocol is the one ALPN chose (`h2` or `http/1.1`); plain TCP serves
@@ -11,6 +12,7 @@
 //! timeout ends are dropped and counted in one WARN line.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +20,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::either::Either;
 
 use crate::AppState;
 
@@ -48,17 +51,87 @@ impl Default for ListenOptions {
     }
 }
 
+/// Where the registry listens: TCP, or a Unix socket (`http.net: unix`, `http.addr` its path).
+pub enum Listener {
+    Tcp(TcpListener),
+    /// The socket file is removed when the listener is dropped (as Go's listener does).
+    Unix(UnixListener, PathBuf),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+impl Listener {
+    /// Binds a Unix socket at `path` as distribution does: a socket left there by an earlier
+    /// run is replaced; any other file is refused.
+    pub fn bind_unix(path: &Path) -> std::io::Result<Listener> {
+        use std::os::unix::fs::FileTypeExt as _;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Listener::Unix(UnixListener::bind(path)?, path.to_path_buf()))
+    }
+
+    /// Where it listens, for the start-up line: `http://127.0.0.1:5000`, `unix:/run/registry.sock`.
+    pub fn describe(&self, scheme: &str) -> String {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(a) => format!("{scheme}://{a}"),
+                Err(_) => format!("{scheme}://?"),
+            },
+            Listener::Unix(_, path) => format!("unix:{} ({scheme})", path.display()),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Either<TcpStream, UnixStream>, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, peer) = l.accept().await?;
+                // Responses go out as a head and then body frames: without TCP_NODELAY, Nagle
+                // holds a small last frame until the client's delayed ACK (tens of ms per
+                // small blob GET).
+                let _ = tcp.set_nodelay(true);
+                Ok((Either::Left(tcp), peer.to_string()))
+            }
+            Listener::Unix(l, path) => {
+                let (unix, _) = l.accept().await?;
+                Ok((Either::Right(unix), path.display().to_string()))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// `http.draintimeout` when the configuration does not set it.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `listener` until `shutdown` resolves, then drains (see the module documentation).
 /// Returns when every connection has finished or the drain timeout has passed.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     state: AppState,
     options: ListenOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = listener.into();
     let app = crate::app(state.clone());
     let limits = state.options.limits.clone();
     let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
@@ -80,10 +153,6 @@ pub async fn serve(
                 let service = TowerToHyperService::new(app.clone());
                 let drain = drain_rx.clone();
                 let limits = limits.clone();
-                // Responses go out as a head and then body frames: without TCP_NODELAY, Nagle
-                // holds a small last frame until the client's delayed ACK (tens of ms per small
-                // blob GET).
-                let _ = tcp.set_nodelay(true);
                 match &tls {
                     None => {
                         let h2c = options.h2c;

@@ -146,6 +146,7 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         Mode::Token {
             verifier: Arc::new(berth_auth::token::Verifier::new(config, trust)),
             realm: t.realm.clone().filter(|r| !r.is_empty()),
+            autoredirect: crate::auth::autoredirect_path(t),
             service: t.service.clone().unwrap_or_default(),
             jwks,
         }

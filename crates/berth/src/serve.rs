@@ -83,7 +83,9 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let server = ServerOptions {
         relative_urls: cfg.http.relativeurls,
         external_url: cfg.http.host.clone().filter(|h| !h.is_empty()),
-        catalog_max_entries: cfg.catalog.maxentries,
+        catalog_max_entries: cfg.catalog.max_entries(),
+        tags_max_entries: cfg.tags.max_tags(),
+        prefix: cfg.http.prefix_path(),
         read_only: cfg.storage.maintenance.readonly.enabled,
         access_log: !cfg.log.accesslog.disabled,
         extra_headers: extra_headers(cfg)?,
@@ -125,12 +127,15 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         health.start();
         state.health = std::sync::Arc::new(health);
         let debug = start_debug_listener(cfg, &state).await?;
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("binding the listener on {addr}"))?;
-        let local = listener
-            .local_addr()
-            .context("reading the listener address")?;
+        let listener: berth_server::listen::Listener = if cfg.http.unix() {
+            berth_server::listen::Listener::bind_unix(std::path::Path::new(&cfg.http.addr))
+                .with_context(|| format!("binding the Unix socket {}", cfg.http.addr))?
+        } else {
+            tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding the listener on {addr}"))?
+                .into()
+        };
         let listen = berth_server::listen::ListenOptions {
             tls: tls.map(berth_server::tls::Tls::watch),
             h2c: cfg.http.h2c.as_ref().is_some_and(|h| h.enabled),
@@ -141,7 +146,10 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         } else {
             "http"
         };
-        tracing::info!("listening on {scheme}://{local}");
+        tracing::info!("listening on {}", listener.describe(scheme));
+        if let Some(p) = cfg.http.prefix.as_deref().filter(|p| !p.is_empty() && !p.starts_with('/')) {
+            tracing::warn!("http.prefix {p:?} does not start with /: serving the API below {}/v2/ (distribution would answer 404 to every request)", cfg.http.prefix_path());
+        }
         // The debug listener stays up through the drain, so its /readyz shows it.
         berth_server::listen::serve(listener, state, listen, shutdown_signal())
             .await

@@ -617,14 +617,30 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             );
         }
     }
-    if !valid_addr(&c.http.addr) {
-        bad("http.addr", format!("{:?} is not host:port", c.http.addr));
+    match c.http.net.as_deref() {
+        None | Some("") | Some("tcp") => {
+            if !valid_addr(&c.http.addr) {
+                bad("http.addr", format!("{:?} is not host:port", c.http.addr));
+            }
+        }
+        Some("unix") => {
+            if c.http.addr.is_empty() {
+                bad("http.addr", "the Unix socket's path is required (http.net is unix)".to_owned());
+            }
+        }
+        Some(other) => bad(
+            "http.net",
+            format!("unknown network {other:?} (tcp, unix; distribution refuses it too)"),
+        ),
     }
     if let Some(t) = &c.http.tls {
         crate::tls::check_config(t, &mut bad);
     }
-    if c.catalog.maxentries == 0 {
-        bad("catalog.maxentries", "must be at least 1".to_owned());
+    if c.tags.maxtags < 0 {
+        bad(
+            "tags.maxtags",
+            format!("{} is negative (0 or absent means 1000)", c.tags.maxtags),
+        );
     }
     let mut durations: Vec<(&str, Option<&String>)> =
         vec![("http.draintimeout", c.http.draintimeout.as_ref())];
@@ -920,12 +936,11 @@ pub fn unsupported(c: &Config) -> Vec<String> {
     {
         add("notifications.endpoints: webhook notifications");
     }
-    if c.http
-        .prefix
-        .as_ref()
-        .is_some_and(|p| !p.is_empty() && p != "/")
-    {
-        add("http.prefix: serving below a path prefix");
+    if c.log.hooks.as_ref().is_some_and(active_hooks) {
+        add("log.hooks: mail hooks (no mail is sent for log lines)");
+    }
+    if c.reporting.as_ref().is_some_and(|r| !r.is_null()) {
+        add("reporting: Bugsnag and New Relic reporting (nothing is reported to them)");
     }
     if c.middleware.is_some() {
         add("middleware: storage and registry middleware");
@@ -934,6 +949,17 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         add("validation.manifests: URL allow/deny rules and index platform checks");
     }
     out
+}
+
+/// Whether `log.hooks` lists a hook that is not `disabled: true`.
+fn active_hooks(hooks: &Value) -> bool {
+    match hooks {
+        Value::Sequence(list) => list
+            .iter()
+            .any(|h| h.get("disabled").and_then(Value::as_bool) != Some(true)),
+        Value::Null => false,
+        _ => true,
+    }
 }
 
 /// Keys whose scalar values are secrets.

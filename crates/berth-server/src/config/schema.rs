@@ -58,6 +58,8 @@ pub struct Config {
     pub telemetry: Option<Telemetry>,
     pub validation: Validation,
     pub catalog: Catalog,
+    /// distribution 3.1: the tags endpoint's page limit.
+    pub tags: Tags,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compatibility: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,9 +299,12 @@ pub struct TagOptions {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Http {
+    /// `host:port`, or the socket's path when `net` is `unix`.
     pub addr: String,
+    /// `tcp` (default) or `unix`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub net: Option<String>,
+    /// The path the API is served below (`/registry/`); see [`Http::prefix_path`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -340,6 +345,24 @@ pub struct HttpLimits {
     /// Largest request head (request line and headers), in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maxheaderbytes: Option<usize>,
+}
+
+impl Http {
+    /// Whether `net` asks for a Unix socket at `addr`.
+    pub fn unix(&self) -> bool {
+        self.net.as_deref() == Some("unix")
+    }
+
+    /// `prefix` as a path without its trailing slash (`/registry`), empty for none. A prefix
+    /// without its leading slash gets one (distribution would answer 404 to every request).
+    pub fn prefix_path(&self) -> String {
+        let p = self.prefix.as_deref().unwrap_or("").trim_end_matches('/');
+        if p.is_empty() || p.starts_with('/') {
+            p.to_owned()
+        } else {
+            format!("/{p}")
+        }
+    }
 }
 
 impl Default for Http {
@@ -641,8 +664,9 @@ pub struct Events {
     pub includereferences: bool,
 }
 
-/// `health`: distribution's periodic checks. A failing storage, file, HTTP or TCP check makes
-/// `/readyz` fail and shows in `/debug/health`.
+/// `health`: distribution's periodic checks. While a storage, file, HTTP or TCP check fails,
+/// every API request answers 503 (as distribution), `/readyz` fails, and `/debug/health`
+/// shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Health {
@@ -765,14 +789,56 @@ pub struct UrlRules {
     pub deny: Option<Vec<String>>,
 }
 
+/// `catalog`: the largest page of `/v2/_catalog`; `0` or less means distribution's default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Catalog {
-    pub maxentries: usize,
+    pub maxentries: i64,
 }
+
+/// distribution's default for `catalog.maxentries` and `tags.maxtags`.
+pub const DEFAULT_PAGE_LIMIT: usize = 1000;
 
 impl Default for Catalog {
     fn default() -> Self {
-        Catalog { maxentries: 1000 }
+        Catalog {
+            maxentries: DEFAULT_PAGE_LIMIT as i64,
+        }
+    }
+}
+
+impl Catalog {
+    /// The limit in force (distribution replaces `0` or less by its default).
+    pub fn max_entries(&self) -> usize {
+        usize::try_from(self.maxentries)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_PAGE_LIMIT)
+    }
+}
+
+/// `tags` (distribution 3.1): a larger `n` on `/v2/<name>/tags/list` is clamped to
+/// `maxtags`; `0` means the default, a negative value is refused (as distribution does).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tags {
+    pub maxtags: i64,
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Tags {
+            maxtags: DEFAULT_PAGE_LIMIT as i64,
+        }
+    }
+}
+
+impl Tags {
+    /// The limit in force.
+    pub fn max_tags(&self) -> usize {
+        usize::try_from(self.maxtags)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_PAGE_LIMIT)
     }
 }

@@ -80,7 +80,10 @@ impl Listener {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        Ok(Listener::Unix(UnixListener::bind(path)?, path.to_path_buf()))
+        Ok(Listener::Unix(
+            UnixListener::bind(path)?,
+            path.to_path_buf(),
+        ))
     }
 
     /// Where it listens, for the start-up line: `http://127.0.0.1:5000`, `unix:/run/registry.sock`.

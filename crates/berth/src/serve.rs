@@ -127,6 +127,10 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         health.start();
         state.health = std::sync::Arc::new(health);
         let debug = start_debug_listener(cfg, &state).await?;
+        if std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string()) {
+            // distribution 3 serves a socket passed by systemd instead of `http.addr`.
+            tracing::warn!("systemd socket activation (LISTEN_FDS) is not supported: Berth binds http.addr itself; start it from a service unit without its .socket unit");
+        }
         let listener: berth_server::listen::Listener = if cfg.http.unix() {
             berth_server::listen::Listener::bind_unix(std::path::Path::new(&cfg.http.addr))
                 .with_context(|| format!("binding the Unix socket {}", cfg.http.addr))?

@@ -263,7 +263,13 @@ fn the_503_and_get_root_are_distributions() {
     );
     let berth = Berth::start_on(&dir.path().join("berth"), &extra);
     for method in ["GET", "HEAD", "POST"] {
-        let r = send(&berth.host, method, "/", &berth.host, &[("Content-Length", "0")]);
+        let r = send(
+            &berth.host,
+            method,
+            "/",
+            &berth.host,
+            &[("Content-Length", "0")],
+        );
         assert_eq!(r.status, 200, "{method} /: {}", r.describe());
         assert_eq!(r.header("cache-control"), Some("no-cache"));
         assert!(r.body.is_empty());
@@ -396,7 +402,12 @@ fn prefix_serves_the_api_below_it() {
     );
 
     // Outside the prefix: distribution's router's plain 404; `/` is still alive.
-    let outside = ["/v2/", "/v2/p/app/manifests/v1", "/registryx/v2/", "/other/v2/"];
+    let outside = [
+        "/v2/",
+        "/v2/p/app/manifests/v1",
+        "/registryx/v2/",
+        "/other/v2/",
+    ];
     for path in outside {
         let r = get(&berth, path);
         assert_eq!(r.status, 404, "{path}");
@@ -475,7 +486,10 @@ fn unix_socket_listener() {
     let r = unix_request(&sock, "GET", &format!("/v2/u/app/blobs/{d}"), b"");
     assert_eq!((r.status, r.body.as_slice()), (200, &data[..]));
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
-    assert!(log.contains(&format!("listening on unix:{}", sock.display())), "{log}");
+    assert!(
+        log.contains(&format!("listening on unix:{}", sock.display())),
+        "{log}"
+    );
     // SIGTERM: the socket file goes with the listener.
     let status = std::process::Command::new("kill")
         .arg(child.id().to_string())
@@ -528,7 +542,10 @@ fn catalog_and_tags_limits_as_distribution_3_1() {
     let (s, v, link, _) = page("/v2/_catalog");
     assert_eq!(s, 200);
     assert_eq!(v["repositories"], serde_json::json!(["a", "b", "c"]));
-    assert_eq!(link.as_deref(), Some("</v2/_catalog?n=3&last=c>; rel=\"next\""));
+    assert_eq!(
+        link.as_deref(),
+        Some("</v2/_catalog?n=3&last=c>; rel=\"next\"")
+    );
     // n above maxentries is refused (distribution 3.1), n=0 is an empty page. distribution's
     // code is PAGINATION_NUMBER_INVALID; Berth's bodies carry only the spec's codes, so the
     // same 400 says UNSUPPORTED ("invalid number of results requested").
@@ -540,9 +557,15 @@ fn catalog_and_tags_limits_as_distribution_3_1() {
         assert_eq!((s, code.as_deref()), (400, Some(PAGINATION)), "n={bad}");
     }
     let (s, v, link, _) = page("/v2/_catalog?n=0");
-    assert_eq!((s, v["repositories"].clone(), link), (200, serde_json::json!([]), None));
+    assert_eq!(
+        (s, v["repositories"].clone(), link),
+        (200, serde_json::json!([]), None)
+    );
     let (_, v, link, _) = page("/v2/_catalog?n=2&last=b");
-    assert_eq!((v["repositories"].clone(), link), (serde_json::json!(["c", "d"]), None));
+    assert_eq!(
+        (v["repositories"].clone(), link),
+        (serde_json::json!(["c", "d"]), None)
+    );
 
     // Tags: without n every tag; a larger n is clamped to maxtags, with the Link to go on.
     let (s, v, link, _) = page("/v2/a/tags/list");
@@ -552,11 +575,20 @@ fn catalog_and_tags_limits_as_distribution_3_1() {
     let (s, v, link, _) = page("/v2/a/tags/list?n=10");
     assert_eq!(s, 200);
     assert_eq!(v["tags"], serde_json::json!(["t1", "t2"]));
-    assert_eq!(link.as_deref(), Some("</v2/a/tags/list?n=2&last=t2>; rel=\"next\""));
+    assert_eq!(
+        link.as_deref(),
+        Some("</v2/a/tags/list?n=2&last=t2>; rel=\"next\"")
+    );
     let (_, v, link, _) = page("/v2/a/tags/list?n=2&last=t2");
-    assert_eq!((v["tags"].clone(), link), (serde_json::json!(["t3", "t4"]), None));
+    assert_eq!(
+        (v["tags"].clone(), link),
+        (serde_json::json!(["t3", "t4"]), None)
+    );
     let (s, v, link, _) = page("/v2/a/tags/list?n=0");
-    assert_eq!((s, v["tags"].clone(), link), (200, serde_json::json!([]), None));
+    assert_eq!(
+        (s, v["tags"].clone(), link),
+        (200, serde_json::json!([]), None)
+    );
     let (s, _, _, code) = page("/v2/a/tags/list?n=-2");
     assert_eq!((s, code.as_deref()), (400, Some(PAGINATION)));
 
@@ -579,9 +611,7 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("check.yml");
     std::fs::write(
         &path,
-        format!(
-            "version: 0.1\nstorage:\n  inmemory: {{}}\nhttp:\n  addr: 127.0.0.1:0\n{extra}"
-        ),
+        format!("version: 0.1\nstorage:\n  inmemory: {{}}\nhttp:\n  addr: 127.0.0.1:0\n{extra}"),
     )
     .unwrap();
     path

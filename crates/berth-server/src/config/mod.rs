@@ -625,7 +625,10 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         }
         Some("unix") => {
             if c.http.addr.is_empty() {
-                bad("http.addr", "the Unix socket's path is required (http.net is unix)".to_owned());
+                bad(
+                    "http.addr",
+                    "the Unix socket's path is required (http.net is unix)".to_owned(),
+                );
             }
         }
         Some(other) => bad(

@@ -434,3 +434,70 @@ fn http_limits_are_berths_own_keys() {
     assert!(locs.contains(&"http.limits.bodyidletimeout"), "{p:?}");
     assert!(locs.contains(&"http.limits.maxheaderbytes"), "{p:?}");
 }
+
+#[test]
+fn http_listener_prefix_and_page_limits_as_distribution() {
+    let base = "version: 0.1\nstorage:\n  inmemory: {}\n";
+    // A Unix socket's address is a path; other networks are refused (distribution too).
+    let l = ok(
+        &format!("{base}http:\n  net: unix\n  addr: /run/registry.sock\n"),
+        &[],
+    );
+    assert!(l.config.http.unix());
+    let p = problems(&format!("{base}http:\n  net: udp\n  addr: :5000\n"), &[]);
+    assert!(p.iter().any(|p| p.location == "http.net"), "{p:?}");
+    let p = problems(
+        &format!("{base}http:\n  net: tcp\n  addr: /run/x.sock\n"),
+        &[],
+    );
+    assert!(p.iter().any(|p| p.location == "http.addr"), "{p:?}");
+
+    // http.prefix is served: not listed; its form is normalised.
+    for (prefix, path) in [
+        ("/registry/", "/registry"),
+        ("/a/b", "/a/b"),
+        ("/", ""),
+        ("registry/", "/registry"),
+    ] {
+        let l = ok(&format!("{base}http:\n  prefix: {prefix}\n"), &[]);
+        assert_eq!(l.config.http.prefix_path(), path, "{prefix}");
+        assert!(l.unsupported.is_empty(), "{:?}", l.unsupported);
+    }
+    let l = ok(base, &[("REGISTRY_HTTP_PREFIX", "/env/")]);
+    assert_eq!(l.config.http.prefix_path(), "/env");
+
+    // catalog.maxentries: 0 or less means 1000; tags.maxtags: 0 means 1000, negative refused.
+    let l = ok(
+        &format!("{base}catalog:\n  maxentries: -5\ntags:\n  maxtags: 0\n"),
+        &[],
+    );
+    assert_eq!(l.config.catalog.max_entries(), 1000);
+    assert_eq!(l.config.tags.max_tags(), 1000);
+    let l = ok(
+        &format!("{base}catalog:\n  maxentries: 7\ntags:\n  maxtags: 3\n"),
+        &[],
+    );
+    assert_eq!(
+        (l.config.catalog.max_entries(), l.config.tags.max_tags()),
+        (7, 3)
+    );
+    let p = problems(&format!("{base}tags:\n  maxtags: -1\n"), &[]);
+    assert!(p.iter().any(|p| p.location == "tags.maxtags"), "{p:?}");
+}
+
+#[test]
+fn log_hooks_and_reporting_are_named_as_ignored() {
+    let base = "version: 0.1\nstorage:\n  inmemory: {}\n";
+    let l = ok(
+        &format!("log:\n  hooks:\n    - type: mail\n      levels: [panic]\n{base}reporting:\n  bugsnag:\n    apikey: k\n"),
+        &[],
+    );
+    assert_eq!(l.unsupported.len(), 2, "{:?}", l.unsupported);
+    assert!(l.unsupported[0].starts_with("log.hooks"));
+    assert!(l.unsupported[1].starts_with("reporting"));
+    let l = ok(
+        &format!("log:\n  hooks:\n    - type: mail\n      disabled: true\n{base}"),
+        &[],
+    );
+    assert!(l.unsupported.is_empty(), "{:?}", l.unsupported);
+}

@@ -245,7 +245,12 @@ pub fn auto_realm(headers: &HeaderMap, path: &str) -> String {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
     };
-    let scheme = text(http::HeaderName::from_static("x-forwarded-proto")).unwrap_or("https");
+    // The first of a proxy chain's list (distribution would put the whole list in the URL).
+    let scheme = text(http::HeaderName::from_static("x-forwarded-proto"))
+        .and_then(|p| p.split(',').next())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .unwrap_or("https");
     let host = text(http::header::HOST).unwrap_or("");
     let slash = if path.starts_with('/') || path.is_empty() {
         ""

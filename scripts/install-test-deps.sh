@@ -6,6 +6,7 @@
 #   redis-server                     the Redis blob-descriptor cache
 #   strace                           proves Berth opens no connection it was not configured for
 #   curl                             HTTP/2 by ALPN, mutual TLS and TLS version checks
+#   systemd (systemd-socket-activate) passes a listening socket the way a .socket unit does
 #   moto_server (PyPI moto[server])  an S3-compatible server; pinned: 5.2.1-5.2.4 answer
 #                                    CompleteMultipartUpload with the wrong XML root element
 set -euo pipefail
@@ -22,6 +23,7 @@ have dockerd || need+=(docker.io)
 have redis-server || need+=(redis-server)
 have strace || need+=(strace)
 have curl || need+=(curl)
+have systemd-socket-activate || need+=(systemd)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "test dependencies: Debian packages present"

@@ -51,11 +51,13 @@ impl Default for ListenOptions {
     }
 }
 
-/// Where the registry listens: TCP, or a Unix socket (`http.net: unix`, `http.addr` its path).
+/// Where the registry listens: TCP, or a Unix socket (`http.net: unix`, `http.addr` its path),
+/// either bound here or passed by systemd (socket activation).
 pub enum Listener {
     Tcp(TcpListener),
-    /// The socket file is removed when the listener is dropped (as Go's listener does).
-    Unix(UnixListener, PathBuf),
+    /// With the path of the socket file that is removed when the listener is dropped (as Go's
+    /// listener does); `None` for a socket systemd owns.
+    Unix(UnixListener, Option<PathBuf>),
 }
 
 impl From<TcpListener> for Listener {
@@ -82,8 +84,38 @@ impl Listener {
         }
         Ok(Listener::Unix(
             UnixListener::bind(path)?,
-            path.to_path_buf(),
+            Some(path.to_path_buf()),
         ))
+    }
+
+    /// The socket systemd passed (`LISTEN_FDS`, for this process's `LISTEN_PID`), which
+    /// distribution 3 serves instead of `http.addr`: `None` without one; more than one is an
+    /// error, as there. Call inside the runtime.
+    pub fn from_systemd() -> std::io::Result<Option<Listener>> {
+        // go-systemd's rule: the variables are for this process only.
+        if std::env::var("LISTEN_PID").ok() != Some(std::process::id().to_string()) {
+            return Ok(None);
+        }
+        let mut fds = listenfd::ListenFd::from_env();
+        match fds.len() {
+            0 => Ok(None),
+            1 => {
+                if let Ok(Some(l)) = fds.take_tcp_listener(0) {
+                    l.set_nonblocking(true)?;
+                    return Ok(Some(Listener::Tcp(TcpListener::from_std(l)?)));
+                }
+                match fds.take_unix_listener(0)? {
+                    Some(l) => {
+                        l.set_nonblocking(true)?;
+                        Ok(Some(Listener::Unix(UnixListener::from_std(l)?, None)))
+                    }
+                    None => Ok(None),
+                }
+            }
+            n => Err(std::io::Error::other(format!(
+                "found {n} socket-activation listeners (LISTEN_FDS), only expected 1"
+            ))),
+        }
     }
 
     /// Where it listens, for the start-up line: `http://127.0.0.1:5000`, `unix:/run/registry.sock`.
@@ -93,7 +125,14 @@ impl Listener {
                 Ok(a) => format!("{scheme}://{a}"),
                 Err(_) => format!("{scheme}://?"),
             },
-            Listener::Unix(_, path) => format!("unix:{} ({scheme})", path.display()),
+            Listener::Unix(l, _) => match l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            {
+                Some(p) => format!("unix:{p} ({scheme})"),
+                None => format!("unix:? ({scheme})"),
+            },
         }
     }
 
@@ -107,9 +146,9 @@ impl Listener {
                 let _ = tcp.set_nodelay(true);
                 Ok((Either::Left(tcp), peer.to_string()))
             }
-            Listener::Unix(l, path) => {
+            Listener::Unix(l, _) => {
                 let (unix, _) = l.accept().await?;
-                Ok((Either::Right(unix), path.display().to_string()))
+                Ok((Either::Right(unix), "unix".to_owned()))
             }
         }
     }
@@ -117,7 +156,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
+        if let Listener::Unix(_, Some(path)) = self {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -104,6 +104,12 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Taken before any task runs: reading the socket clears systemd's variables.
+    let activated = {
+        let _runtime = rt.enter();
+        berth_server::listen::Listener::from_systemd()
+            .context("taking the socket systemd passed")?
+    };
     let result = rt.block_on(async move {
         let mut state = match driver {
             Chosen::S3(s3) => setup::s3_state(*s3, registry, server)
@@ -127,11 +133,10 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         health.start();
         state.health = std::sync::Arc::new(health);
         let debug = start_debug_listener(cfg, &state).await?;
-        if std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string()) {
-            // distribution 3 serves a socket passed by systemd instead of `http.addr`.
-            tracing::warn!("systemd socket activation (LISTEN_FDS) is not supported: Berth binds http.addr itself; start it from a service unit without its .socket unit");
-        }
-        let listener: berth_server::listen::Listener = if cfg.http.unix() {
+        let listener: berth_server::listen::Listener = if let Some(l) = activated {
+            tracing::info!("using systemd socket activation instead of http.addr");
+            l
+        } else if cfg.http.unix() {
             berth_server::listen::Listener::bind_unix(std::path::Path::new(&cfg.http.addr))
                 .with_context(|| format!("binding the Unix socket {}", cfg.http.addr))?
         } else {

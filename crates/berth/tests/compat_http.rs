@@ -646,3 +646,74 @@ fn log_hooks_and_reporting_are_one_warning_each() {
     let berth = Berth::start_with_config(&yaml, &root);
     assert!(!berth.log().contains("log.hooks"), "{}", berth.log());
 }
+
+/// systemd socket activation (distribution 3 serves the passed socket instead of `http.addr`),
+/// through systemd's own `systemd-socket-activate`, which starts the program at the first
+/// connection with the listening socket as fd 3.
+#[test]
+fn systemd_socket_activation_serves_the_passed_socket() {
+    if std::process::Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("systemd-socket-activate missing: install Debian's systemd (scripts/install-test-deps.sh)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let port = support::free_port();
+    let sock = dir.path().join("activated.sock");
+    for (listen, check) in [
+        (format!("127.0.0.1:{port}"), None),
+        (sock.display().to_string(), Some(sock.clone())),
+    ] {
+        // http.addr names a port systemd holds: binding it would fail, so only the passed
+        // socket can answer.
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("log");
+        let mut child = std::process::Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(&listen)
+            .arg(support::bin())
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = || std::fs::read_to_string(&log).unwrap_or_default();
+        while !text().contains("Listening on") {
+            assert!(Instant::now() < deadline, "{}", text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The first connection starts Berth; it waits in the socket's backlog until served.
+        let r = match &check {
+            None => send(&format!("127.0.0.1:{port}"), "GET", "/v2/", "x", &[]),
+            Some(path) => unix_request(path, "GET", "/v2/", b""),
+        };
+        assert_eq!(r.status, 200, "{}: {}", r.describe(), text());
+        let log_text = text();
+        assert!(
+            log_text.contains("using systemd socket activation instead of http.addr"),
+            "{log_text}"
+        );
+        let _ = std::process::Command::new("kill")
+            .arg(child.id().to_string())
+            .status();
+        assert!(child.wait().unwrap().success(), "{}", text());
+        if let Some(path) = check {
+            // systemd owns the socket file: Berth leaves it alone.
+            assert!(path.exists());
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+}

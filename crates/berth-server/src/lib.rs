@@ -350,14 +350,15 @@ async fn serve(
     let (parts, body) = req.into_parts();
     let mut body = body::BodySlot::new(body, has_body, state.options.limits.body_idle_timeout);
     let mut account = None;
-    let endpoint = match routed {
-        Routed::Api(e) => e,
-        early => {
-            let resp = match early {
-                Routed::Alive => alive(),
-                Routed::OutsidePrefix => outside_prefix(),
-                _ => health::unavailable(),
-            };
+    let early = match routed {
+        Routed::Api(e) => Ok(e),
+        Routed::Alive => Err(alive()),
+        Routed::OutsidePrefix => Err(outside_prefix()),
+        Routed::Unavailable => Err(health::unavailable()),
+    };
+    let endpoint = match early {
+        Ok(e) => e,
+        Err(resp) => {
             // Nothing reads the body: a short one is drained so the connection stays usable.
             let (reusable, bytes_in) = body.finish().await;
             return (close_unless(reusable, resp), None, bytes_in, logged);

@@ -955,9 +955,11 @@ pub fn unsupported(c: &Config) -> Vec<String> {
 }
 
 /// Keys whose scalar values are secrets.
-const SECRET_KEYS: [&str; 7] = [
+const SECRET_KEYS: [&str; 8] = [
     "secret",
     "password",
+    // redis: the sentinels' own password.
+    "sentinelpassword",
     "accesskey",
     "secretkey",
     "sessiontoken",

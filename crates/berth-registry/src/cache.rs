@@ -141,7 +141,10 @@ pub enum RedisTopology {
     Single(String),
     /// Sentinels (`host:port` each) that name the master called `master`; the master is
     /// looked up again on every reconnection, so a failover is followed.
-    Sentinel { master: String, sentinels: Vec<String> },
+    Sentinel {
+        master: String,
+        sentinels: Vec<String>,
+    },
     /// Seed nodes of a Redis Cluster; the client learns the slots and follows moves.
     Cluster(Vec<String>),
 }
@@ -407,10 +410,15 @@ impl RedisCache {
             .set_connection_timeout(self.options.dial_timeout)
             .set_response_timeout(self.options.timeout);
         let conn = match &self.target {
-            Target::Single(c) => Conn::Node(c.get_multiplexed_async_connection_with_config(&cfg).await?),
-            Target::Sentinel(s) => {
-                Conn::Node(s.lock().await.get_async_connection_with_config(&cfg).await?)
+            Target::Single(c) => {
+                Conn::Node(c.get_multiplexed_async_connection_with_config(&cfg).await?)
             }
+            Target::Sentinel(s) => Conn::Node(
+                s.lock()
+                    .await
+                    .get_async_connection_with_config(&cfg)
+                    .await?,
+            ),
             Target::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
         };
         // Per-connection settings; in a cluster they go to every node's connection.

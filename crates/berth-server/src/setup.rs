@@ -370,9 +370,7 @@ fn redis_duration(v: &Option<String>) -> Result<Option<Option<std::time::Duratio
     match v.as_deref().map(str::trim) {
         None => Ok(None),
         Some(s) if s.starts_with('-') => Ok(Some(None)),
-        Some(s) => {
-            crate::config::parse_duration(s).map(|d| (!d.is_zero()).then_some(Some(d)))
-        }
+        Some(s) => crate::config::parse_duration(s).map(|d| (!d.is_zero()).then_some(Some(d))),
     }
 }
 

@@ -39,10 +39,13 @@ fn cli(port: u16, args: &[&str]) -> String {
 
 /// The keys matching `pattern` in database `db` of one server.
 fn keys(port: u16, db: u32, pattern: &str) -> Vec<String> {
-    cli(port, &["-n", &db.to_string(), "--scan", "--pattern", pattern])
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    cli(
+        port,
+        &["-n", &db.to_string(), "--scan", "--pattern", pattern],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
 }
 
 fn poll(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
@@ -165,7 +168,13 @@ fn sentinel_failover_while_pushing_and_pulling() {
     assert!(log.contains("mode=\"sentinel\""), "{log}");
 
     let c = Client::new(&berth.url, None);
-    push_and_pull(&c, "app", "before", &Image::oci("before the failover", 2, "")).unwrap();
+    push_and_pull(
+        &c,
+        "app",
+        "before",
+        &Image::oci("before the failover", 2, ""),
+    )
+    .unwrap();
     poll("the cache on the master", Duration::from_secs(5), || {
         !keys(master.port, 0, "repository::app::blobs").is_empty()
     });
@@ -209,7 +218,11 @@ fn sentinel_failover_while_pushing_and_pulling() {
     poll(
         "Berth to use the new master",
         Duration::from_secs(30),
-        || berth.log().contains("redis blob-descriptor cache recovered"),
+        || {
+            berth
+                .log()
+                .contains("redis blob-descriptor cache recovered")
+        },
     );
     let seen = rounds.load(Ordering::SeqCst);
     poll("two more rounds", Duration::from_secs(20), || {
@@ -226,9 +239,11 @@ fn sentinel_failover_while_pushing_and_pulling() {
 
     // The cache is used again: what is pushed now is recorded on the promoted replica.
     push_and_pull(&c, "after", "x", &Image::oci("after the failover", 2, "")).unwrap();
-    poll("the cache on the new master", Duration::from_secs(5), || {
-        !keys(replica.port, 0, "repository::after::blobs").is_empty()
-    });
+    poll(
+        "the cache on the new master",
+        Duration::from_secs(5),
+        || !keys(replica.port, 0, "repository::after::blobs").is_empty(),
+    );
     let log = berth.log();
     assert_eq!(
         log.matches("redis blob-descriptor cache unavailable")
@@ -291,7 +306,10 @@ fn cluster_of_three_masters_holds_the_cache() {
                 .filter(|n| !keys(n.port, 0, &format!("blobs::{d}")).is_empty())
                 .count();
             assert_eq!(holders, 1, "blobs::{d} on {holders} nodes");
-            let members = cli(nodes[0].port, &["-c", "SMEMBERS", &format!("repository::repo{i}::blobs")]);
+            let members = cli(
+                nodes[0].port,
+                &["-c", "SMEMBERS", &format!("repository::repo{i}::blobs")],
+            );
             assert!(members.contains(&d), "repo{i} lacks {d}: {members}");
         }
     }
@@ -308,7 +326,8 @@ fn cluster_of_three_masters_holds_the_cache() {
 /// A private CA, a server certificate for 127.0.0.1 and a client certificate, as files.
 fn pki(dir: &Path) {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "redis test CA");
+    p.distinguished_name
+        .push(DnType::CommonName, "redis test CA");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
@@ -385,7 +404,13 @@ fn tls_with_a_client_certificate_and_private_ca() {
         ),
     );
     let c = Client::new(&anonymous.url, None);
-    push_and_pull(&c, "anonymous", "t", &Image::oci("no client certificate", 1, "")).unwrap();
+    push_and_pull(
+        &c,
+        "anonymous",
+        "t",
+        &Image::oci("no client certificate", 1, ""),
+    )
+    .unwrap();
     anonymous.wait_log("the refused cache", |l| {
         l.contains("redis blob-descriptor cache unavailable")
     });
@@ -436,13 +461,19 @@ fn pool_and_v3_keys_start_and_apply() {
         ),
     );
     let log = berth.log();
-    assert!(!log.contains("WARN"), "no key is unknown or unsupported:\n{log}");
+    assert!(
+        !log.contains("WARN"),
+        "no key is unknown or unsupported:\n{log}"
+    );
     let c = Client::new(&berth.url, None);
     push_and_pull(&c, "pooled", "t", &Image::oci("pool keys", 1, "")).unwrap();
     poll("the cache in database 3", Duration::from_secs(5), || {
         !keys(redis.port, 3, "repository::pooled::blobs").is_empty()
     });
-    assert!(keys(redis.port, 0, "*").is_empty(), "database 0 is not used");
+    assert!(
+        keys(redis.port, 0, "*").is_empty(),
+        "database 0 is not used"
+    );
     let clients = cli(redis.port, &["CLIENT", "LIST"]);
     let ours = clients
         .lines()

@@ -544,3 +544,174 @@ pub fn proxy(
     }
     berth_proxy::Proxy::new(upstreams, registry.clone(), spool).map(|p| Some(Arc::new(p)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redis_options;
+    use crate::config::schema::Redis;
+    use berth_registry::cache::RedisTopology;
+    use std::time::Duration;
+
+    fn redis(yaml: &str) -> Redis {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    #[test]
+    fn topology_is_chosen_as_go_redis_does() {
+        let o = redis_options(&redis("addr: r:6379")).unwrap();
+        assert!(matches!(o.topology, RedisTopology::Single(a) if a == "r:6379"));
+        let o = redis_options(&redis("addrs: [a:1, b:2, c:3]")).unwrap();
+        assert!(matches!(o.topology, RedisTopology::Cluster(n) if n.len() == 3));
+        let o = redis_options(&redis("addrs: [s1:26379, s2:26379]\nmastername: mm")).unwrap();
+        assert!(
+            matches!(o.topology, RedisTopology::Sentinel { master, sentinels } if master == "mm" && sentinels.len() == 2)
+        );
+        // One sentinel is still Sentinel.
+        let o = redis_options(&redis("addrs: [s1:26379]\nmastername: mm")).unwrap();
+        assert!(matches!(o.topology, RedisTopology::Sentinel { .. }));
+        // 2.x's addr beside 3.x's addrs: addrs, never both (that would be a cluster).
+        let o = redis_options(&redis("addr: old:6379\naddrs: [new:6379]")).unwrap();
+        assert!(matches!(o.topology, RedisTopology::Single(a) if a == "new:6379"));
+        assert!(redis_options(&redis("db: 1")).is_err());
+    }
+
+    #[test]
+    fn durations_retries_and_pools_read_as_go_redis_does() {
+        let o = redis_options(&redis("addr: r:6379")).unwrap();
+        assert_eq!(o.dial_timeout, Duration::from_millis(500));
+        assert_eq!(o.timeout, Duration::from_secs(1));
+        assert_eq!(o.retries, 3);
+        assert_eq!(o.min_retry_backoff, Duration::from_millis(8));
+        assert_eq!(o.max_retry_backoff, Duration::from_millis(512));
+        assert_eq!(o.conn_max_idle, None);
+        assert_eq!(o.identity.as_deref(), Some("berth"));
+
+        let o = redis_options(&redis(
+            "addr: r:6379\ndialtimeout: 2s\nreadtimeout: 100ms\nwritetimeout: 50ms\nmaxretries: -1\nminretrybackoff: '-1'\npool: {idletimeout: 300s}\nconnmaxlifetime: 1h\nidentitysuffix: x\nprotocol: 3\nclientname: reg",
+        ))
+        .unwrap();
+        assert_eq!(o.dial_timeout, Duration::from_secs(2));
+        assert_eq!(o.timeout, Duration::from_millis(150));
+        assert_eq!(o.retries, 0);
+        assert_eq!(o.min_retry_backoff, Duration::ZERO);
+        assert_eq!(o.conn_max_idle, Some(Duration::from_secs(300)));
+        assert_eq!(o.conn_max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(o.identity.as_deref(), Some("berth(x)"));
+        assert!(o.resp3);
+        assert_eq!(o.client_name.as_deref(), Some("reg"));
+
+        // The 3.x key wins over 2.x's pool; a negative lifetime is no limit.
+        let o = redis_options(&redis(
+            "addr: r:6379\nconnmaxidletime: 1m\nconnmaxlifetime: '-1'\npool: {idletimeout: 300s}\ndisableidentity: true",
+        ))
+        .unwrap();
+        assert_eq!(o.conn_max_idle, Some(Duration::from_secs(60)));
+        assert_eq!(o.conn_max_lifetime, None);
+        assert_eq!(o.identity, None);
+
+        // A cluster counts redirections among its retries.
+        let o = redis_options(&redis("addrs: [a:1, b:2]\nmaxretries: 1\nmaxredirects: 8")).unwrap();
+        assert_eq!(o.retries, 8);
+    }
+
+    #[test]
+    fn tls_files_are_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let o = redis_options(&redis(&format!(
+            "addr: r:6379\ntls: {{rootcas: [{}]}}",
+            ca.display()
+        )))
+        .unwrap();
+        let tls = o.tls.unwrap();
+        assert!(tls.client.is_none() && tls.root_cas.is_some());
+        // 3.0's enabled: TLS with the system's CAs.
+        let o = redis_options(&redis("addr: r:6379\ntls: {enabled: true}")).unwrap();
+        assert!(o.tls.is_some_and(|t| t.root_cas.is_none()));
+        assert!(redis_options(&redis("addr: r:6379\ntls: {enabled: false}"))
+            .unwrap()
+            .tls
+            .is_none());
+        let e = redis_options(&redis(
+            "addr: r:6379\ntls: {rootcas: [/nonexistent/ca.pem]}",
+        ))
+        .err()
+        .unwrap();
+        assert!(e.contains("redis.tls.rootcas /nonexistent/ca.pem"), "{e}");
+    }
+
+    /// Every redis key of distribution 2.8 and 3.x is known; the few that cannot be honoured
+    /// are one WARN each.
+    #[test]
+    fn every_key_is_known_and_only_cluster_limits_warn() {
+        let all = "version: 0.1
+storage:
+  filesystem: {rootdirectory: /tmp/x}
+  cache: {blobdescriptor: redis}
+redis:
+  addr: r:6379
+  addrs: [a:1, b:2, c:3]
+  clientname: reg
+  username: u
+  password: p
+  sentinelusername: su
+  sentinelpassword: sp
+  db: 2
+  protocol: 3
+  maxretries: 3
+  minretrybackoff: 8ms
+  maxretrybackoff: 512ms
+  dialtimeout: 5s
+  readtimeout: 3s
+  writetimeout: 3s
+  contexttimeoutenabled: true
+  poolfifo: true
+  poolsize: 10
+  pooltimeout: 4s
+  minidleconns: 1
+  maxidleconns: 5
+  maxactiveconns: 20
+  connmaxidletime: 30m
+  connmaxlifetime: 1h
+  maxredirects: 3
+  readonly: true
+  routebylatency: true
+  routerandomly: false
+  mastername: ''
+  disableidentity: false
+  identitysuffix: s
+  unstableresp3: false
+  tls:
+    enabled: true
+    certificate: /c.pem
+    key: /k.pem
+    rootcas: [/ca.pem]
+    clientcas: [/ca2.pem]
+  pool:
+    maxidle: 16
+    maxactive: 64
+    idletimeout: 300s
+";
+        let l = crate::config::parse(all, "config.yml", &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let redis: Vec<_> = l
+            .unsupported
+            .iter()
+            .filter(|u| u.starts_with("redis"))
+            .collect();
+        assert_eq!(redis.len(), 2, "{redis:?}");
+        assert!(redis[0].starts_with("redis.db") && redis[1].starts_with("redis.routebylatency"));
+        let y = l.config.redacted_yaml();
+        assert!(!y.contains("sp\n") && !y.contains(": p\n"), "{y}");
+        // With a master name the addresses are sentinels: db applies, nothing to warn.
+        let sentinel = all.replace("mastername: ''", "mastername: mm");
+        let l =
+            crate::config::parse(&sentinel, "config.yml", &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !l.unsupported.iter().any(|u| u.starts_with("redis")),
+            "{:?}",
+            l.unsupported
+        );
+    }
+}

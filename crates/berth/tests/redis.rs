@@ -481,3 +481,78 @@ fn pool_and_v3_keys_start_and_apply() {
         .unwrap_or_else(|| panic!("no client named berth-test:\n{clients}"));
     assert!(ours.contains("db=3") && ours.contains("resp=3"), "{ours}");
 }
+
+/// The id of the connection Redis knows by `name`, if there is one.
+fn client_id(port: u16, name: &str) -> Option<String> {
+    cli(port, &["CLIENT", "LIST"])
+        .lines()
+        .find(|l| l.contains(&format!(" name={name} ")))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+}
+
+/// A connection Redis dropped is replaced on the spot (`maxretries`, go-redis's default 3):
+/// no request waits, no WARN. With `maxretries: -1` the same drop is an outage.
+#[test]
+fn a_dropped_connection_is_retried_unless_retries_are_off() {
+    let redis = Redis::start();
+    let yaml = |name: &str, extra: &str| {
+        format!(
+            "redis:\n  addr: 127.0.0.1:{}\n  clientname: {name}\n  dialtimeout: 200ms\n  readtimeout: 200ms\n  writetimeout: 200ms\n{extra}",
+            redis.port
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let retrying = serve(&dir.path().join("a"), &yaml("retrying", ""));
+    let once = serve(&dir.path().join("b"), &yaml("once", "  maxretries: -1\n"));
+    for (b, repo) in [(&retrying, "r1"), (&once, "o1")] {
+        let c = Client::new(&b.url, None);
+        push_and_pull(&c, repo, "t", &Image::oci(repo, 1, "")).unwrap();
+    }
+    let before = client_id(redis.port, "retrying").expect("a named connection");
+    assert!(client_id(redis.port, "once").is_some());
+    cli(redis.port, &["CLIENT", "KILL", "TYPE", "normal"]);
+    for (b, repo) in [(&retrying, "r2"), (&once, "o2")] {
+        let c = Client::new(&b.url, None);
+        push_and_pull(&c, repo, "t", &Image::oci(repo, 1, "")).unwrap();
+    }
+    assert!(
+        !keys(redis.port, 0, "repository::r2::blobs").is_empty(),
+        "the retried commands reached Redis"
+    );
+    assert_ne!(client_id(redis.port, "retrying"), Some(before));
+    assert!(
+        !retrying.log().contains("unavailable"),
+        "{}",
+        retrying.log()
+    );
+    once.wait_log("the outage without retries", |l| {
+        l.contains("redis blob-descriptor cache unavailable")
+    });
+}
+
+/// `connmaxlifetime`: a connection older than that is replaced before its next use.
+#[test]
+fn connections_are_replaced_after_their_lifetime() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let berth = serve(
+        &dir.path().join("data"),
+        &format!(
+            "redis:\n  addr: 127.0.0.1:{}\n  clientname: short-lived\n  connmaxlifetime: 300ms\n",
+            redis.port
+        ),
+    );
+    let c = Client::new(&berth.url, None);
+    push_and_pull(&c, "a", "t", &Image::oci("first", 1, "")).unwrap();
+    let first = client_id(redis.port, "short-lived").expect("a named connection");
+    // The lifetime has to pass: this wait is what is tested.
+    std::thread::sleep(Duration::from_millis(400));
+    push_and_pull(&c, "b", "t", &Image::oci("second", 1, "")).unwrap();
+    poll(
+        "the old connection to close",
+        Duration::from_secs(5),
+        || client_id(redis.port, "short-lived").is_some_and(|id| id != first),
+    );
+    assert!(!berth.log().contains("unavailable"), "{}", berth.log());
+}

@@ -7,6 +7,10 @@
 //!   (`blobs::<digest>` hash `digest size mediatype`; `repository::<name>::blobs` set;
 //!   `repository::<name>::blobs::<digest>` hash), so distribution and Berth can share one Redis.
 //!
+//! Redis is one server, a Sentinel-managed master (found again through the sentinels on every
+//! reconnection, so a failover is followed) or a Cluster, with TLS, as distribution 3's
+//! go-redis `UniversalClient` reaches it ([`RedisTopology`]).
+//!
 //! A cache is never the truth: an entry is written after storage said so, removed by the
 //! delete that makes it stale, and any cache failure falls back to storage. A Redis that is
 //! down or slow costs one WARN line; for a few seconds after a failure Redis is not asked at
@@ -197,7 +201,14 @@ pub struct RedisOptions {
 /// How commands reach Redis.
 enum Target {
     Single(redis::Client),
-    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    Sentinel {
+        master: String,
+        /// One client per sentinel, asked in turn, from the one that answered last.
+        sentinels: Vec<redis::Client>,
+        answered: std::sync::atomic::AtomicUsize,
+        /// How to reach the master once named: TLS and credentials of the data nodes.
+        node: redis::RedisConnectionInfo,
+    },
     Cluster(redis::cluster::ClusterClient),
 }
 
@@ -314,51 +325,24 @@ impl RedisCache {
         };
         let target = match &options.topology {
             RedisTopology::Single(addr) => {
-                let ci = redis::ConnectionInfo {
-                    addr: address(addr, tls)?,
-                    redis: info,
-                };
-                Target::Single(match &options.tls {
-                    Some(t) if t.client.is_some() || t.root_cas.is_some() => {
-                        redis::Client::build_with_tls(ci, certificates(t)).map_err(err)?
-                    }
-                    _ => redis::Client::open(ci).map_err(err)?,
-                })
+                Target::Single(Self::client(address(addr, tls)?, info, &options.tls)?)
             }
             RedisTopology::Sentinel { master, sentinels } => {
-                use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
-                let addrs = sentinels
+                let sentinel_info = redis::RedisConnectionInfo {
+                    username: options.sentinel_username.clone(),
+                    password: options.sentinel_password.clone(),
+                    ..Default::default()
+                };
+                let sentinels = sentinels
                     .iter()
-                    .map(|a| address(a, tls))
+                    .map(|a| Self::client(address(a, tls)?, sentinel_info.clone(), &options.tls))
                     .collect::<Result<Vec<_>, _>>()?;
-                let mut b =
-                    SentinelClientBuilder::new(addrs, master.clone(), SentinelServerType::Master)
-                        .map_err(err)?
-                        .set_client_to_redis_db(info.db)
-                        .set_client_to_redis_protocol(info.protocol);
-                if let Some(u) = &info.username {
-                    b = b.set_client_to_redis_username(u.clone());
+                Target::Sentinel {
+                    master: master.clone(),
+                    sentinels,
+                    answered: Default::default(),
+                    node: info,
                 }
-                if let Some(p) = &info.password {
-                    b = b.set_client_to_redis_password(p.clone());
-                }
-                if let Some(u) = &options.sentinel_username {
-                    b = b.set_client_to_sentinel_username(u.clone());
-                }
-                if let Some(p) = &options.sentinel_password {
-                    b = b.set_client_to_sentinel_password(p.clone());
-                }
-                if let Some(t) = &options.tls {
-                    b = b
-                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
-                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
-                    if t.client.is_some() || t.root_cas.is_some() {
-                        b = b
-                            .set_client_to_redis_certificates(certificates(t))
-                            .set_client_to_sentinel_certificates(certificates(t));
-                    }
-                }
-                Target::Sentinel(tokio::sync::Mutex::new(b.build().map_err(err)?))
             }
             RedisTopology::Cluster(nodes) => {
                 let nodes = nodes
@@ -404,6 +388,104 @@ impl RedisCache {
         })
     }
 
+    /// A client for one server, with the TLS files when there are any.
+    fn client(
+        addr: redis::ConnectionAddr,
+        redis: redis::RedisConnectionInfo,
+        tls: &Option<RedisTls>,
+    ) -> Result<redis::Client, String> {
+        let ci = redis::ConnectionInfo { addr, redis };
+        match tls {
+            Some(t) if t.client.is_some() || t.root_cas.is_some() => {
+                redis::Client::build_with_tls(ci, certificates(t))
+            }
+            _ => redis::Client::open(ci),
+        }
+        .map_err(|e| format!("redis: {e}"))
+    }
+
+    /// The master the sentinels name now, checked to be one (a sentinel may lag behind a
+    /// failover). Each sentinel is asked within the dial and command timeouts, so one that
+    /// does not answer costs only its turn.
+    async fn sentinel_master(
+        &self,
+        master: &str,
+        sentinels: &[redis::Client],
+        answered: &std::sync::atomic::AtomicUsize,
+        node: &redis::RedisConnectionInfo,
+        cfg: &redis::AsyncConnectionConfig,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let mut last = None;
+        let first = answered.load(Ordering::Relaxed);
+        for i in (0..sentinels.len()).map(|i| (first + i) % sentinels.len()) {
+            let s = &sentinels[i];
+            let mut ask = redis::cmd("SENTINEL");
+            ask.arg("GET-MASTER-ADDR-BY-NAME").arg(master);
+            let named = async {
+                let mut c = s.get_multiplexed_async_connection_with_config(cfg).await?;
+                ask.query_async::<Option<(String, u16)>>(&mut c).await
+            };
+            let (host, port) = match tokio::time::timeout(self.limit(), named).await {
+                Ok(Ok(Some(addr))) => {
+                    answered.store(i, Ordering::Relaxed);
+                    addr
+                }
+                Ok(Ok(None)) => {
+                    last = Some(format!(
+                        "{}: no master named {master:?}",
+                        s.get_connection_info().addr
+                    ));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    last = Some(format!("{}: {e}", s.get_connection_info().addr));
+                    continue;
+                }
+                Err(_) => {
+                    last = Some(format!("{}: timed out", s.get_connection_info().addr));
+                    continue;
+                }
+            };
+            let addr =
+                address(&format!("{host}:{port}"), self.options.tls.is_some()).map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "master address",
+                        e,
+                    ))
+                })?;
+            let client = Self::client(addr, node.clone(), &self.options.tls).map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "master", e))
+            })?;
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(cfg)
+                .await?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+            if role
+                .first()
+                .and_then(|r| redis::from_redis_value::<String>(r).ok())
+                .as_deref()
+                != Some("master")
+            {
+                last = Some(format!(
+                    "{host}:{port}, named master of {master:?}, is not a master (yet)"
+                ));
+                continue;
+            }
+            return Ok(conn);
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::MasterDown,
+            "no sentinel named a master",
+            last.unwrap_or_default(),
+        )))
+    }
+
+    /// How long opening a connection may take (dial, then the handshake's commands).
+    fn limit(&self) -> Duration {
+        self.options.dial_timeout + self.options.timeout
+    }
+
     /// Opens a connection to the server (for Sentinel: to the master the sentinels name now).
     async fn open(&self) -> redis::RedisResult<Conn> {
         let cfg = redis::AsyncConnectionConfig::new()
@@ -413,10 +495,13 @@ impl RedisCache {
             Target::Single(c) => {
                 Conn::Node(c.get_multiplexed_async_connection_with_config(&cfg).await?)
             }
-            Target::Sentinel(s) => Conn::Node(
-                s.lock()
-                    .await
-                    .get_async_connection_with_config(&cfg)
+            Target::Sentinel {
+                master,
+                sentinels,
+                answered,
+                node,
+            } => Conn::Node(
+                self.sentinel_master(master, sentinels, answered, node, &cfg)
                     .await?,
             ),
             Target::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
@@ -467,7 +552,10 @@ impl RedisCache {
             *guard = None;
         }
         // Connecting includes, for Sentinel, asking the sentinels and checking the master.
-        let limit = self.options.dial_timeout + self.options.timeout;
+        let limit = match &self.target {
+            Target::Sentinel { sentinels, .. } => self.limit() * (sentinels.len() as u32 + 1),
+            _ => self.limit(),
+        };
         match tokio::time::timeout(limit, self.open()).await {
             Ok(Ok(c)) => {
                 *guard = Some(Live {

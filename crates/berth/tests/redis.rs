@@ -1,13 +1,15 @@
 //! The Redis blob-descriptor cache as operators run it, against real `redis-server`
 //! processes on loopback ports:
-//! - Sentinel (one master, one replica, three sentinels): the master is killed while images
-//!   are pushed and pulled through `berth serve`; every request succeeds, and once the
-//!   sentinels have promoted the replica, Berth finds it and fills the cache there;
+//! - Sentinel (one master, one replica, three sentinels and a silent one listed first): the
+//!   master is killed while images are pushed and pulled through `berth serve`; every request
+//!   succeeds, and once the sentinels have promoted the replica, Berth finds it and fills the
+//!   cache there;
 //! - a three-master Cluster: distribution's keys (in different slots) land on the nodes;
 //! - TLS with a client certificate and a private CA (and without the certificate, the cache
 //!   is refused and Berth serves from storage);
 //! - a file with 2.8's `redis.pool` and the 3.x keys starts, and `db`, `clientname` and
-//!   `protocol` reach Redis.
+//!   `protocol` reach Redis; a dropped connection is retried (`maxretries`), and a connection
+//!   past `connmaxlifetime` is replaced.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -153,9 +155,11 @@ fn sentinel_failover_while_pushing_and_pulling() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = sentinels
-        .iter()
-        .map(|s| format!("127.0.0.1:{}", s.port))
+    // First in the list, a sentinel that accepts connections and never answers: it costs its
+    // turn (the timeouts), not the cache.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addrs: Vec<String> = std::iter::once(silent.local_addr().unwrap().to_string())
+        .chain(sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)))
         .collect();
     let berth = serve(
         &dir.path().join("data"),

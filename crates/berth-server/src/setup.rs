@@ -307,7 +307,7 @@ pub fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<(
 pub fn cache(
     cfg: &crate::config::Config,
 ) -> Result<Arc<dyn berth_registry::cache::DescriptorCache>, String> {
-    use berth_registry::cache::{MemoryCache, NoCache, RedisCache, RedisOptions};
+    use berth_registry::cache::{MemoryCache, NoCache, RedisCache, RedisTopology};
     let kind = cfg
         .storage
         .cache
@@ -322,66 +322,164 @@ pub fn cache(
                 .redis
                 .as_ref()
                 .ok_or("storage.cache.blobdescriptor is redis, but there is no redis section")?;
-            let url = redis_url(r)?;
-            let timeout = [&r.dialtimeout, &r.readtimeout, &r.writetimeout]
-                .into_iter()
-                .flatten()
-                .filter_map(|d| crate::config::parse_duration(d).ok())
-                .filter(|d| !d.is_zero())
-                .max()
-                .unwrap_or(std::time::Duration::from_millis(500));
-            let cache = RedisCache::new(RedisOptions {
-                url,
-                timeout,
-                backoff: std::time::Duration::from_secs(5),
-            })?;
+            let options = redis_options(r)?;
+            let mode = match &options.topology {
+                RedisTopology::Single(_) => "standalone",
+                RedisTopology::Sentinel { .. } => "sentinel",
+                RedisTopology::Cluster(_) => "cluster",
+            };
             tracing::info!(
-                addr = %redis_addr(r).unwrap_or_default(),
-                timeout_ms = timeout.as_millis() as u64,
+                mode,
+                addr = %redis_addrs(r).join(","),
+                master = %r.mastername.as_deref().unwrap_or(""),
+                tls = options.tls.is_some(),
+                timeout_ms = options.timeout.as_millis() as u64,
                 "blob-descriptor cache in redis"
             );
-            Ok(Arc::new(cache))
+            Ok(Arc::new(RedisCache::new(options)?))
         }
         other => Err(format!("unknown blob-descriptor cache {other:?}")),
     }
 }
 
-/// `addr` (distribution 2.x) or the first of `addrs` (3.x).
-fn redis_addr(r: &crate::config::schema::Redis) -> Option<String> {
-    r.addr
-        .clone()
-        .filter(|a| !a.is_empty())
-        .or_else(|| r.addrs.as_ref().and_then(|a| a.first().cloned()))
-}
-
-/// The redis section as a connection URL (`redis://` or `rediss://`).
-pub fn redis_url(r: &crate::config::schema::Redis) -> Result<String, String> {
-    let addr = redis_addr(r).ok_or("redis: addr (or addrs) is required")?;
-    let tls = r
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.enabled || t.certificate.is_some());
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
+/// `addrs` (distribution 3.x), or else `addr` (2.x). A file with both (a 2.x file given a 3.x
+/// variable, say) uses `addrs`, as distribution 3 does.
+fn redis_addrs(r: &crate::config::schema::Redis) -> Vec<String> {
+    let clean = |list: &mut dyn Iterator<Item = &String>| -> Vec<String> {
+        list.map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
             .collect()
     };
-    let auth = match (&r.username, &r.password) {
-        (Some(u), Some(p)) if !p.is_empty() => format!("{}:{}@", enc(u), enc(p)),
-        (None, Some(p)) if !p.is_empty() => format!(":{}@", enc(p)),
-        _ => String::new(),
+    let addrs = clean(&mut r.addrs.iter().flatten());
+    let addr = clean(&mut r.addr.iter());
+    if addrs.is_empty() {
+        return addr;
+    }
+    if !addr.is_empty() && addr.iter().any(|a| !addrs.contains(a)) {
+        tracing::warn!(
+            addr = %addr.join(","),
+            addrs = %addrs.join(","),
+            "redis has both addr (distribution 2.x) and addrs (3.x); using addrs"
+        );
+    }
+    addrs
+}
+
+/// A duration key of the redis section as go-redis reads it: unset or zero is the default
+/// (`Ok(None)`), a negative value is "off" (`Ok(Some(None))`).
+fn redis_duration(v: &Option<String>) -> Result<Option<Option<std::time::Duration>>, String> {
+    match v.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some(s) if s.starts_with('-') => Ok(Some(None)),
+        Some(s) => crate::config::parse_duration(s).map(|d| (!d.is_zero()).then_some(Some(d))),
+    }
+}
+
+/// The redis section as the cache's options, with go-redis's meaning: `mastername` means
+/// Sentinel (the addresses are sentinels), several addresses mean Cluster.
+pub fn redis_options(
+    r: &crate::config::schema::Redis,
+) -> Result<berth_registry::cache::RedisOptions, String> {
+    use berth_registry::cache::{RedisOptions, RedisTls, RedisTopology};
+    use std::time::Duration;
+    let addrs = redis_addrs(r);
+    if addrs.is_empty() {
+        return Err("redis: addr (or addrs) is required".to_owned());
+    }
+    let master = r.mastername.clone().filter(|m| !m.is_empty());
+    let topology = match master {
+        Some(master) => RedisTopology::Sentinel {
+            master,
+            sentinels: addrs,
+        },
+        None if addrs.len() > 1 => RedisTopology::Cluster(addrs),
+        None => RedisTopology::Single(addrs[0].clone()),
     };
-    Ok(format!(
-        "{}://{auth}{addr}/{}",
-        if tls { "rediss" } else { "redis" },
-        r.db.unwrap_or(0)
-    ))
+    let tls = match &r.tls {
+        Some(t) => {
+            let read = |path: &str, what: &str| -> Result<Vec<u8>, String> {
+                std::fs::read(path).map_err(|e| format!("redis.tls.{what} {path}: {e}"))
+            };
+            let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+            let client = match (nonempty(&t.certificate), nonempty(&t.key)) {
+                (Some(c), Some(k)) => Some((read(&c, "certificate")?, read(&k, "key")?)),
+                (None, None) => None,
+                // distribution goes on without a client certificate.
+                _ => {
+                    tracing::warn!("redis.tls: certificate and key go together; connecting without a client certificate");
+                    None
+                }
+            };
+            let mut cas = Vec::new();
+            for path in t.rootcas.iter().chain(t.clientcas.iter()).flatten() {
+                let mut pem = read(path, "rootcas")?;
+                pem.push(b'\n');
+                cas.extend(pem);
+            }
+            let root_cas = (!cas.is_empty()).then_some(cas);
+            (t.enabled || client.is_some() || root_cas.is_some())
+                .then_some(RedisTls { client, root_cas })
+        }
+        None => None,
+    };
+    // Berth's defaults are shorter than go-redis's (5s, 3s): the cache is an optimisation, and
+    // a request should not wait long on it.
+    let default_timeout = Duration::from_millis(500);
+    // "Off" (negative) is no timeout: a day stands for it.
+    let timeout = |v: &Option<String>, default: Duration| -> Result<Duration, String> {
+        Ok(redis_duration(v)?.map_or(default, |d| d.unwrap_or(Duration::from_secs(86_400))))
+    };
+    let dial_timeout = timeout(&r.dialtimeout, default_timeout)?;
+    let read = timeout(&r.readtimeout, default_timeout)?;
+    let write = timeout(&r.writetimeout, read)?;
+    // go-redis: 0 means 3, -1 none; backoffs 0 mean 8ms and 512ms.
+    let count = |v: Option<i64>| match v.unwrap_or(0) {
+        0 => 3,
+        n if n < 0 => 0,
+        n => n.min(100) as u32,
+    };
+    // The cluster client counts redirections (MOVED, ASK) among its retries.
+    let retries = match topology {
+        RedisTopology::Cluster(_) => count(r.maxretries).max(count(r.maxredirects)),
+        _ => count(r.maxretries),
+    };
+    let backoff = |v: &Option<String>, default: u64| -> Result<Duration, String> {
+        Ok(redis_duration(v)?.map_or(Duration::from_millis(default), |d| d.unwrap_or_default()))
+    };
+    // Idle time and lifetime: unset, zero and negative all mean no limit.
+    let limit = |v: &Option<String>| -> Result<Option<Duration>, String> {
+        Ok(redis_duration(v)?.flatten())
+    };
+    let pool = r.pool.clone().unwrap_or_default();
+    let identity = (!r.disableidentity.unwrap_or(false)).then(|| {
+        match r.identitysuffix.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => format!("berth({s})"),
+            None => "berth".to_owned(),
+        }
+    });
+    Ok(RedisOptions {
+        topology,
+        tls,
+        username: r.username.clone().filter(|u| !u.is_empty()),
+        password: r.password.clone().filter(|p| !p.is_empty()),
+        sentinel_username: r.sentinelusername.clone().filter(|u| !u.is_empty()),
+        sentinel_password: r.sentinelpassword.clone().filter(|p| !p.is_empty()),
+        db: r.db.unwrap_or(0),
+        resp3: r.protocol == Some(3),
+        client_name: r.clientname.clone().filter(|n| !n.is_empty()),
+        identity,
+        dial_timeout,
+        timeout: read + write,
+        retries,
+        min_retry_backoff: backoff(&r.minretrybackoff, 8)?,
+        max_retry_backoff: backoff(&r.maxretrybackoff, 512)?,
+        read_from_replicas: r.readonly.unwrap_or(false)
+            || r.routebylatency.unwrap_or(false)
+            || r.routerandomly.unwrap_or(false),
+        conn_max_idle: limit(&r.connmaxidletime)?.or(limit(&pool.idletimeout)?),
+        conn_max_lifetime: limit(&r.connmaxlifetime)?.or(limit(&pool.maxlifetime)?),
+        backoff: Duration::from_secs(5),
+    })
 }
 
 /// The pull-through cache of the `proxy` section, over `registry`.
@@ -446,4 +544,175 @@ pub fn proxy(
         );
     }
     berth_proxy::Proxy::new(upstreams, registry.clone(), spool).map(|p| Some(Arc::new(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_options;
+    use crate::config::schema::Redis;
+    use berth_registry::cache::RedisTopology;
+    use std::time::Duration;
+
+    fn redis(yaml: &str) -> Redis {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    #[test]
+    fn topology_is_chosen_as_go_redis_does() {
+        let o = redis_options(&redis("addr: r:6379")).unwrap();
+        assert!(matches!(o.topology, RedisTopology::Single(a) if a == "r:6379"));
+        let o = redis_options(&redis("addrs: [a:1, b:2, c:3]")).unwrap();
+        assert!(matches!(o.topology, RedisTopology::Cluster(n) if n.len() == 3));
+        let o = redis_options(&redis("addrs: [s1:26379, s2:26379]\nmastername: mm")).unwrap();
+        assert!(
+            matches!(o.topology, RedisTopology::Sentinel { master, sentinels } if master == "mm" && sentinels.len() == 2)
+        );
+        // One sentinel is still Sentinel.
+        let o = redis_options(&redis("addrs: [s1:26379]\nmastername: mm")).unwrap();
+        assert!(matches!(o.topology, RedisTopology::Sentinel { .. }));
+        // 2.x's addr beside 3.x's addrs: addrs, never both (that would be a cluster).
+        let o = redis_options(&redis("addr: old:6379\naddrs: [new:6379]")).unwrap();
+        assert!(matches!(o.topology, RedisTopology::Single(a) if a == "new:6379"));
+        assert!(redis_options(&redis("db: 1")).is_err());
+    }
+
+    #[test]
+    fn durations_retries_and_pools_read_as_go_redis_does() {
+        let o = redis_options(&redis("addr: r:6379")).unwrap();
+        assert_eq!(o.dial_timeout, Duration::from_millis(500));
+        assert_eq!(o.timeout, Duration::from_secs(1));
+        assert_eq!(o.retries, 3);
+        assert_eq!(o.min_retry_backoff, Duration::from_millis(8));
+        assert_eq!(o.max_retry_backoff, Duration::from_millis(512));
+        assert_eq!(o.conn_max_idle, None);
+        assert_eq!(o.identity.as_deref(), Some("berth"));
+
+        let o = redis_options(&redis(
+            "addr: r:6379\ndialtimeout: 2s\nreadtimeout: 100ms\nwritetimeout: 50ms\nmaxretries: -1\nminretrybackoff: '-1'\npool: {idletimeout: 300s}\nconnmaxlifetime: 1h\nidentitysuffix: x\nprotocol: 3\nclientname: reg",
+        ))
+        .unwrap();
+        assert_eq!(o.dial_timeout, Duration::from_secs(2));
+        assert_eq!(o.timeout, Duration::from_millis(150));
+        assert_eq!(o.retries, 0);
+        assert_eq!(o.min_retry_backoff, Duration::ZERO);
+        assert_eq!(o.conn_max_idle, Some(Duration::from_secs(300)));
+        assert_eq!(o.conn_max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(o.identity.as_deref(), Some("berth(x)"));
+        assert!(o.resp3);
+        assert_eq!(o.client_name.as_deref(), Some("reg"));
+
+        // The 3.x key wins over 2.x's pool; a negative lifetime is no limit.
+        let o = redis_options(&redis(
+            "addr: r:6379\nconnmaxidletime: 1m\nconnmaxlifetime: '-1'\npool: {idletimeout: 300s}\ndisableidentity: true",
+        ))
+        .unwrap();
+        assert_eq!(o.conn_max_idle, Some(Duration::from_secs(60)));
+        assert_eq!(o.conn_max_lifetime, None);
+        assert_eq!(o.identity, None);
+
+        // A cluster counts redirections among its retries.
+        let o = redis_options(&redis("addrs: [a:1, b:2]\nmaxretries: 1\nmaxredirects: 8")).unwrap();
+        assert_eq!(o.retries, 8);
+    }
+
+    #[test]
+    fn tls_files_are_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let o = redis_options(&redis(&format!(
+            "addr: r:6379\ntls: {{rootcas: [{}]}}",
+            ca.display()
+        )))
+        .unwrap();
+        let tls = o.tls.unwrap();
+        assert!(tls.client.is_none() && tls.root_cas.is_some());
+        // 3.0's enabled: TLS with the system's CAs.
+        let o = redis_options(&redis("addr: r:6379\ntls: {enabled: true}")).unwrap();
+        assert!(o.tls.is_some_and(|t| t.root_cas.is_none()));
+        assert!(redis_options(&redis("addr: r:6379\ntls: {enabled: false}"))
+            .unwrap()
+            .tls
+            .is_none());
+        let e = redis_options(&redis(
+            "addr: r:6379\ntls: {rootcas: [/nonexistent/ca.pem]}",
+        ))
+        .err()
+        .unwrap();
+        assert!(e.contains("redis.tls.rootcas /nonexistent/ca.pem"), "{e}");
+    }
+
+    /// Every redis key of distribution 2.8 and 3.x is known; the few that cannot be honoured
+    /// are one WARN each.
+    #[test]
+    fn every_key_is_known_and_only_cluster_limits_warn() {
+        let all = "version: 0.1
+storage:
+  filesystem: {rootdirectory: /tmp/x}
+  cache: {blobdescriptor: redis}
+redis:
+  addr: r:6379
+  addrs: [a:1, b:2, c:3]
+  clientname: reg
+  username: u
+  password: p
+  sentinelusername: su
+  sentinelpassword: sp
+  db: 2
+  protocol: 3
+  maxretries: 3
+  minretrybackoff: 8ms
+  maxretrybackoff: 512ms
+  dialtimeout: 5s
+  readtimeout: 3s
+  writetimeout: 3s
+  contexttimeoutenabled: true
+  poolfifo: true
+  poolsize: 10
+  pooltimeout: 4s
+  minidleconns: 1
+  maxidleconns: 5
+  maxactiveconns: 20
+  connmaxidletime: 30m
+  connmaxlifetime: 1h
+  maxredirects: 3
+  readonly: true
+  routebylatency: true
+  routerandomly: false
+  mastername: ''
+  disableidentity: false
+  identitysuffix: s
+  unstableresp3: false
+  tls:
+    enabled: true
+    certificate: /c.pem
+    key: /k.pem
+    rootcas: [/ca.pem]
+    clientcas: [/ca2.pem]
+  pool:
+    maxidle: 16
+    maxactive: 64
+    idletimeout: 300s
+";
+        let l = crate::config::parse(all, "config.yml", &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let redis: Vec<_> = l
+            .unsupported
+            .iter()
+            .filter(|u| u.starts_with("redis"))
+            .collect();
+        assert_eq!(redis.len(), 2, "{redis:?}");
+        assert!(redis[0].starts_with("redis.db") && redis[1].starts_with("redis.routebylatency"));
+        let y = l.config.redacted_yaml();
+        assert!(!y.contains("sp\n") && !y.contains(": p\n"), "{y}");
+        // With a master name the addresses are sentinels: db applies, nothing to warn.
+        let sentinel = all.replace("mastername: ''", "mastername: mm");
+        let l =
+            crate::config::parse(&sentinel, "config.yml", &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !l.unsupported.iter().any(|u| u.starts_with("redis")),
+            "{:?}",
+            l.unsupported
+        );
+    }
 }

@@ -422,14 +422,26 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Arguments before the port (a config file) and after the defaults (`--sentinel`,
+    /// `--cluster-enabled yes`, `--replicaof`, TLS ports, ...).
+    before: Vec<String>,
+    after: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[], &[])
+    }
+
+    /// With `before` ahead of the port (a config file to load, as sentinels need) and `after`
+    /// the defaults (later arguments win). Ready when it answers `PING` on its plain port.
+    pub fn start_with(before: &[String], after: &[String]) -> Redis {
         let mut r = Redis {
             child: None,
             port: 0,
             dir: tempfile::tempdir().unwrap(),
+            before: before.to_vec(),
+            after: after.to_vec(),
         };
         // A free port is picked first; if another process takes it, try another.
         for _ in 0..3 {
@@ -444,6 +456,7 @@ impl Redis {
     /// Starts the server on `self.port`; false if it did not come up.
     fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
+            .args(&self.before)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -456,6 +469,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.after)
             .env_clear()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -502,6 +516,11 @@ impl Redis {
             "redis-server did not come back on port {}",
             self.port
         );
+    }
+
+    /// Its data directory (for config files and cluster state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn yaml(&self) -> String {

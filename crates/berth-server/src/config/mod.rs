@@ -666,9 +666,27 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         durations.push(("proxy.ttl", p.ttl.as_ref()));
     }
     if let Some(r) = &c.redis {
-        durations.push(("redis.dialtimeout", r.dialtimeout.as_ref()));
-        durations.push(("redis.readtimeout", r.readtimeout.as_ref()));
-        durations.push(("redis.writetimeout", r.writetimeout.as_ref()));
+        let pool = r.pool.as_ref();
+        // go-redis reads a negative duration as "off" (no timeout, no pause).
+        fn unsigned(v: &Option<String>) -> Option<&String> {
+            v.as_ref().filter(|s| !s.trim().starts_with('-'))
+        }
+        for (key, v) in [
+            ("redis.dialtimeout", &r.dialtimeout),
+            ("redis.readtimeout", &r.readtimeout),
+            ("redis.writetimeout", &r.writetimeout),
+            ("redis.minretrybackoff", &r.minretrybackoff),
+            ("redis.maxretrybackoff", &r.maxretrybackoff),
+            ("redis.pooltimeout", &r.pooltimeout),
+            ("redis.connmaxidletime", &r.connmaxidletime),
+            ("redis.connmaxlifetime", &r.connmaxlifetime),
+        ] {
+            durations.push((key, unsigned(v)));
+        }
+        if let Some(p) = pool {
+            durations.push(("redis.pool.idletimeout", unsigned(&p.idletimeout)));
+            durations.push(("redis.pool.maxlifetime", unsigned(&p.maxlifetime)));
+        }
     }
     if let Some(u) = &c.storage.maintenance.uploadpurging {
         durations.push(("storage.maintenance.uploadpurging.age", u.age.as_ref()));
@@ -921,14 +939,14 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         // Nothing to do: Berth never redirects on filesystem storage.
     }
     if let Some(r) = &c.redis {
-        if r.addrs.as_ref().is_some_and(|a| a.len() > 1) {
-            add("redis.addrs with several addresses (cluster, sentinel): only the first is used");
+        // go-redis's choice: several addrs without a mastername are a Cluster.
+        let cluster = r.mastername.as_deref().unwrap_or("").is_empty()
+            && r.addrs.as_ref().is_some_and(|a| a.len() > 1);
+        if cluster && r.db.is_some_and(|db| db != 0) {
+            add("redis.db in cluster mode: Redis Cluster has only database 0, which is used");
         }
-        if r.tls
-            .as_ref()
-            .is_some_and(|t| t.key.is_some() || t.clientcas.is_some())
-        {
-            add("redis.tls client certificates: TLS is used, with the system's CAs, without a client certificate");
+        if cluster && r.routebylatency == Some(true) {
+            add("redis.routebylatency: reads go to a random replica, not to the nearest node");
         }
     }
 
@@ -966,9 +984,11 @@ fn active_hooks(hooks: &Value) -> bool {
 }
 
 /// Keys whose scalar values are secrets.
-const SECRET_KEYS: [&str; 7] = [
+const SECRET_KEYS: [&str; 8] = [
     "secret",
     "password",
+    // redis: the sentinels' own password.
+    "sentinelpassword",
     "accesskey",
     "secretkey",
     "sessiontoken",

@@ -524,7 +524,8 @@ pub struct Htpasswd {
     pub path: Option<String>,
 }
 
-/// `redis`, in both the 2.x (`addr`) and 3.x (`addrs`) spellings.
+/// `redis`, in both the 2.x (`addr`, `pool`) and 3.x (`addrs` and go-redis's
+/// `UniversalOptions`) spellings. Durations are Go durations or integer nanoseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Redis {
@@ -533,11 +534,27 @@ pub struct Redis {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addrs: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub clientname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinelusername: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinelpassword: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mastername: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxretries: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minretrybackoff: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxretrybackoff: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dialtimeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -545,11 +562,45 @@ pub struct Redis {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writetimeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub contexttimeoutenabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poolfifo: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poolsize: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooltimeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minidleconns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxidleconns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxactiveconns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connmaxidletime: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connmaxlifetime: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxredirects: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routebylatency: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routerandomly: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disableidentity: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identitysuffix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unstableresp3: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RedisTls>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<RedisPool>,
 }
 
+/// `redis.tls`: 3.1's `certificate`, `key`, `rootcas`; 3.0's `clientcas` (read as `rootcas`,
+/// what it was meant for) and `enabled` (TLS with the system's CAs).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisTls {
@@ -559,20 +610,23 @@ pub struct RedisTls {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootcas: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub clientcas: Option<Vec<String>>,
 }
 
+/// `redis.pool` (distribution 2.x; `size` and `maxlifetime` from early 3.0 pre-releases).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisPool {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub maxidle: Option<u64>,
+    pub maxidle: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub maxactive: Option<u64>,
+    pub maxactive: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idletimeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
+    pub size: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maxlifetime: Option<String>,
 }

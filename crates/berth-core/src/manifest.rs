@@ -363,7 +363,7 @@ fn read(body: &[u8], media_type: MediaType, h: &Head) -> Result<ManifestInfo, Oc
         // rule too).
         let elsewhere = media_type == DOCKER_FOREIGN_LAYER
             || media_type.starts_with(OCI_NONDISTRIBUTABLE_PREFIX);
-        if !(elsewhere && !urls.is_empty()) {
+        if !elsewhere || urls.is_empty() {
             info.blobs.push(digest.clone());
         }
         if !urls.is_empty() || media_type == DOCKER_FOREIGN_LAYER {

@@ -9,9 +9,14 @@
 //! - The `Content-Type` of a manifest PUT: the same status and error code as distribution for
 //!   missing, unknown, unparsable and mismatched types.
 //! - Refusals to start: an invalid expression or `platforms` value.
+//! - A real client: skopeo copying a Windows-style image whose base layer is fetched from
+//!   `mcr.microsoft.com` (skopeo skips such layers and pushes the manifest with their URLs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+
+#[path = "support/clients.rs"]
+mod clients_support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -454,4 +459,83 @@ fn invalid_rules_refuse_to_start() {
             );
         }
     }
+}
+
+/// An OCI layout (made by umoci) whose image gains a non-distributable layer that names a URL
+/// and is not in the layout, as Windows base layers are published. Returns the layout.
+fn layout_with_foreign_layer(lab: &clients_support::Lab) -> clients_support::Layout {
+    use serde_json::Value;
+    let layout = clients_support::Layout::init(lab, &lab.path("in"));
+    let img = layout.add_image(lab, "v1", "amd64", &[("/etc/motd", "hello\n")]);
+    let mut m: Value = serde_json::from_slice(&layout.blob(&img.manifest)).unwrap();
+    let base = bytes("windows-base", 4096);
+    m["layers"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({
+            "mediaType": NONDISTRIBUTABLE,
+            "digest": digest(&base),
+            "size": base.len(),
+            "urls": [MCR],
+        }),
+    );
+    let body = serde_json::to_vec(&m).unwrap();
+    let d = digest(&body);
+    std::fs::write(
+        layout
+            .dir
+            .join("blobs/sha256")
+            .join(clients_support::hex(&d)),
+        &body,
+    )
+    .unwrap();
+    let index_path = layout.dir.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    for e in index["manifests"].as_array_mut().unwrap() {
+        e["digest"] = d.clone().into();
+        e["size"] = body.len().into();
+    }
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    layout
+}
+
+#[test]
+fn skopeo_pushes_foreign_layers_only_where_a_rule_admits_them() {
+    // distribution's default: refused, and skopeo reports the registry's reason.
+    let lab = clients_support::Lab::start();
+    let layout = layout_with_foreign_layer(&lab);
+    let out = lab.run_failing(lab.skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &layout.reference("v1"),
+        &lab.docker_ref("win/app", "v1"),
+    ]));
+    assert!(
+        out.stderr.contains("manifest invalid") || out.stderr.contains("MANIFEST_INVALID"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(lab.get_manifest("win/app", "v1").0, 404);
+
+    // Admitted by an allow rule: stored as skopeo sent it, the foreign layer not pushed.
+    let lab = clients_support::Lab::start_with(|dir| {
+        Berth::start_on(
+            &dir.join("data"),
+            "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https://mcr\\.microsoft\\.com/\n",
+        )
+    });
+    let layout = layout_with_foreign_layer(&lab);
+    lab.run(lab.skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &layout.reference("v1"),
+        &lab.docker_ref("win/app", "v1"),
+    ]));
+    let (status, _, ctype, body) = lab.get_manifest("win/app", "v1");
+    assert_eq!((status, ctype.as_str()), (200, OCI_MANIFEST));
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(m["layers"][0]["urls"][0], MCR, "{m}");
+    let foreign = m["layers"][0]["digest"].as_str().unwrap();
+    let c = Client::new(&lab.berth.url, None);
+    let r = c.head(&format!("/v2/win/app/blobs/{foreign}")).unwrap();
+    assert_eq!(r.status, 404, "the foreign layer was not pushed");
 }

@@ -100,6 +100,12 @@ pub fn manifest(data: &[u8]) {
         Some((b, rest)) => (TYPES[*b as usize % TYPES.len()], rest),
         None => (None, data),
     };
+    // A client's PUT is held to the stricter rules; what it accepts, the lenient reader
+    // (stored and upstream content) must accept as the same kind.
+    if let Ok(put) = manifest::parse_put(body, ct) {
+        let read = manifest::parse(body, ct);
+        assert_eq!(read.map(|i| i.media_type).ok(), Some(put.media_type));
+    }
     if let Ok(info) = manifest::parse(body, ct) {
         if info.media_type.is_index() {
             assert!(info.blobs.is_empty());

@@ -4,9 +4,21 @@
 //! refused. The bytes are never re-serialized: the caller stores what the client sent, and
 //! the digest is of those bytes; parsing only extracts what validation and the referrers API
 //! need.
+//!
+//! The documents are read with the `oci-spec` crate's `ImageManifest` and `ImageIndex`. It has
+//! no Docker types, but Docker's schema2 manifest and manifest list are the formats OCI's were
+//! made from, with the same field names and shapes, so the same structs read them; what differs
+//! (Docker requires `mediaType`) is checked here.
+//!
+//! Two entry points: [`parse_put`] applies distribution's rules for a client's PUT (the
+//! `Content-Type` must be a manifest type the registry stores and agree with the body), and
+//! [`parse`] reads content already accepted or fetched from an upstream, trusting the body's
+//! own `mediaType` first. [`Rules`] holds the configurable part (`validation.manifests`):
+//! which foreign layer URLs are admitted and which children of an index must exist.
 
 use std::collections::BTreeMap;
 
+use oci_spec::image::{ImageIndex, ImageManifest};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -22,6 +34,11 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 pub const OCI_EMPTY_JSON: &str = "application/vnd.oci.empty.v1+json";
+/// A Docker layer that clients download from its `urls`, never from a registry.
+pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+/// OCI's non-distributable layers (deprecated in image-spec 1.1, still pushed by old tools
+/// for Windows base layers) all start with this.
+const OCI_NONDISTRIBUTABLE_PREFIX: &str = "application/vnd.oci.image.layer.nondistributable.";
 
 /// The manifest kinds Berth stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +50,8 @@ pub enum MediaType {
 }
 
 impl MediaType {
+    /// The kind a media type names, ignoring parameters such as `; charset=utf-8`.
     pub fn parse(s: &str) -> Option<MediaType> {
-        // Parameters such as `; charset=utf-8` do not change the type.
         let base = s.split(';').next().unwrap_or("").trim();
         match base {
             OCI_MANIFEST => Some(MediaType::OciManifest),
@@ -57,9 +74,16 @@ impl MediaType {
     pub fn is_index(self) -> bool {
         matches!(self, MediaType::OciIndex | MediaType::DockerManifestList)
     }
+
+    fn is_docker(self) -> bool {
+        matches!(
+            self,
+            MediaType::DockerManifest | MediaType::DockerManifestList
+        )
+    }
 }
 
-/// A content descriptor as it appears in manifests and in the referrers index.
+/// A content descriptor as the referrers API serves it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
@@ -76,21 +100,26 @@ pub struct Descriptor {
     pub platform: Option<serde_json::Value>,
 }
 
-/// The fields of any supported manifest kind that matter to a registry.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Raw {
-    schema_version: Option<i64>,
-    media_type: Option<String>,
-    artifact_type: Option<String>,
-    config: Option<Descriptor>,
-    layers: Option<Vec<Descriptor>>,
-    manifests: Option<Vec<Descriptor>>,
-    subject: Option<Descriptor>,
-    annotations: Option<BTreeMap<String, String>>,
-    // Present only in schema1.
-    fs_layers: Option<serde_json::Value>,
-    signatures: Option<serde_json::Value>,
+/// The platform an index entry is for, as `validation.manifests.indexes.platformlist` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+}
+
+/// A manifest an index names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Child {
+    pub digest: Digest,
+    pub platform: Option<Platform>,
+}
+
+/// A layer that names `urls` to download it from, or a Docker foreign layer (which must).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UrlLayer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub urls: Vec<String>,
 }
 
 /// What the registry must know about a manifest it is asked to store.
@@ -100,116 +129,249 @@ pub struct ManifestInfo {
     /// `artifactType`, or for an image manifest without one, the config's media type (the
     /// value the referrers API reports).
     pub artifact_type: Option<String>,
-    pub subject: Option<Descriptor>,
+    /// The manifest this one refers to (referrers API).
+    pub subject: Option<Digest>,
     pub annotations: Option<BTreeMap<String, String>>,
-    /// Blobs that must exist in the repository (config and layers without external URLs).
+    /// Blobs that must exist in the repository: the config, and every layer except a
+    /// non-distributable or foreign one that names its `urls`.
     pub blobs: Vec<Digest>,
-    /// Manifests that must exist in the repository (an index's children).
-    pub children: Vec<Digest>,
+    /// Layers with `urls` (and Docker foreign layers), for [`Rules::check_urls`].
+    pub url_layers: Vec<UrlLayer>,
+    /// An index's entries.
+    pub children: Vec<Child>,
 }
 
 fn invalid(msg: impl Into<String>) -> OciError {
     OciError::with_message(ErrorCode::ManifestInvalid, msg)
 }
 
-/// Parses and validates a manifest body sent with `content_type`.
-pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ManifestInfo, OciError> {
+fn too_large(body: &[u8]) -> Result<(), OciError> {
     if body.len() > MAX_MANIFEST_SIZE {
         return Err(OciError::with_message(
             ErrorCode::ManifestTooLarge,
             format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"),
         ));
     }
-    let ct = content_type
-        .map(|c| c.split(';').next().unwrap_or("").trim())
-        .filter(|c| !c.is_empty());
-    if matches!(ct, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)) {
-        return Err(invalid(
-            "schema1 manifests are not supported; push a schema2 or OCI manifest",
-        ));
-    }
-    let raw: Raw = serde_json::from_slice(body)
+    Ok(())
+}
+
+const SCHEMA1_REFUSED: &str = "schema1 manifests are not supported; push a schema2 or OCI manifest";
+
+/// The top-level fields that tell the kind of a document before it is read as one.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    schema_version: Option<serde_json::Value>,
+    media_type: Option<String>,
+    config: Option<serde::de::IgnoredAny>,
+    layers: Option<serde::de::IgnoredAny>,
+    manifests: Option<serde::de::IgnoredAny>,
+    // Present only in schema1.
+    fs_layers: Option<serde::de::IgnoredAny>,
+    signatures: Option<serde::de::IgnoredAny>,
+}
+
+fn head(body: &[u8]) -> Result<Head, OciError> {
+    let h: Head = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
-    if raw.fs_layers.is_some() || raw.signatures.is_some() || raw.schema_version == Some(1) {
-        return Err(invalid(
-            "schema1 manifests are not supported; push a schema2 or OCI manifest",
-        ));
+    let v1 = h.schema_version.as_ref().and_then(|v| v.as_i64()) == Some(1);
+    if h.fs_layers.is_some() || h.signatures.is_some() || v1 {
+        return Err(invalid(SCHEMA1_REFUSED));
     }
-    if raw.schema_version != Some(2) {
+    if h.schema_version.as_ref().and_then(|v| v.as_i64()) != Some(2) {
         return Err(invalid("schemaVersion must be 2"));
     }
-    let declared = raw.media_type.as_deref();
-    let media_type = match (declared, ct) {
-        (Some(d), Some(c))
-            if MediaType::parse(d) != MediaType::parse(c) && MediaType::parse(c).is_some() =>
-        {
-            return Err(invalid(format!(
-                "manifest mediaType {d:?} does not match Content-Type {c:?}"
-            )));
-        }
-        (Some(d), _) => MediaType::parse(d)
-            .ok_or_else(|| invalid(format!("unsupported manifest media type {d:?}")))?,
-        (None, Some(c)) => match MediaType::parse(c) {
-            Some(m) => m,
-            None => sniff(&raw)
-                .ok_or_else(|| invalid(format!("unsupported manifest media type {c:?}")))?,
-        },
-        (None, None) => {
-            sniff(&raw).ok_or_else(|| invalid("cannot tell the manifest's media type"))?
-        }
+    Ok(h)
+}
+
+/// The media type of a `Content-Type` header, as Go's `mime.ParseMediaType` (which
+/// distribution uses) reads it: lower-cased, parameters dropped but required to be
+/// well-formed. `None` when the header is not a media type at all.
+fn content_type_base(ct: &str) -> Option<String> {
+    let is_token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
-    // Docker's formats require their mediaType field; OCI's make it optional.
-    if matches!(
-        media_type,
-        MediaType::DockerManifest | MediaType::DockerManifestList
-    ) && declared.is_none()
+    let mut parts = ct.split(';');
+    let base = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let (ty, sub) = base.split_once('/')?;
+    if !is_token(ty) || !is_token(sub) {
+        return None;
+    }
+    for p in parts {
+        let p = p.trim();
+        if p.is_empty() {
+            continue;
+        }
+        let (k, v) = p.split_once('=')?;
+        let v = v.trim();
+        let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+        if !is_token(k.trim()) || !(quoted || is_token(v)) {
+            return None;
+        }
+    }
+    Some(base)
+}
+
+/// Parses and validates a manifest a client PUTs with `content_type`, as distribution does:
+/// the `Content-Type` must be one of the four manifest types the registry stores (a missing
+/// or other one is refused: distribution reads such a body as schema1, which it no longer
+/// stores), and a `mediaType` in the body must be that same type (Docker's formats require
+/// it; OCI's make it optional).
+pub fn parse_put(body: &[u8], content_type: Option<&str>) -> Result<ManifestInfo, OciError> {
+    too_large(body)?;
+    let Some(ct) = content_type.filter(|c| !c.trim().is_empty()) else {
+        return Err(invalid(format!(
+            "a manifest PUT needs a Content-Type: one of {OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}"
+        )));
+    };
+    let Some(base) = content_type_base(ct) else {
+        return Err(invalid(format!(
+            "Content-Type {ct:?} is not a valid media type"
+        )));
+    };
+    if base == DOCKER_SCHEMA1 || base == DOCKER_SCHEMA1_SIGNED {
+        return Err(invalid(SCHEMA1_REFUSED));
+    }
+    let Some(media_type) = MediaType::parse(&base) else {
+        return Err(invalid(format!(
+            "Content-Type {base:?} is not a manifest media type this registry stores ({OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST})"
+        )));
+    };
+    let h = head(body)?;
+    match h.media_type.as_deref() {
+        Some(d) if d != media_type.as_str() => {
+            return Err(invalid(format!(
+                "manifest mediaType {d:?} does not match Content-Type {base:?}"
+            )))
+        }
+        None if media_type.is_docker() => {
+            return Err(invalid(format!("a {base} must declare its mediaType")))
+        }
+        _ => {}
+    }
+    read(body, media_type, &h)
+}
+
+/// Reads a manifest that is already stored, or fetched from an upstream with
+/// `content_type`: its kind is its `mediaType`, else a known `content_type`, else what its
+/// shape shows (OCI allows omitting `mediaType`).
+pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ManifestInfo, OciError> {
+    too_large(body)?;
+    if content_type
+        .and_then(content_type_base)
+        .is_some_and(|b| b == DOCKER_SCHEMA1 || b == DOCKER_SCHEMA1_SIGNED)
     {
+        return Err(invalid(SCHEMA1_REFUSED));
+    }
+    let h = head(body)?;
+    let media_type = match h.media_type.as_deref() {
+        Some(d) => MediaType::parse(d)
+            .ok_or_else(|| invalid(format!("unsupported manifest media type {d:?}")))?,
+        None => match content_type.and_then(MediaType::parse) {
+            Some(m) if !m.is_docker() => m,
+            _ if h.manifests.is_some() => MediaType::OciIndex,
+            _ if h.config.is_some() => MediaType::OciManifest,
+            _ => return Err(invalid("cannot tell the manifest's media type")),
+        },
+    };
+    if media_type.is_docker() && h.media_type.is_none() {
         return Err(invalid("docker manifests must declare mediaType"));
     }
+    read(body, media_type, &h)
+}
 
+fn digest_of(d: &oci_spec::image::Digest) -> Result<Digest, OciError> {
+    d.as_ref()
+        .parse()
+        .map_err(|e| invalid(format!("descriptor digest {:?}: {e}", d.as_ref())))
+}
+
+fn serde_invalid(e: serde_json::Error) -> OciError {
+    invalid(format!(
+        "manifest does not match its media type's schema: {e}"
+    ))
+}
+
+/// Reads `body` as a document of `media_type` with oci-spec.
+fn read(body: &[u8], media_type: MediaType, h: &Head) -> Result<ManifestInfo, OciError> {
     let mut info = ManifestInfo {
         media_type,
-        artifact_type: raw.artifact_type.clone(),
-        subject: raw.subject,
-        annotations: raw.annotations,
+        artifact_type: None,
+        subject: None,
+        annotations: None,
         blobs: Vec::new(),
+        url_layers: Vec::new(),
         children: Vec::new(),
     };
     if media_type.is_index() {
-        if raw.config.is_some() || raw.layers.is_some() {
+        if h.config.is_some() || h.layers.is_some() {
             return Err(invalid("an index has no config or layers"));
         }
-        let manifests = raw
-            .manifests
-            .ok_or_else(|| invalid("an index needs a manifests array"))?;
-        info.children = manifests.into_iter().map(|d| d.digest).collect();
-    } else {
-        if raw.manifests.is_some() {
-            return Err(invalid("an image manifest has no manifests array"));
+        if h.manifests.is_none() {
+            return Err(invalid("an index needs a manifests array"));
         }
-        let config = raw
-            .config
-            .ok_or_else(|| invalid("an image manifest needs a config descriptor"))?;
-        let layers = raw
-            .layers
-            .ok_or_else(|| invalid("an image manifest needs a layers array"))?;
-        if info.artifact_type.is_none() {
-            info.artifact_type = Some(config.media_type.clone());
+        let index: ImageIndex = serde_json::from_slice(body).map_err(serde_invalid)?;
+        info.artifact_type = index.artifact_type().as_ref().map(|t| t.to_string());
+        info.subject = index
+            .subject()
+            .as_ref()
+            .map(|s| digest_of(s.digest()))
+            .transpose()?;
+        info.annotations = index.annotations().clone().map(|a| a.into_iter().collect());
+        for d in index.manifests() {
+            info.children.push(Child {
+                digest: digest_of(d.digest())?,
+                platform: d.platform().as_ref().map(|p| Platform {
+                    os: p.os().to_string(),
+                    architecture: p.architecture().to_string(),
+                }),
+            });
         }
-        info.blobs.push(config.digest);
-        for layer in layers {
-            if layer.urls.is_empty() {
-                info.blobs.push(layer.digest);
-            } else {
-                for u in &layer.urls {
-                    let scheme_ok = u.starts_with("http://") || u.starts_with("https://");
-                    if !scheme_ok || u.contains('#') {
-                        return Err(invalid(format!(
-                            "layer URL {u:?} must be http or https without a fragment"
-                        )));
-                    }
-                }
-            }
+        return Ok(info);
+    }
+    if h.manifests.is_some() {
+        return Err(invalid("an image manifest has no manifests array"));
+    }
+    if h.config.is_none() {
+        return Err(invalid("an image manifest needs a config descriptor"));
+    }
+    if h.layers.is_none() {
+        return Err(invalid("an image manifest needs a layers array"));
+    }
+    let m: ImageManifest = serde_json::from_slice(body).map_err(serde_invalid)?;
+    info.artifact_type = Some(
+        m.artifact_type()
+            .as_ref()
+            .unwrap_or(m.config().media_type())
+            .to_string(),
+    );
+    info.subject = m
+        .subject()
+        .as_ref()
+        .map(|s| digest_of(s.digest()))
+        .transpose()?;
+    info.annotations = m.annotations().clone().map(|a| a.into_iter().collect());
+    info.blobs.push(digest_of(m.config().digest())?);
+    for layer in m.layers() {
+        let digest = digest_of(layer.digest())?;
+        let media_type = layer.media_type().to_string();
+        let urls = layer.urls().clone().unwrap_or_default();
+        // Only a layer meant to be fetched elsewhere may be absent from the registry: a
+        // distributable layer that also names mirrors must still be pushed (distribution's
+        // rule too).
+        let elsewhere = media_type == DOCKER_FOREIGN_LAYER
+            || media_type.starts_with(OCI_NONDISTRIBUTABLE_PREFIX);
+        if !elsewhere || urls.is_empty() {
+            info.blobs.push(digest.clone());
+        }
+        if !urls.is_empty() || media_type == DOCKER_FOREIGN_LAYER {
+            info.url_layers.push(UrlLayer {
+                digest,
+                media_type,
+                urls,
+            });
         }
     }
     Ok(info)
@@ -237,14 +399,127 @@ pub fn stored_media_type(body: &[u8]) -> String {
     }
 }
 
-/// Guesses the kind of a manifest that names no media type (allowed for OCI).
-fn sniff(raw: &Raw) -> Option<MediaType> {
-    if raw.manifests.is_some() {
-        Some(MediaType::OciIndex)
-    } else if raw.config.is_some() {
-        Some(MediaType::OciManifest)
-    } else {
-        None
+/// Which foreign layer URLs a pushed manifest may carry (`validation.manifests.urls`).
+#[derive(Debug, Clone)]
+pub enum UrlPolicy {
+    /// Validation is disabled: any http or https URL.
+    Any,
+    /// distribution's default (validation on, no rules): no URL at all.
+    None,
+    /// Each URL must match `allow` (when set) and must not match `deny` (when set).
+    Match {
+        allow: Option<regex::Regex>,
+        deny: Option<regex::Regex>,
+    },
+}
+
+/// Which children of an index must exist in the repository before it is stored
+/// (`validation.manifests.indexes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexPolicy {
+    /// Every child (distribution's default, and `platforms: list` with an empty list).
+    All,
+    /// No child (`platforms: none`, or validation disabled).
+    None,
+    /// Children whose platform has one of these os/architecture pairs.
+    Platforms(Vec<Platform>),
+}
+
+/// The configurable validation of pushed manifests. The default is distribution's default
+/// configuration: no foreign layer URLs, and every child of an index must exist.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub urls: UrlPolicy,
+    pub indexes: IndexPolicy,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            urls: UrlPolicy::None,
+            indexes: IndexPolicy::All,
+        }
+    }
+}
+
+/// Joins regular expressions the way distribution does: one alternation of non-capturing
+/// groups, so that each rule matches anywhere in the URL (Go's `MatchString` is unanchored,
+/// as is `Regex::is_match`). An invalid expression is reported with its position in the list.
+pub fn join_regexes(list: &[String]) -> Result<Option<regex::Regex>, (usize, String)> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    for (i, s) in list.iter().enumerate() {
+        regex::Regex::new(s).map_err(|e| (i, e.to_string()))?;
+    }
+    let joined: Vec<String> = list.iter().map(|s| format!("(?:{s})")).collect();
+    regex::Regex::new(&joined.join("|"))
+        .map(Some)
+        .map_err(|e| (0, e.to_string()))
+}
+
+impl Rules {
+    /// Checks every URL of the manifest's layers: http or https without a fragment (always),
+    /// and admitted by the URL policy. A Docker foreign layer must name at least one URL.
+    pub fn check_urls(&self, info: &ManifestInfo) -> Result<(), OciError> {
+        for layer in &info.url_layers {
+            if layer.urls.is_empty() {
+                return Err(invalid(format!(
+                    "foreign layer {} names no urls to download it from",
+                    layer.digest
+                ))
+                .detail(serde_json::json!({ "digest": layer.digest.to_string() })));
+            }
+            for u in &layer.urls {
+                self.check_url(u).map_err(|why| {
+                    invalid(format!("layer {} URL {u:?} {why}", layer.digest))
+                        .detail(serde_json::json!({ "digest": layer.digest.to_string(), "url": u }))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_url(&self, u: &str) -> Result<(), &'static str> {
+        // Go's url.Parse, as distribution uses it: the scheme is case-insensitive, and
+        // control characters make the URL unparsable.
+        let scheme = u.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https"))
+            || u.contains('#')
+            || u.chars().any(char::is_control)
+        {
+            return Err("must be http or https without a fragment");
+        }
+        match &self.urls {
+            UrlPolicy::Any => Ok(()),
+            UrlPolicy::None => Err("is refused: this registry admits no foreign layer URLs (validation.manifests.urls.allow is empty)"),
+            UrlPolicy::Match { allow, deny } => {
+                if allow.as_ref().is_some_and(|a| !a.is_match(u)) {
+                    Err("is not admitted by validation.manifests.urls.allow")
+                } else if deny.as_ref().is_some_and(|d| d.is_match(u)) {
+                    Err("is refused by validation.manifests.urls.deny")
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// The children of an index that must exist in the repository.
+    pub fn required_children<'a>(
+        &'a self,
+        info: &'a ManifestInfo,
+    ) -> impl Iterator<Item = &'a Digest> + 'a {
+        info.children
+            .iter()
+            .filter(move |c| match &self.indexes {
+                IndexPolicy::All => true,
+                IndexPolicy::None => false,
+                IndexPolicy::Platforms(list) => {
+                    c.platform.as_ref().is_some_and(|p| list.contains(p))
+                }
+            })
+            .map(|c| &c.digest)
     }
 }
 
@@ -254,6 +529,7 @@ mod tests {
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
 
     fn image(extra: &str) -> String {
         format!(
@@ -261,11 +537,50 @@ mod tests {
         )
     }
 
+    fn with_layer(media_type: &str, urls: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D1}","size":2}},"layers":[{{"mediaType":"{media_type}","digest":"{D2}","size":3,"urls":{urls}}}]}}"#
+        )
+    }
+
+    fn docker_with_layer(media_type: &str, urls: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{D1}","size":2}},"layers":[{{"mediaType":"{media_type}","digest":"{D2}","size":3{urls}}}]}}"#
+        )
+    }
+
+    fn index(platforms: &[(&str, &str, &str)]) -> String {
+        let entries: Vec<String> = platforms
+            .iter()
+            .map(|(d, os, arch)| {
+                let p = if os.is_empty() {
+                    String::new()
+                } else {
+                    format!(r#","platform":{{"os":"{os}","architecture":"{arch}"}}"#)
+                };
+                format!(r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1{p}}}"#)
+            })
+            .collect();
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            entries.join(",")
+        )
+    }
+
+    fn ok(body: &str, ct: Option<&str>) -> ManifestInfo {
+        parse_put(body.as_bytes(), ct).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    fn code(r: Result<impl std::fmt::Debug, OciError>) -> Option<ErrorCode> {
+        r.err().map(|e| e.code)
+    }
+
     #[test]
     fn image_manifest() {
-        let m = parse(image("").as_bytes(), Some(OCI_MANIFEST)).unwrap_or_else(|e| panic!("{e}"));
+        let m = ok(&image(""), Some(OCI_MANIFEST));
         assert_eq!(m.media_type, MediaType::OciManifest);
         assert_eq!(m.blobs.len(), 2);
+        assert!(m.url_layers.is_empty());
         assert_eq!(
             m.artifact_type.as_deref(),
             Some("application/vnd.oci.image.config.v1+json")
@@ -275,47 +590,276 @@ mod tests {
     #[test]
     fn artifact_with_subject() {
         let body = image(&format!(
-            r#","artifactType":"application/x-sbom","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":10}}"#
+            r#","artifactType":"application/x-sbom","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":10}},"annotations":{{"a":"b"}}"#
         ));
-        let m = parse(body.as_bytes(), None).unwrap_or_else(|e| panic!("{e}"));
+        let m = ok(&body, Some(OCI_MANIFEST));
         assert_eq!(m.artifact_type.as_deref(), Some("application/x-sbom"));
-        assert_eq!(m.subject.map(|s| s.digest.to_string()), Some(D1.to_owned()));
+        assert_eq!(m.subject.map(|s| s.to_string()), Some(D1.to_owned()));
+        assert_eq!(
+            m.annotations.and_then(|a| a.get("a").cloned()),
+            Some("b".into())
+        );
     }
 
     #[test]
-    fn index_children() {
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1}}]}}"#
+    fn index_children_and_platforms() {
+        let m = ok(
+            &index(&[(D1, "linux", "amd64"), (D2, "", "")]),
+            Some(OCI_INDEX),
         );
-        let m = parse(body.as_bytes(), Some(OCI_INDEX)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(m.children.len(), 1);
+        assert_eq!(m.children.len(), 2);
         assert!(m.blobs.is_empty());
+        assert_eq!(
+            m.children[0].platform,
+            Some(Platform {
+                os: "linux".into(),
+                architecture: "amd64".into()
+            })
+        );
+        assert_eq!(m.children[1].platform, None);
+    }
+
+    /// The Content-Type rules of distribution's manifest PUT (`UnmarshalManifest` and the
+    /// per-type `mediaType` checks).
+    #[test]
+    fn content_type_rules() {
+        let docker = docker_with_layer("application/vnd.docker.image.rootfs.diff.tar.gzip", "");
+        let no_media_type = image("").replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
+        // Accepted.
+        for (body, ct) in [
+            (image(""), OCI_MANIFEST),
+            (
+                image(""),
+                "application/vnd.oci.image.manifest.v1+json; charset=utf-8",
+            ),
+            (image(""), "Application/VND.OCI.Image.Manifest.v1+JSON"),
+            (no_media_type.clone(), OCI_MANIFEST),
+            (docker.clone(), DOCKER_MANIFEST),
+            (index(&[(D1, "linux", "amd64")]), OCI_INDEX),
+        ] {
+            ok(&body, Some(ct));
+        }
+        // Refused with MANIFEST_INVALID.
+        for (body, ct) in [
+            (image(""), None),
+            (image(""), Some("")),
+            (image(""), Some("application/x-evil")),
+            (image(""), Some("application/json")),
+            (image(""), Some("not a media type")),
+            (
+                image(""),
+                Some("application/vnd.oci.image.manifest.v1+json; charset"),
+            ),
+            (image(""), Some(DOCKER_SCHEMA1_SIGNED)),
+            (image(""), Some(OCI_INDEX)),
+            (image(""), Some(DOCKER_MANIFEST)),
+            (docker.clone(), Some(OCI_MANIFEST)),
+            (no_media_type.clone(), Some(DOCKER_MANIFEST)),
+            (no_media_type, None),
+            (index(&[(D1, "linux", "amd64")]), Some(OCI_MANIFEST)),
+            (index(&[(D1, "linux", "amd64")]), Some(DOCKER_MANIFEST_LIST)),
+        ] {
+            assert_eq!(
+                code(parse_put(body.as_bytes(), ct)),
+                Some(ErrorCode::ManifestInvalid),
+                "{body} / {ct:?}"
+            );
+        }
     }
 
     #[test]
     fn refusals() {
         let cases: Vec<(String, Option<&str>)> = vec![
             ("not json".into(), Some(OCI_MANIFEST)),
-            (r#"{"schemaVersion":1,"fsLayers":[]}"#.into(), None),
-            (image(""), Some(DOCKER_SCHEMA1_SIGNED)),
-            (image(""), Some(OCI_INDEX)),
-            (r#"{"schemaVersion":2}"#.into(), None),
-            (r#"{"schemaVersion":2,"mediaType":"application/x-unknown"}"#.into(), None),
-            (image("").replace(D2, "sha256:nothex"), None),
-            (r#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:1","size":1},"layers":[]}"#.into(), None),
+            (r#"{"schemaVersion":1,"fsLayers":[]}"#.into(), Some(OCI_MANIFEST)),
+            (r#"{"schemaVersion":2}"#.into(), Some(OCI_MANIFEST)),
+            (r#"{"schemaVersion":"2","config":{},"layers":[]}"#.into(), Some(OCI_MANIFEST)),
+            (image("").replace(D2, "sha256:nothex"), Some(OCI_MANIFEST)),
+            (image("").replace(D2, "md5:0123"), Some(OCI_MANIFEST)),
+            (image("").replace(r#""size":3"#, r#""size":-1"#), Some(OCI_MANIFEST)),
+            (r#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:1","size":1},"layers":[]}"#.into(), Some(OCI_MANIFEST)),
+            (r#"{"schemaVersion":2,"config":"nope","layers":[]}"#.into(), Some(OCI_MANIFEST)),
+            (format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1,"platform":{{"os":"linux"}}}}]}}"#), Some(OCI_INDEX)),
         ];
         for (body, ct) in cases {
-            let e = parse(body.as_bytes(), ct).err();
             assert_eq!(
-                e.map(|e| e.code),
+                code(parse_put(body.as_bytes(), ct)),
                 Some(ErrorCode::ManifestInvalid),
                 "{body} / {ct:?}"
             );
         }
         let big = vec![b' '; MAX_MANIFEST_SIZE + 1];
         assert_eq!(
-            parse(&big, None).err().map(|e| e.code),
+            code(parse_put(&big, Some(OCI_MANIFEST))),
             Some(ErrorCode::ManifestTooLarge)
+        );
+    }
+
+    /// Stored or upstream content is read by its own `mediaType`, whatever header came with it.
+    #[test]
+    fn lenient_reading() {
+        assert_eq!(
+            parse(image("").as_bytes(), None).map(|m| m.media_type).ok(),
+            Some(MediaType::OciManifest)
+        );
+        assert_eq!(
+            parse(image("").as_bytes(), Some("application/octet-stream"))
+                .map(|m| m.media_type)
+                .ok(),
+            Some(MediaType::OciManifest)
+        );
+        let bare =
+            index(&[(D1, "linux", "amd64")]).replace(&format!(r#""mediaType":"{OCI_INDEX}","#), "");
+        assert_eq!(
+            parse(bare.as_bytes(), None).map(|m| m.media_type).ok(),
+            Some(MediaType::OciIndex)
+        );
+        assert!(parse(
+            br#"{"schemaVersion":2,"mediaType":"application/x-unknown"}"#,
+            None
+        )
+        .is_err());
+        assert!(parse(image("").as_bytes(), Some(DOCKER_SCHEMA1_SIGNED)).is_err());
+    }
+
+    fn rules(urls: UrlPolicy) -> Rules {
+        Rules {
+            urls,
+            indexes: IndexPolicy::All,
+        }
+    }
+
+    fn url_check(r: &Rules, body: &str, ct: &str) -> Option<ErrorCode> {
+        code(r.check_urls(&ok(body, Some(ct))))
+    }
+
+    #[test]
+    fn layer_urls() {
+        let nondist = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+        let tar = "application/vnd.oci.image.layer.v1.tar";
+        let body = with_layer(nondist, r#"["https://mcr.microsoft.com/l/1"]"#);
+        // Non-distributable layer with URLs: not required in the registry.
+        let m = ok(&body, Some(OCI_MANIFEST));
+        assert_eq!(m.blobs.len(), 1);
+        assert_eq!(m.url_layers.len(), 1);
+        // A distributable layer that also names URLs must be pushed, and its URLs are checked.
+        let m = ok(&with_layer(tar, r#"["https://x/y"]"#), Some(OCI_MANIFEST));
+        assert_eq!(m.blobs.len(), 2);
+        assert_eq!(m.url_layers.len(), 1);
+
+        let default = Rules::default();
+        let any = rules(UrlPolicy::Any);
+        let ms = |allow: &[&str], deny: &[&str]| {
+            let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            rules(UrlPolicy::Match {
+                allow: join_regexes(&v(allow)).unwrap_or_else(|e| panic!("{e:?}")),
+                deny: join_regexes(&v(deny)).unwrap_or_else(|e| panic!("{e:?}")),
+            })
+        };
+        let mcr = ms(&["^https://mcr\\.microsoft\\.com/"], &[]);
+        let deny_only = ms(&[], &["evil"]);
+        let both = ms(&["^https://", "^http://internal/"], &["/private/"]);
+        let bad = Some(ErrorCode::ManifestInvalid);
+
+        assert_eq!(url_check(&default, &body, OCI_MANIFEST), bad);
+        assert_eq!(url_check(&any, &body, OCI_MANIFEST), None);
+        assert_eq!(url_check(&mcr, &body, OCI_MANIFEST), None);
+        assert_eq!(url_check(&deny_only, &body, OCI_MANIFEST), None);
+        assert_eq!(url_check(&both, &body, OCI_MANIFEST), None);
+        let two = with_layer(
+            nondist,
+            r#"["https://mcr.microsoft.com/l/1","https://other/l"]"#,
+        );
+        assert_eq!(
+            url_check(&mcr, &two, OCI_MANIFEST),
+            bad,
+            "every URL must be admitted"
+        );
+        assert_eq!(url_check(&both, &two, OCI_MANIFEST), None);
+        let private = with_layer(nondist, r#"["https://h/private/x"]"#);
+        assert_eq!(url_check(&both, &private, OCI_MANIFEST), bad, "deny wins");
+        let evil = with_layer(nondist, r#"["http://evil.example/x"]"#);
+        assert_eq!(url_check(&deny_only, &evil, OCI_MANIFEST), bad);
+        assert_eq!(
+            url_check(
+                &both,
+                &with_layer(nondist, r#"["http://internal/a"]"#),
+                OCI_MANIFEST
+            ),
+            None
+        );
+        // Always refused, whatever the rules.
+        for u in [
+            "file:///etc/passwd",
+            "https://x/y#frag",
+            "ftp://x/y",
+            "https://x/\u{7}",
+        ] {
+            let b = with_layer(nondist, &serde_json::json!([u]).to_string());
+            assert_eq!(url_check(&any, &b, OCI_MANIFEST), bad, "{u}");
+        }
+        assert_eq!(
+            url_check(
+                &any,
+                &with_layer(nondist, r#"["HTTPS://x/y"]"#),
+                OCI_MANIFEST
+            ),
+            None
+        );
+        // A layer of any type with URLs is checked.
+        assert_eq!(
+            url_check(
+                &default,
+                &with_layer("a/b", r#"["https://x/y"]"#),
+                OCI_MANIFEST
+            ),
+            bad
+        );
+
+        // Docker foreign layers: URLs required, and not required in the registry.
+        let foreign = docker_with_layer(
+            DOCKER_FOREIGN_LAYER,
+            r#","urls":["https://mcr.microsoft.com/l"]"#,
+        );
+        let m = ok(&foreign, Some(DOCKER_MANIFEST));
+        assert_eq!(m.blobs.len(), 1);
+        assert_eq!(url_check(&mcr, &foreign, DOCKER_MANIFEST), None);
+        assert_eq!(url_check(&default, &foreign, DOCKER_MANIFEST), bad);
+        let no_urls = docker_with_layer(DOCKER_FOREIGN_LAYER, "");
+        assert_eq!(url_check(&any, &no_urls, DOCKER_MANIFEST), bad);
+    }
+
+    #[test]
+    fn invalid_regex_is_located() {
+        let list = vec!["^ok$".to_owned(), "(unclosed".to_owned()];
+        assert_eq!(join_regexes(&list).err().map(|e| e.0), Some(1));
+        assert!(join_regexes(&[]).is_ok_and(|r| r.is_none()));
+    }
+
+    #[test]
+    fn index_children_policy() {
+        let m = ok(
+            &index(&[(D1, "linux", "amd64"), (D2, "linux", "arm64"), (D3, "", "")]),
+            Some(OCI_INDEX),
+        );
+        let required = |indexes: IndexPolicy| {
+            let r = Rules {
+                urls: UrlPolicy::None,
+                indexes,
+            };
+            r.required_children(&m)
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(required(IndexPolicy::All).len(), 3);
+        assert!(required(IndexPolicy::None).is_empty());
+        let amd64 = Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+        };
+        assert_eq!(
+            required(IndexPolicy::Platforms(vec![amd64])),
+            vec![D1.to_owned()]
         );
     }
 }

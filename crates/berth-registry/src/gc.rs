@@ -968,7 +968,8 @@ mod tests {
             Some(t) => Reference::Tag(t.parse::<Tag>().unwrap()),
             None => Reference::Digest(d.clone()),
         };
-        reg.put_manifest(&repo(name), &r, &[], Bytes::from(body), None)
+        let ct = berth_core::manifest::stored_media_type(body.as_bytes());
+        reg.put_manifest(&repo(name), &r, &[], Bytes::from(body), Some(&ct))
             .await
             .unwrap()
             .digest
@@ -1178,7 +1179,7 @@ mod tests {
                 &Reference::Tag("t".parse().unwrap()),
                 &[],
                 Bytes::from(body),
-                None,
+                Some(OCI_MANIFEST),
             )
             .await
             .unwrap_err();

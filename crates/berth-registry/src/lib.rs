@@ -59,6 +59,8 @@ pub struct Registry {
     locks: Arc<uploads::UploadLocks>,
     cache: Arc<dyn cache::DescriptorCache>,
     fresh: Arc<fresh::Fresh>,
+    /// `validation.manifests`: which layer URLs and incomplete indexes a push may carry.
+    manifest_rules: Arc<berth_core::manifest::Rules>,
 }
 
 impl Registry {
@@ -69,7 +71,15 @@ impl Registry {
             locks: Arc::default(),
             cache: Arc::new(cache::NoCache::default()),
             fresh: Arc::default(),
+            manifest_rules: Arc::default(),
         }
+    }
+
+    /// The same registry validating pushed manifests with `rules` (the default is
+    /// distribution's default configuration).
+    pub fn with_manifest_rules(mut self, rules: berth_core::manifest::Rules) -> Registry {
+        self.manifest_rules = Arc::new(rules);
+        self
     }
 
     /// The same registry with a blob-descriptor cache.

@@ -63,7 +63,13 @@ impl Registry {
         content_type: Option<&str>,
         check_references: bool,
     ) -> Result<PutManifest> {
-        let info = manifest::parse(&body, content_type)?;
+        // A push follows distribution's rules for the Content-Type; content from an upstream
+        // is taken as the upstream serves it.
+        let info = if check_references {
+            manifest::parse_put(&body, content_type)?
+        } else {
+            manifest::parse(&body, content_type)?
+        };
         let digest = match reference {
             Reference::Digest(d) => {
                 let computed = Digest::compute(d.algorithm(), &body);
@@ -78,6 +84,7 @@ impl Registry {
             Reference::Tag(_) => Digest::sha256_of(&body),
         };
         if check_references {
+            self.manifest_rules.check_urls(&info)?;
             self.check_references(name, &info).await?;
         }
 
@@ -88,7 +95,7 @@ impl Registry {
         }
         self.write_link(&paths::revision_link(name, &digest), &digest)
             .await?;
-        let subject = info.subject.as_ref().map(|s| s.digest.clone());
+        let subject = info.subject.clone();
         if let Some(subject) = &subject {
             self.write_link(&paths::referrer_link(name, subject, &digest), &digest)
                 .await?;
@@ -122,7 +129,7 @@ impl Registry {
     }
 
     /// Every blob a manifest names must be in the repository, and every child of an index
-    /// must be a manifest of the repository.
+    /// that `validation.manifests.indexes` requires must be a manifest of the repository.
     async fn check_references(&self, name: &RepoName, info: &ManifestInfo) -> Result<()> {
         let blob_checks = info
             .blobs
@@ -140,15 +147,18 @@ impl Registry {
         // accepts, a blob linked into it: BuildKit's index-form registry cache
         // (`image-manifest=false`, the default before BuildKit 0.21) lists layers and its
         // cache config directly in an image index.
-        let child_checks = info.children.iter().map(|d| async move {
-            // Refreshed, so that an online garbage collection does not delete a child it
-            // found untagged while this index is being stored (see `crate::fresh`).
-            let found = match self.refresh(&paths::revision_link(name, d), None).await {
-                Ok(false) => self.has_blob(name, d).await,
-                other => other,
-            };
-            (d, found)
-        });
+        let child_checks = self
+            .manifest_rules
+            .required_children(info)
+            .map(|d| async move {
+                // Refreshed, so that an online garbage collection does not delete a child it
+                // found untagged while this index is being stored (see `crate::fresh`).
+                let found = match self.refresh(&paths::revision_link(name, d), None).await {
+                    Ok(false) => self.has_blob(name, d).await,
+                    other => other,
+                };
+                (d, found)
+            });
         for (d, found) in futures_util::future::join_all(child_checks).await {
             if !found? {
                 return Err(RegistryError::Oci(
@@ -248,7 +258,7 @@ impl Registry {
                 if let Ok(body) = self.driver.get_content(&paths::blob_data(digest)).await {
                     if let Ok(info) = manifest::parse(&body, None) {
                         if let Some(subject) = info.subject {
-                            let rl = paths::referrer_link(name, &subject.digest, digest);
+                            let rl = paths::referrer_link(name, &subject, digest);
                             self.delete_if_exists(rl.trim_end_matches("/link")).await?;
                         }
                     }

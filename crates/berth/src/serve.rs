@@ -118,7 +118,13 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             Chosen::Local(local) => setup::state(local, registry, server),
         };
         let cache = setup::cache(cfg).map_err(anyhow::Error::msg)?;
-        state.registry = state.registry.clone().with_cache(cache);
+        state.registry = state
+            .registry
+            .clone()
+            .with_cache(cache)
+            .with_manifest_rules(
+                config::validation::startup_rules(&cfg.validation).map_err(anyhow::Error::msg)?,
+            );
         state.proxy = setup::proxy(cfg, &state.registry).map_err(anyhow::Error::msg)?;
         let purger = purging
             .map(|p| berth_server::maintenance::start_upload_purger(state.registry.clone(), p));

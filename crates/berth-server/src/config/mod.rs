@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
 pub mod schema;
+pub mod validation;
 
 pub use schema::{Config, StorageDriver};
 
@@ -533,6 +534,11 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             ),
         ),
     }
+    if let Err(problems) = validation::manifest_rules(&c.validation) {
+        for (location, message) in problems {
+            bad(&location, message);
+        }
+    }
     if let Some(p) = &c.proxy {
         let ups = p.upstreams.as_deref().unwrap_or(&[]);
         if p.remoteurl.as_deref().unwrap_or("").is_empty() && ups.is_empty() {
@@ -965,9 +971,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
     }
     if c.middleware.is_some() {
         add("middleware: storage and registry middleware");
-    }
-    if c.validation.manifests.is_some() {
-        add("validation.manifests: URL allow/deny rules and index platform checks");
     }
     out
 }

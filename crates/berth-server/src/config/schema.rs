@@ -815,10 +815,14 @@ pub struct Traces {
     pub timeout: Option<String>,
 }
 
+/// `validation`: checks on pushed manifests (see `config::validation` for how they apply).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Validation {
+    /// Turns the checks below off (foreign layer URLs are then any http(s) URL, and index
+    /// children are not required).
     pub disabled: bool,
+    /// The deprecated opposite of `disabled`; `true` wins over `disabled: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -831,9 +835,11 @@ pub struct ManifestValidation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub urls: Option<UrlRules>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub indexes: Option<Value>,
+    pub indexes: Option<IndexValidation>,
 }
 
+/// Regular expressions (Go RE2 syntax, unanchored) for layer URLs. Neither set: no URL is
+/// admitted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UrlRules {
@@ -841,6 +847,26 @@ pub struct UrlRules {
     pub allow: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny: Option<Vec<String>>,
+}
+
+/// `validation.manifests.indexes` (distribution 3.x): which children of a pushed index must
+/// already be in the repository.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IndexValidation {
+    /// `all` (the default), `none` or `list`, in any case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<String>,
+    /// With `list`: the platforms whose images must exist (an empty list means all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platformlist: Option<Vec<PlatformEntry>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlatformEntry {
+    pub architecture: String,
+    pub os: String,
 }
 
 /// `catalog`: the largest page of `/v2/_catalog`; `0` or less means distribution's default.

@@ -17,6 +17,7 @@ pub mod blobs;
 pub mod cache;
 pub mod catalog;
 mod error;
+pub mod expire;
 mod fresh;
 pub mod gc;
 mod link;

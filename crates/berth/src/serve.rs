@@ -111,7 +111,9 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         };
         let cache = setup::cache(cfg).map_err(anyhow::Error::msg)?;
         state.registry = state.registry.clone().with_cache(cache);
-        state.proxy = setup::proxy(cfg, &state.registry).map_err(anyhow::Error::msg)?;
+        state.proxy = setup::proxy(cfg, &state.registry)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let purger = purging
             .map(|p| berth_server::maintenance::start_upload_purger(state.registry.clone(), p));
         let auth = setup::auth(cfg).await.map_err(|e| anyhow::anyhow!(e))?;

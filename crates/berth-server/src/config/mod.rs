@@ -539,6 +539,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             bad("proxy", "set remoteurl or upstreams".to_owned());
         }
         let mut defaults = usize::from(p.remoteurl.as_deref().is_some_and(|u| !u.is_empty()));
+        if let Some(Err(e)) = p.ttl.as_deref().map(crate::setup::cache_ttl) {
+            bad("proxy.ttl", e);
+        }
         for (i, u) in ups.iter().enumerate() {
             let at = format!("proxy.upstreams[{i}]");
             if u.name
@@ -563,6 +566,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                 if let Err(e) = parse_duration(ttl) {
                     bad(&format!("{at}.ttl"), e);
                 }
+            }
+            if let Some(Err(e)) = u.cachettl.as_deref().map(crate::setup::cache_ttl) {
+                bad(&format!("{at}.cachettl"), e);
             }
             if ups[..i].iter().any(|o| o.name == u.name) {
                 bad(&format!("{at}.name"), format!("{:?} is used twice", u.name));
@@ -644,7 +650,7 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         }
     }
     if let Some(p) = &c.proxy {
-        durations.push(("proxy.ttl", p.ttl.as_ref()));
+        durations.push(("proxy.tagttl", p.tagttl.as_ref()));
     }
     if let Some(r) = &c.redis {
         durations.push(("redis.dialtimeout", r.dialtimeout.as_ref()));

@@ -60,6 +60,9 @@ pub struct Registry {
     locks: Arc<uploads::UploadLocks>,
     cache: Arc<dyn cache::DescriptorCache>,
     fresh: Arc<fresh::Fresh>,
+    /// Where blob downloads are redirected instead of the driver's own URLs (distribution's
+    /// storage middleware).
+    redirect: Option<Arc<dyn blobs::Redirect>>,
 }
 
 impl Registry {
@@ -70,7 +73,14 @@ impl Registry {
             locks: Arc::default(),
             cache: Arc::new(cache::NoCache::default()),
             fresh: Arc::default(),
+            redirect: None,
         }
+    }
+
+    /// The same registry, asking `redirect` where blob downloads go.
+    pub fn with_redirect(mut self, redirect: Arc<dyn blobs::Redirect>) -> Registry {
+        self.redirect = Some(redirect);
+        self
     }
 
     /// The same registry with a blob-descriptor cache.

@@ -579,6 +579,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             bad("proxy", "only one upstream may answer names without a prefix (remoteurl, or one upstream with default: true)".to_owned());
         }
     }
+    for (at, e) in crate::storage_middleware::problems(c) {
+        bad(&at, e);
+    }
     if let Some(s3) = &c.storage.s3 {
         for (key, v) in [("region", &s3.region), ("bucket", &s3.bucket)] {
             if v.as_deref().unwrap_or("").is_empty() {
@@ -932,9 +935,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         .is_some_and(|p| !p.is_empty() && p != "/")
     {
         add("http.prefix: serving below a path prefix");
-    }
-    if c.middleware.is_some() {
-        add("middleware: storage and registry middleware");
     }
     if c.validation.manifests.is_some() {
         add("validation.manifests: URL allow/deny rules and index platform checks");

@@ -62,8 +62,23 @@ pub struct Config {
     pub compatibility: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reporting: Option<Value>,
+    /// distribution's middleware lists by injection point (`registry`, `repository`,
+    /// `storage`); see `crate::storage_middleware`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub middleware: Option<Value>,
+    pub middleware: Option<BTreeMap<String, Vec<Middleware>>>,
+}
+
+/// One middleware entry (distribution's `configuration.Middleware`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Middleware {
+    pub name: String,
+    /// distribution applies storage middleware whatever this says; Berth skips it, with a WARN.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Free-form, read by the middleware itself (distribution's `Parameters`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<BTreeMap<String, Value>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

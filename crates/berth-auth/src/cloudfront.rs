@@ -49,10 +49,7 @@ impl UrlSigner {
     /// `url` signed to be valid until `expires` (seconds since the epoch).
     pub fn sign(&self, url: &str, expires: u64) -> Result<String, String> {
         let policy = canned_policy(url, expires);
-        let hash = ring::digest::digest(
-            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-            policy.as_bytes(),
-        );
+        let hash = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, policy.as_bytes());
         let padding = rsa::Pkcs1v15Sign {
             hash_len: Some(20),
             prefix: SHA1_DIGEST_INFO.into(),
@@ -103,7 +100,8 @@ mod tests {
         let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
         let pem = key.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
         let s = UrlSigner::from_pem("APKAEXAMPLE", &pem).unwrap();
-        let url = "https://d111111abcdef8.cloudfront.net/docker/registry/v2/blobs/sha256/ab/abc/data";
+        let url =
+            "https://d111111abcdef8.cloudfront.net/docker/registry/v2/blobs/sha256/ab/abc/data";
         let signed = s.sign(url, 1_900_000_000).unwrap();
         let (base, query) = signed.split_once('?').unwrap();
         assert_eq!(base, url);
@@ -138,8 +136,14 @@ mod tests {
         )
         .unwrap();
         // A query already there is kept; PKCS#8 keys are refused with a hint.
-        assert!(s.sign("https://x/a?b=c", 1).unwrap().starts_with("https://x/a?b=c&Expires=1&"));
-        let p8 = rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, rsa::pkcs8::LineEnding::LF).unwrap();
-        assert!(UrlSigner::from_pem("x", &p8).unwrap_err().contains("openssl rsa -traditional"));
+        assert!(s
+            .sign("https://x/a?b=c", 1)
+            .unwrap()
+            .starts_with("https://x/a?b=c&Expires=1&"));
+        let p8 =
+            rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, rsa::pkcs8::LineEnding::LF).unwrap();
+        assert!(UrlSigner::from_pem("x", &p8)
+            .unwrap_err()
+            .contains("openssl rsa -traditional"));
     }
 }

@@ -78,7 +78,11 @@ pub fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
         if digits.is_empty() {
             return None;
         }
-        let nine: String = digits.chars().chain(std::iter::repeat('0')).take(9).collect();
+        let nine: String = digits
+            .chars()
+            .chain(std::iter::repeat('0'))
+            .take(9)
+            .collect();
         nanos = nine.parse().ok()?;
     }
     let offset = match s.get(i..)? {
@@ -124,11 +128,22 @@ mod tests {
         let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 120_000_000);
         assert_eq!(rfc3339_nanos(t), "2023-11-14T22:13:20.12Z");
         assert_eq!(parse_rfc3339("2023-11-14T22:13:20.12Z"), Some(t));
-        assert_eq!(parse_rfc3339("2023-11-14T23:13:20.120000000+01:00"), Some(t));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T23:13:20.120000000+01:00"),
+            Some(t)
+        );
         let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
         assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(leap));
         assert_eq!(parse_rfc3339("2000-02-28T19:00:00-05:00"), Some(leap));
-        for bad in ["", "2000-02-29", "2000-02-29T00:00:00", "2000-13-01T00:00:00Z", "x000-02-29T00:00:00Z", "2000-02-29T00:00:00.Z", "1969-12-31T23:59:59Z"] {
+        for bad in [
+            "",
+            "2000-02-29",
+            "2000-02-29T00:00:00",
+            "2000-13-01T00:00:00Z",
+            "x000-02-29T00:00:00Z",
+            "2000-02-29T00:00:00.Z",
+            "1969-12-31T23:59:59Z",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

@@ -135,7 +135,10 @@ impl Expiry {
             };
             let sync_at = last_sync + if dirty { SAVE_AFTER } else { RELOAD_EVERY };
             let due_in = next
-                .map(|t| t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+                .map(|t| {
+                    t.duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO)
+                })
                 .unwrap_or(RELOAD_EVERY);
             let wake_at = sync_at.min(tokio::time::Instant::now() + due_in);
             tokio::select! {
@@ -144,7 +147,9 @@ impl Expiry {
             }
             self.expire_due().await;
             let dirty = self.lock().dirty;
-            if tokio::time::Instant::now() >= last_sync + if dirty { SAVE_AFTER } else { RELOAD_EVERY } {
+            if tokio::time::Instant::now()
+                >= last_sync + if dirty { SAVE_AFTER } else { RELOAD_EVERY }
+            {
                 if let Err(e) = self.sync().await {
                     tracing::warn!("proxy cache expiry: saving {STATE_PATH}: {e}; trying again");
                 }
@@ -212,14 +217,17 @@ impl Expiry {
             Ok(s) => s,
             // Another writer's garbage is replaced by what this process knows.
             Err(e) => {
-                tracing::warn!("proxy cache expiry: {STATE_PATH} is unreadable ({e}); rewriting it");
+                tracing::warn!(
+                    "proxy cache expiry: {STATE_PATH} is unreadable ({e}); rewriting it"
+                );
                 HashMap::new()
             }
         };
         let body = {
             let mut st = self.lock();
             let now = SystemTime::now();
-            st.done.retain(|_, t| now.duration_since(*t).unwrap_or_default() < REMEMBER_DONE);
+            st.done
+                .retain(|_, t| now.duration_since(*t).unwrap_or_default() < REMEMBER_DONE);
             for (key, (when, kind)) in &saved {
                 let known = st.live.get(key).map(|(t, _)| *t).into_iter();
                 let expired = st.done.get(key).copied().into_iter();

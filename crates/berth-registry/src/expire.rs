@@ -25,11 +25,13 @@ impl Registry {
         remove_data: bool,
     ) -> Result<()> {
         let link = paths::layer_link(name, digest);
-        self.delete_if_exists(link.trim_end_matches("/link")).await?;
+        self.delete_if_exists(link.trim_end_matches("/link"))
+            .await?;
         self.cache.forget_repo_blob(name, digest).await;
         if remove_data {
             let data = paths::blob_data(digest);
-            self.delete_if_exists(data.trim_end_matches("/data")).await?;
+            self.delete_if_exists(data.trim_end_matches("/data"))
+                .await?;
             self.cache.forget_blob(digest).await;
         }
         Ok(())

@@ -436,7 +436,9 @@ pub async fn proxy(
     }
     for u in p.upstreams.iter().flatten() {
         let cache = match &u.cachettl {
-            Some(s) => cache_ttl(s).map_err(|e| format!("proxy.upstreams {}: cachettl: {e}", u.name))?,
+            Some(s) => {
+                cache_ttl(s).map_err(|e| format!("proxy.upstreams {}: cachettl: {e}", u.name))?
+            }
             None => proxy_ttl,
         };
         upstreams.push(berth_proxy::UpstreamConfig {

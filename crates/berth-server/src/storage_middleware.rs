@@ -155,26 +155,25 @@ fn parse(m: &Middleware) -> Result<Spec, String> {
                     )
                 }
             };
-            let ip_filter = match filter.as_str() {
-                "" | "none" => None,
-                "aws" => Some("aws".to_owned()),
-                "awsregion" => match m.options.as_ref().and_then(|o| o.get("awsregion")) {
-                    Some(Value::String(r)) => Some(format!("awsregion ({})", r.trim())),
-                    Some(_) => {
-                        return Err(
-                            "awsregion must be a comma separated string of valid aws regions"
-                                .to_owned(),
-                        )
+            let ip_filter =
+                match filter.as_str() {
+                    "" | "none" => None,
+                    "aws" => Some("aws".to_owned()),
+                    "awsregion" => {
+                        match m.options.as_ref().and_then(|o| o.get("awsregion")) {
+                            Some(Value::String(r)) => Some(format!("awsregion ({})", r.trim())),
+                            Some(_) => return Err(
+                                "awsregion must be a comma separated string of valid aws regions"
+                                    .to_owned(),
+                            ),
+                            None => return Err("awsregion is not defined".to_owned()),
+                        }
                     }
-                    None => return Err("awsregion is not defined".to_owned()),
-                },
-                _ => {
-                    return Err(
+                    _ => return Err(
                         "ipfilteredby only allows a string the following value: none|aws|awsregion"
                             .to_owned(),
-                    )
-                }
-            };
+                    ),
+                };
             Ok(Spec::CloudFront {
                 base_url,
                 private_key,
@@ -307,7 +306,11 @@ fn rewrite(u: &str, scheme: &str, host: &str, trim: &str) -> String {
     let (authority, tail) = rest.split_at(end);
     let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
     let (path, query) = tail.split_at(path_end);
-    let scheme = if scheme.is_empty() { old_scheme } else { scheme };
+    let scheme = if scheme.is_empty() {
+        old_scheme
+    } else {
+        scheme
+    };
     let authority = if host.is_empty() { authority } else { host };
     let path = if trim.is_empty() {
         path
@@ -399,36 +402,61 @@ mod tests {
 
     #[test]
     fn options_are_read_as_distribution_reads_them() {
-        let Spec::Redirect { origin, base_path } =
-            parse(&mw("redirect", "baseurl: HTTPS://u:p@cdn.example:8443/base/?x=1")).unwrap()
-        else {
+        let Spec::Redirect { origin, base_path } = parse(&mw(
+            "redirect",
+            "baseurl: HTTPS://u:p@cdn.example:8443/base/?x=1",
+        ))
+        .unwrap() else {
             panic!()
         };
-        assert_eq!((origin.as_str(), base_path.as_str()), ("https://cdn.example:8443", "/base/"));
+        assert_eq!(
+            (origin.as_str(), base_path.as_str()),
+            ("https://cdn.example:8443", "/base/")
+        );
         for (yaml, err) in [
             ("{}", "no baseurl provided"),
             ("baseurl: 3", "baseurl must be a string"),
             ("baseurl: example.com", "no scheme specified"),
             ("baseurl: 'http:///x'", "no host specified"),
         ] {
-            assert!(parse(&mw("redirect", yaml)).unwrap_err().contains(err), "{yaml}");
+            assert!(
+                parse(&mw("redirect", yaml)).unwrap_err().contains(err),
+                "{yaml}"
+            );
         }
         let cf = "baseurl: d1.cloudfront.net\nprivatekey: /k.pem\nkeypairid: K1\n";
-        let Spec::CloudFront { base_url, duration, ip_filter, .. } = parse(&mw("cloudfront", cf)).unwrap() else {
+        let Spec::CloudFront {
+            base_url,
+            duration,
+            ip_filter,
+            ..
+        } = parse(&mw("cloudfront", cf)).unwrap()
+        else {
             panic!()
         };
         assert_eq!(base_url, "https://d1.cloudfront.net/");
         assert_eq!(duration, DEFAULT_DURATION);
         assert_eq!(ip_filter, None);
-        let Spec::CloudFront { duration, ip_filter, .. } =
-            parse(&mw("cloudfront", &format!("{cf}duration: 3000s\nipfilteredby: AWSRegion\nawsregion: us-east-1, us-west-2\n"))).unwrap()
+        let Spec::CloudFront {
+            duration,
+            ip_filter,
+            ..
+        } = parse(&mw(
+            "cloudfront",
+            &format!(
+                "{cf}duration: 3000s\nipfilteredby: AWSRegion\nawsregion: us-east-1, us-west-2\n"
+            ),
+        ))
+        .unwrap()
         else {
             panic!()
         };
         assert_eq!(duration, Duration::from_secs(3000));
         assert!(ip_filter.unwrap().contains("us-east-1"));
         // An integer duration leaves the default, as in distribution.
-        let Spec::CloudFront { duration, .. } = parse(&mw("cloudfront", &format!("{cf}duration: 3000\n"))).unwrap() else {
+        let Spec::CloudFront { duration, .. } =
+            parse(&mw("cloudfront", &format!("{cf}duration: 3000\n"))).unwrap()
+        else {
             panic!()
         };
         assert_eq!(duration, DEFAULT_DURATION);
@@ -437,10 +465,19 @@ mod tests {
             ("ipfilteredby: everyone\n", "none|aws|awsregion"),
             ("ipfilteredby: awsregion\n", "awsregion is not defined"),
         ] {
-            assert!(parse(&mw("cloudfront", &format!("{cf}{extra}"))).unwrap_err().contains(err), "{extra}");
+            assert!(
+                parse(&mw("cloudfront", &format!("{cf}{extra}")))
+                    .unwrap_err()
+                    .contains(err),
+                "{extra}"
+            );
         }
-        assert!(parse(&mw("cloudfront", "baseurl: x\nkeypairid: K\n")).unwrap_err().contains("no privatekey"));
-        assert!(parse(&mw("cloudfrnt", "{}")).unwrap_err().contains("no storage middleware registered with name: cloudfrnt"));
+        assert!(parse(&mw("cloudfront", "baseurl: x\nkeypairid: K\n"))
+            .unwrap_err()
+            .contains("no privatekey"));
+        assert!(parse(&mw("cloudfrnt", "{}"))
+            .unwrap_err()
+            .contains("no storage middleware registered with name: cloudfrnt"));
     }
 
     #[test]

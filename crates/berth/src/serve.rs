@@ -111,7 +111,9 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         };
         let cache = setup::cache(cfg).map_err(anyhow::Error::msg)?;
         state.registry = state.registry.clone().with_cache(cache);
-        if let Some(chain) = berth_server::storage_middleware::chain(cfg).map_err(anyhow::Error::msg)? {
+        if let Some(chain) =
+            berth_server::storage_middleware::chain(cfg).map_err(anyhow::Error::msg)?
+        {
             state.registry = state.registry.clone().with_redirect(chain);
         }
         state.proxy = setup::proxy(cfg, &state.registry)

@@ -93,8 +93,7 @@ fn distribution_form_expires_what_it_cached_and_the_schedule_survives_a_restart(
     // The cache's copy is committed just after the client got the last byte.
     wait_until("the blobs cached", 10, || {
         blobs.iter().all(|b| {
-            blob_dir(&root, b).join("data").exists()
-                && layer_link(&root, "library/app", b).exists()
+            blob_dir(&root, b).join("data").exists() && layer_link(&root, "library/app", b).exists()
         })
     });
     assert!(revision_link(&root, "library/app", &manifest).exists());
@@ -159,7 +158,9 @@ fn distribution_form_expires_what_it_cached_and_the_schedule_survives_a_restart(
     let c = Client::new(&m.url, None);
     pull(&c, "library/app", "v1", &img);
     wait_until("the blobs cached again", 10, || {
-        blobs.iter().all(|b| blob_dir(&root, b).join("data").exists())
+        blobs
+            .iter()
+            .all(|b| blob_dir(&root, b).join("data").exists())
     });
 }
 

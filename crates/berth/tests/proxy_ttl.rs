@@ -261,3 +261,45 @@ fn upstreams_form_expires_the_cache_links_and_keeps_shared_content() {
     pull(&c, "quay.io/library/up", "v1", &img);
     pull(&c, "docker.io/library/up", "v1", &img);
 }
+
+/// Two replicas on one storage root: each saves the schedule by merging with the file, so
+/// neither drops what the other scheduled (distribution's last writer would win), and every
+/// entry expires.
+#[test]
+fn replicas_sharing_storage_merge_their_schedules() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Berth::start();
+    let (one, two) = (
+        Image::oci("replica-one", 1, ""),
+        Image::oci("replica-two", 1, ""),
+    );
+    let upc = Client::new(&up.url, None);
+    upc.push_image("library/one", "v1", &one).unwrap();
+    upc.push_image("library/two", "v1", &two).unwrap();
+    let root = dir.path().join("mirror");
+    let yaml = mirror_yaml(dir.path(), &up.url, "6s");
+    let a = Berth::start_on(&root, &yaml);
+    let b = Berth::start_on(&root, &yaml);
+    let keys = |repo: &str, img: &Image| -> Vec<String> {
+        std::iter::once(img.digest())
+            .chain(img.blobs().map(|b| digest(b)))
+            .map(|d| format!("{repo}@{d}"))
+            .collect()
+    };
+    let (k1, k2) = (keys("library/one", &one), keys("library/two", &two));
+    pull(&Client::new(&a.url, None), "library/one", "v1", &one);
+    wait_until("replica A's entries saved", 10, || {
+        let s = schedule(&root);
+        k1.iter().all(|k| s.contains_key(k))
+    });
+    pull(&Client::new(&b.url, None), "library/two", "v1", &two);
+    wait_until("replica B's entries saved beside A's", 10, || {
+        let s = schedule(&root);
+        k1.iter().chain(&k2).all(|k| s.contains_key(k))
+    });
+    let blobs: Vec<String> = one.blobs().chain(two.blobs()).map(|b| digest(b)).collect();
+    wait_until("everything both replicas cached to expire", 20, || {
+        blobs.iter().all(|d| !blob_dir(&root, d).exists())
+    });
+    wait_until("the schedule emptied", 10, || schedule(&root).is_empty());
+}

@@ -479,13 +479,9 @@ pub async fn proxy(
         // With `remoteurl` every repository is a cache, so an expired blob's content goes
         // too, as in distribution; beside hosted repositories only the cache's link does, and
         // garbage collection removes content nothing links any more.
-        let read_only = cfg.storage.maintenance.readonly.enabled;
-        if read_only {
-            tracing::warn!("proxy: storage is read-only (storage.maintenance.readonly), so cached content does not expire");
-        } else {
-            let e = berth_proxy::expiry::Expiry::start(registry.clone(), mirror).await?;
-            proxy = proxy.with_expiry(e);
-        }
+        // As in distribution, read-only mode (which refuses clients' writes) does not stop it.
+        let e = berth_proxy::expiry::Expiry::start(registry.clone(), mirror).await?;
+        proxy = proxy.with_expiry(e);
     }
     Ok(Some(Arc::new(proxy)))
 }

@@ -303,3 +303,35 @@ fn replicas_sharing_storage_merge_their_schedules() {
     });
     wait_until("the schedule emptied", 10, || schedule(&root).is_empty());
 }
+
+/// The other way round: the schedule distribution 2.8 wrote as a pull-through cache is read
+/// by Berth on the same directory.
+#[test]
+fn berth_reads_the_schedule_distribution_2_8_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Berth::start();
+    let img = Image::oci("ttl-from-distribution", 1, "");
+    Client::new(&up.url, None)
+        .push_image("library/from", "v1", &img)
+        .unwrap();
+    let root = dir.path().join("mirror");
+    let d = Distribution::start_with_extra(&root, &format!("proxy:\n  remoteurl: {}\n", up.url));
+    pull(&Client::new(&d.url, None), "library/from", "v1", &img);
+    let blob = format!("library/from@{}", digest(img.blobs().next().unwrap()));
+    // distribution saves its schedule every 5 s.
+    wait_until("distribution's schedule", 20, || {
+        schedule(&root).contains_key(&blob)
+    });
+    drop(d);
+    let written = schedule(&root);
+    let m = Berth::start_on(&root, &mirror_yaml(dir.path(), &up.url, "168h"));
+    m.wait_log("the schedule read", |l| {
+        l.contains(&format!(
+            "proxy cache expiry scheduler started entries={}",
+            written.len()
+        ))
+    });
+    // Its dates are a week ahead: nothing expires, and the cache serves what distribution stored.
+    pull(&Client::new(&m.url, None), "library/from", "v1", &img);
+    assert!(!m.log().contains("cached content expired"));
+}

@@ -3,6 +3,7 @@
 //! server maps requests to [`scope::Access`]es and asks.
 
 pub mod acl;
+pub mod cloudfront;
 pub mod htpasswd;
 pub mod issuer;
 pub mod keys;

@@ -10,6 +10,8 @@
 //! - Blobs are fetched once however many clients ask at the same time ([`fetch`]); a blob
 //!   whose bytes do not match its digest is never cached and aborts the transfers it fed.
 //! - A pull outside an upstream's allowlist is refused before any upstream request.
+//! - What the cache stores from an upstream with a cache TTL (distribution's `proxy.ttl`) is
+//!   scheduled for removal ([`expiry`]) when it is stored, and removed when the time is up.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use berth_registry::{Registry, RegistryError};
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
+pub mod expiry;
 pub mod fetch;
 pub mod policy;
 pub mod upstream;
@@ -60,6 +63,8 @@ pub struct Proxy {
     spool_dir: PathBuf,
     /// Blob downloads under way, by digest (a fetch task removes its entry when it ends).
     inflight: Arc<Mutex<HashMap<String, FetchCell>>>,
+    /// The expiry schedule, when some upstream's content expires.
+    expiry: Option<Arc<expiry::Expiry>>,
 }
 
 fn unavailable(u: &Upstream, e: &UpstreamError) -> OciError {
@@ -95,7 +100,25 @@ impl Proxy {
             registry,
             spool_dir,
             inflight: Arc::default(),
+            expiry: None,
         })
+    }
+
+    /// The same cache, scheduling what it stores for expiry.
+    pub fn with_expiry(mut self, expiry: Arc<expiry::Expiry>) -> Proxy {
+        self.expiry = Some(expiry);
+        self
+    }
+
+    pub fn expiry(&self) -> Option<&Arc<expiry::Expiry>> {
+        self.expiry.as_ref()
+    }
+
+    /// Schedules the expiry of something just stored for `upstream`, if its content expires.
+    fn schedule(&self, upstream: usize, local: &RepoName, digest: &Digest, kind: expiry::Kind) {
+        if let (Some(e), Some(ttl)) = (&self.expiry, self.upstreams[upstream].config.cache_ttl) {
+            e.schedule(local, digest, kind, ttl);
+        }
     }
 
     pub fn upstreams(&self) -> &[Upstream] {
@@ -126,7 +149,7 @@ impl Proxy {
                         .get_manifest(remote, &d.to_string())
                         .await
                         .map_err(|e| unavailable(u, &e))?;
-                    self.store(local, reference, m).await
+                    self.store(upstream, local, reference, m).await
                 }
                 Err(e) => Err(e.into()),
             },
@@ -169,7 +192,7 @@ impl Proxy {
                 }
                 match (u.get_manifest(remote, tag.as_str()).await, cached) {
                     (Ok(fetched), _) => {
-                        let m = self.store(local, reference, fetched).await?;
+                        let m = self.store(upstream, local, reference, fetched).await?;
                         self.registry.mark_proxy_checked(local, tag).await?;
                         Ok(m)
                     }
@@ -186,6 +209,7 @@ impl Proxy {
     /// Caches a manifest fetched from upstream (its digest checked when upstream gave one).
     async fn store(
         &self,
+        upstream: usize,
         local: &RepoName,
         reference: &Reference,
         m: upstream::RemoteManifest,
@@ -216,6 +240,7 @@ impl Proxy {
             .registry
             .cache_manifest(local, reference, m.body.clone(), ct)
             .await?;
+        self.schedule(upstream, local, &put.digest, expiry::Kind::Manifest);
         Ok(StoredManifest {
             digest: put.digest,
             media_type: berth_core::manifest::parse(&m.body, ct)
@@ -240,6 +265,7 @@ impl Proxy {
             Err(e) => return Err(e.into()),
         }
         if let Some(info) = self.registry.adopt_blob(local, digest).await? {
+            self.schedule(upstream, local, digest, expiry::Kind::Blob);
             return Ok(BlobSource::Local(info));
         }
         let key = digest.to_string();
@@ -297,6 +323,7 @@ impl Proxy {
             Err(e) => return Err(e.into()),
         }
         if let Some(info) = self.registry.adopt_blob(local, digest).await? {
+            self.schedule(upstream, local, digest, expiry::Kind::Blob);
             return Ok(info.size);
         }
         let u = &self.upstreams[upstream];
@@ -327,6 +354,7 @@ impl Proxy {
         let inflight = self.inflight.clone();
         let inflight_key = digest.to_string();
         let digest_c = digest.clone();
+        let expire = self.expiry.clone().zip(u.config.cache_ttl);
         // The download: upstream bytes into the spool, hashed; its readers get the last byte
         // only once the digest matched.
         tokio::spawn(async move {
@@ -400,7 +428,10 @@ impl Proxy {
                     match failed {
                         None => match cached.commit(&digest_c).await {
                             Ok(info) => {
-                                tracing::debug!(blob = %info.digest, size = info.size, "cached from upstream")
+                                tracing::debug!(blob = %info.digest, size = info.size, "cached from upstream");
+                                if let Some((e, ttl)) = &expire {
+                                    e.schedule(&local, &digest_c, expiry::Kind::Blob, *ttl);
+                                }
                             }
                             Err(e) => {
                                 tracing::warn!(blob = %digest_c, "not caching a blob from upstream: {e}")

@@ -28,6 +28,9 @@ pub struct UpstreamConfig {
     pub password: Option<String>,
     /// How long a tag is trusted before upstream is asked again (with a HEAD).
     pub ttl: Duration,
+    /// How long cached content is kept before it is removed (distribution's `proxy.ttl`);
+    /// `None`: for good.
+    pub cache_ttl: Option<Duration>,
     /// Remote repository patterns that may be pulled (`library/*`); empty: any.
     pub allow: Vec<String>,
     /// Remote repository patterns that may not (checked first).
@@ -179,6 +182,7 @@ mod tests {
             username: None,
             password: None,
             ttl: Duration::from_secs(60),
+            cache_ttl: None,
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: deny.iter().map(|s| s.to_string()).collect(),
             default,

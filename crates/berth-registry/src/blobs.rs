@@ -2,7 +2,7 @@
 //! repository only through its `_layers` link.
 
 use berth_core::{Digest, ErrorCode, RepoName};
-use berth_storage::ByteStream;
+use berth_storage::{ByteStream, StorageDriver, StorageError};
 
 use crate::{paths, Registry, RegistryError, Result};
 
@@ -11,6 +11,18 @@ use crate::{paths, Registry, RegistryError, Result};
 pub struct BlobInfo {
     pub digest: Digest,
     pub size: u64,
+}
+
+/// Decides the URL a blob download is redirected to, in place of the driver's own
+/// (distribution's storage middleware: a CDN, another host, a rewritten presigned URL).
+#[async_trait::async_trait]
+pub trait Redirect: Send + Sync {
+    /// The URL for the object at `path` of `driver`; `None` serves it directly.
+    async fn redirect_url(
+        &self,
+        driver: &dyn StorageDriver,
+        path: &str,
+    ) -> std::result::Result<Option<String>, StorageError>;
 }
 
 impl Registry {
@@ -75,7 +87,11 @@ impl Registry {
 
     /// A URL the client may download the blob from directly, if storage offers one.
     pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<String>> {
-        Ok(self.driver.redirect_url(&paths::blob_data(digest)).await?)
+        let path = paths::blob_data(digest);
+        Ok(match &self.redirect {
+            Some(r) => r.redirect_url(self.driver.as_ref(), &path).await?,
+            None => self.driver.redirect_url(&path).await?,
+        })
     }
 
     /// Unlinks a blob from a repository. The content stays until garbage collection, since

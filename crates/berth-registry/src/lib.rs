@@ -17,6 +17,7 @@ pub mod blobs;
 pub mod cache;
 pub mod catalog;
 mod error;
+pub mod expire;
 mod fresh;
 pub mod gc;
 mod link;
@@ -61,6 +62,9 @@ pub struct Registry {
     fresh: Arc<fresh::Fresh>,
     /// `validation.manifests`: which layer URLs and incomplete indexes a push may carry.
     manifest_rules: Arc<berth_core::manifest::Rules>,
+    /// Where blob downloads are redirected instead of the driver's own URLs (distribution's
+    /// storage middleware).
+    redirect: Option<Arc<dyn blobs::Redirect>>,
 }
 
 impl Registry {
@@ -72,6 +76,7 @@ impl Registry {
             cache: Arc::new(cache::NoCache::default()),
             fresh: Arc::default(),
             manifest_rules: Arc::default(),
+            redirect: None,
         }
     }
 
@@ -79,6 +84,12 @@ impl Registry {
     /// distribution's default configuration).
     pub fn with_manifest_rules(mut self, rules: berth_core::manifest::Rules) -> Registry {
         self.manifest_rules = Arc::new(rules);
+        self
+    }
+
+    /// The same registry, asking `redirect` where blob downloads go.
+    pub fn with_redirect(mut self, redirect: Arc<dyn blobs::Redirect>) -> Registry {
+        self.redirect = Some(redirect);
         self
     }
 

@@ -240,32 +240,43 @@ impl Registry {
                 self.delete_if_exists(&paths::tag_dir(name, tag)).await
             }
             Reference::Digest(digest) => {
-                let link = paths::revision_link(name, digest);
-                if !self.exists(&link).await? {
+                if !self.exists(&paths::revision_link(name, digest)).await? {
                     return Err(self.manifest_unknown(name).await);
                 }
-                // Tags first, so no tag ever points at a manifest that is gone.
-                for tag in self.all_tags(name).await? {
-                    if self
-                        .read_link(&paths::tag_current_link(name, &tag))
-                        .await?
-                        .as_ref()
-                        == Some(digest)
-                    {
-                        self.delete_if_exists(&paths::tag_dir(name, &tag)).await?;
-                    }
-                }
-                if let Ok(body) = self.driver.get_content(&paths::blob_data(digest)).await {
-                    if let Ok(info) = manifest::parse(&body, None) {
-                        if let Some(subject) = info.subject {
-                            let rl = paths::referrer_link(name, &subject, digest);
-                            self.delete_if_exists(rl.trim_end_matches("/link")).await?;
-                        }
-                    }
-                }
-                self.delete_if_exists(link.trim_end_matches("/link")).await
+                self.unlink_manifest(name, digest).await
             }
         }
+    }
+
+    /// Removes a manifest from a repository: the tags pointing at it, its referrer link and
+    /// its revision link (the bytes stay for garbage collection). Nothing there is no error.
+    pub(crate) async fn unlink_manifest(&self, name: &RepoName, digest: &Digest) -> Result<()> {
+        let link = paths::revision_link(name, digest);
+        // Tags first, so no tag ever points at a manifest that is gone.
+        let tags = match self.all_tags(name).await {
+            Ok(t) => t,
+            Err(RegistryError::Oci(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for tag in tags {
+            if self
+                .read_link(&paths::tag_current_link(name, &tag))
+                .await?
+                .as_ref()
+                == Some(digest)
+            {
+                self.delete_if_exists(&paths::tag_dir(name, &tag)).await?;
+            }
+        }
+        if let Ok(body) = self.driver.get_content(&paths::blob_data(digest)).await {
+            if let Ok(info) = manifest::parse(&body, None) {
+                if let Some(subject) = info.subject {
+                    let rl = paths::referrer_link(name, &subject, digest);
+                    self.delete_if_exists(rl.trim_end_matches("/link")).await?;
+                }
+            }
+        }
+        self.delete_if_exists(link.trim_end_matches("/link")).await
     }
 }
 

@@ -31,6 +31,7 @@ pub mod metrics;
 mod observe;
 mod proxied;
 pub mod setup;
+pub mod storage_middleware;
 pub mod telemetry;
 pub mod tls;
 mod token_endpoint;

@@ -482,30 +482,51 @@ pub fn redis_options(
     })
 }
 
-/// The pull-through cache of the `proxy` section, over `registry`.
-pub fn proxy(
+/// distribution's default `proxy.ttl`: a week.
+pub const DEFAULT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(168 * 3600);
+
+/// A cache TTL as distribution reads `proxy.ttl`: a Go duration (or integer nanoseconds);
+/// zero or negative means cached content never expires (`None`).
+pub fn cache_ttl(s: &str) -> Result<Option<std::time::Duration>, String> {
+    let t = s.trim();
+    match t.strip_prefix('-') {
+        Some(abs) => crate::config::parse_duration(abs).map(|_| None),
+        None => crate::config::parse_duration(t).map(|d| Some(d).filter(|d| !d.is_zero())),
+    }
+}
+
+/// The pull-through cache of the `proxy` section, over `registry`, with its expiry schedule
+/// (read from storage) when some upstream's content expires.
+pub async fn proxy(
     cfg: &crate::config::Config,
     registry: &berth_registry::Registry,
 ) -> Result<Option<Arc<berth_proxy::Proxy>>, String> {
     let Some(p) = &cfg.proxy else {
         return Ok(None);
     };
-    let ttl = |v: &Option<String>| -> Result<std::time::Duration, String> {
+    let tag_ttl = |v: &Option<String>, default: u64| -> Result<std::time::Duration, String> {
         match v {
             Some(s) => crate::config::parse_duration(s),
-            // distribution's default.
-            None => Ok(std::time::Duration::from_secs(24 * 3600)),
+            None => Ok(std::time::Duration::from_secs(default)),
         }
     };
+    // distribution's key: content expiry, a week unless set.
+    let proxy_ttl = match &p.ttl {
+        Some(s) => cache_ttl(s).map_err(|e| format!("proxy.ttl: {e}"))?,
+        None => Some(DEFAULT_CACHE_TTL),
+    };
     let mut upstreams = Vec::new();
+    let mirror = p.remoteurl.as_deref().is_some_and(|u| !u.is_empty());
     if let Some(url) = p.remoteurl.as_deref().filter(|u| !u.is_empty()) {
-        // distribution's single upstream: a pure mirror in distribution's layout.
+        // distribution's single upstream: a pure mirror in distribution's layout. distribution
+        // asks upstream for a tag on every pull; `tagttl` (Berth) trusts it for a while.
         upstreams.push(berth_proxy::UpstreamConfig {
             name: String::new(),
             url: url.to_owned(),
             username: p.username.clone(),
             password: p.password.clone(),
-            ttl: ttl(&p.ttl)?,
+            ttl: tag_ttl(&p.tagttl, 0)?,
+            cache_ttl: proxy_ttl,
             allow: Vec::new(),
             deny: Vec::new(),
             default: true,
@@ -513,12 +534,19 @@ pub fn proxy(
         });
     }
     for u in p.upstreams.iter().flatten() {
+        let cache = match &u.cachettl {
+            Some(s) => {
+                cache_ttl(s).map_err(|e| format!("proxy.upstreams {}: cachettl: {e}", u.name))?
+            }
+            None => proxy_ttl,
+        };
         upstreams.push(berth_proxy::UpstreamConfig {
             name: u.name.clone(),
             url: u.remoteurl.clone(),
             username: u.username.clone(),
             password: u.password.clone(),
-            ttl: ttl(&u.ttl)?,
+            ttl: tag_ttl(&u.ttl, 24 * 3600)?,
+            cache_ttl: cache,
             allow: u.allow.clone().unwrap_or_default(),
             deny: u.deny.clone().unwrap_or_default(),
             default: u.default.unwrap_or(false),
@@ -539,11 +567,22 @@ pub fn proxy(
             default = u.default,
             allow = %u.allow.join(","),
             deny = %u.deny.join(","),
-            ttl_s = u.ttl.as_secs(),
+            tag_ttl_s = u.ttl.as_secs(),
+            cache_ttl_s = u.cache_ttl.map(|t| t.as_secs()).unwrap_or(0),
             "pull-through cache upstream"
         );
     }
-    berth_proxy::Proxy::new(upstreams, registry.clone(), spool).map(|p| Some(Arc::new(p)))
+    let expires = upstreams.iter().any(|u| u.cache_ttl.is_some());
+    let mut proxy = berth_proxy::Proxy::new(upstreams, registry.clone(), spool)?;
+    if expires {
+        // With `remoteurl` every repository is a cache, so an expired blob's content goes
+        // too, as in distribution; beside hosted repositories only the cache's link does, and
+        // garbage collection removes content nothing links any more.
+        // As in distribution, read-only mode (which refuses clients' writes) does not stop it.
+        let e = berth_proxy::expiry::Expiry::start(registry.clone(), mirror).await?;
+        proxy = proxy.with_expiry(e);
+    }
+    Ok(Some(Arc::new(proxy)))
 }
 
 #[cfg(test)]

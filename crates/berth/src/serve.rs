@@ -125,7 +125,14 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             .with_manifest_rules(
                 config::validation::startup_rules(&cfg.validation).map_err(anyhow::Error::msg)?,
             );
-        state.proxy = setup::proxy(cfg, &state.registry).map_err(anyhow::Error::msg)?;
+        if let Some(chain) =
+            berth_server::storage_middleware::chain(cfg).map_err(anyhow::Error::msg)?
+        {
+            state.registry = state.registry.clone().with_redirect(chain);
+        }
+        state.proxy = setup::proxy(cfg, &state.registry)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let purger = purging
             .map(|p| berth_server::maintenance::start_upload_purger(state.registry.clone(), p));
         let auth = setup::auth(cfg).await.map_err(|e| anyhow::anyhow!(e))?;

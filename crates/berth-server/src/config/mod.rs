@@ -545,6 +545,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             bad("proxy", "set remoteurl or upstreams".to_owned());
         }
         let mut defaults = usize::from(p.remoteurl.as_deref().is_some_and(|u| !u.is_empty()));
+        if let Some(Err(e)) = p.ttl.as_deref().map(crate::setup::cache_ttl) {
+            bad("proxy.ttl", e);
+        }
         for (i, u) in ups.iter().enumerate() {
             let at = format!("proxy.upstreams[{i}]");
             if u.name
@@ -570,6 +573,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                     bad(&format!("{at}.ttl"), e);
                 }
             }
+            if let Some(Err(e)) = u.cachettl.as_deref().map(crate::setup::cache_ttl) {
+                bad(&format!("{at}.cachettl"), e);
+            }
             if ups[..i].iter().any(|o| o.name == u.name) {
                 bad(&format!("{at}.name"), format!("{:?} is used twice", u.name));
             }
@@ -578,6 +584,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         if defaults > 1 {
             bad("proxy", "only one upstream may answer names without a prefix (remoteurl, or one upstream with default: true)".to_owned());
         }
+    }
+    for (at, e) in crate::storage_middleware::problems(c) {
+        bad(&at, e);
     }
     if let Some(s3) = &c.storage.s3 {
         for (key, v) in [("region", &s3.region), ("bucket", &s3.bucket)] {
@@ -669,7 +678,7 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         }
     }
     if let Some(p) = &c.proxy {
-        durations.push(("proxy.ttl", p.ttl.as_ref()));
+        durations.push(("proxy.tagttl", p.tagttl.as_ref()));
     }
     if let Some(r) = &c.redis {
         let pool = r.pool.as_ref();
@@ -968,9 +977,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
     }
     if c.reporting.as_ref().is_some_and(|r| !r.is_null()) {
         add("reporting: Bugsnag and New Relic reporting (nothing is reported to them)");
-    }
-    if c.middleware.is_some() {
-        add("middleware: storage and registry middleware");
     }
     out
 }

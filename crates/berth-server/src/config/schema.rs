@@ -64,8 +64,23 @@ pub struct Config {
     pub compatibility: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reporting: Option<Value>,
+    /// distribution's middleware lists by injection point (`registry`, `repository`,
+    /// `storage`); see `crate::storage_middleware`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub middleware: Option<Value>,
+    pub middleware: Option<BTreeMap<String, Vec<Middleware>>>,
+}
+
+/// One middleware entry (distribution's `configuration.Middleware`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Middleware {
+    pub name: String,
+    /// distribution applies storage middleware whatever this says; Berth skips it, with a WARN.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Free-form, read by the middleware itself (distribution's `Parameters`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<BTreeMap<String, Value>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -641,8 +656,14 @@ pub struct Proxy {
     pub username: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// How long cached content is kept (distribution's meaning: default 168h; 0 or
+    /// negative: for good).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+    /// Berth: how long `remoteurl`'s tags are trusted before one HEAD asks upstream again
+    /// (default 0: every pull by tag asks, as distribution does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tagttl: Option<String>,
     /// Berth: several upstreams, each owning a name prefix, with its own credentials, TTL and
     /// allow/deny patterns; names that no upstream owns are hosted.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -667,6 +688,10 @@ pub struct ProxyUpstream {
     /// How long a tag is trusted before one HEAD asks upstream again (default 24h).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+    /// How long cached content is kept, as `proxy.ttl` for distribution's form (default:
+    /// `proxy.ttl`, else 168h; 0 or negative: for good).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cachettl: Option<String>,
     /// Remote repositories that may be pulled (`library/*`); absent: all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,

@@ -21,11 +21,14 @@ COPY . .
 # speed up rebuilds; the binary is copied out of them by the script.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    scripts/build-release.sh /out \
+    scripts/build-release.sh /out/bin \
  && mkdir -p /out/data
 
 FROM ${RUNTIME_IMAGE}
-COPY --from=build /out/berth /usr/local/bin/berth
+# `berth`, and `registry` (a symlink to it: distribution's command line, for
+# `docker exec <container> registry garbage-collect /etc/distribution/config.yml`). A directory
+# copy keeps the symlink a symlink.
+COPY --from=build /out/bin/ /usr/local/bin/
 COPY deploy/config.yml /etc/distribution/config.yml
 # The data directory belongs to the unprivileged user, so a fresh named volume does too.
 COPY --from=build --chown=65532:65532 /out/data /var/lib/registry

@@ -182,12 +182,13 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
         "/readyz" => return health::readyz(&state),
         _ => {}
     }
-    state.metrics.started();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let request_id = observe::request_id(req.headers());
     let endpoint = endpoint::parse(&path);
     let route = endpoint.as_ref().map(|e| e.route()).unwrap_or("none");
+    state.metrics.started(route);
+    let head_bytes = observe::head_size(&req);
     let repository = endpoint
         .as_ref()
         .ok()
@@ -243,6 +244,7 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
         status,
         code: resp.extensions().get::<error::LoggedCode>().map(|c| c.0),
         bytes_in,
+        head_bytes,
         access_log: state.options.access_log,
         metrics: state.metrics.clone(),
         span,

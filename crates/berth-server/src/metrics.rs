@@ -949,15 +949,26 @@ mod tests {
             "registry_http_requests_total{code=\"200\",handler=\"manifest\",method=\"get\"}"
         )
         .ends_with(" 5"));
-        let dur = "registry_http_request_duration_seconds_bucket{handler=\"manifest\",method=\"get\"";
+        let dur =
+            "registry_http_request_duration_seconds_bucket{handler=\"manifest\",method=\"get\"";
         assert!(line(&format!("{dur},le=\"0.005\"}}")).ends_with(" 3"));
         assert!(line(&format!("{dur},le=\"1\"}}")).ends_with(" 4"));
         assert!(line(&format!("{dur},le=\"60\"}}")).ends_with(" 4"));
         assert!(line(&format!("{dur},le=\"+Inf\"}}")).ends_with(" 5"));
-        assert!(!text.contains(&format!("{dur},le=\"0.001\"")), "only distribution's bounds");
-        assert!(line("registry_http_request_size_bytes_bucket{handler=\"manifest\",le=\"1024\"}").ends_with(" 5"));
-        assert!(line("registry_http_response_size_bytes_sum{handler=\"manifest\"}").ends_with(" 50"));
-        assert!(line("registry_http_in_flight_requests{handler=\"blob_upload_chunk\"}").ends_with(" 1"));
+        assert!(
+            !text.contains(&format!("{dur},le=\"0.001\"")),
+            "only distribution's bounds"
+        );
+        assert!(
+            line("registry_http_request_size_bytes_bucket{handler=\"manifest\",le=\"1024\"}")
+                .ends_with(" 5")
+        );
+        assert!(
+            line("registry_http_response_size_bytes_sum{handler=\"manifest\"}").ends_with(" 50")
+        );
+        assert!(
+            line("registry_http_in_flight_requests{handler=\"blob_upload_chunk\"}").ends_with(" 1")
+        );
         assert!(line("registry_http_in_flight_requests{handler=\"manifest\"}").ends_with(" 0"));
     }
 

@@ -56,10 +56,7 @@ pub fn head_size<B>(req: &http::Request<B>) -> u64 {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .map_or(0, |h| h.len());
+    let host = req.headers().get(http::header::HOST).map_or(0, |h| h.len());
     let url = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     (url + req.method().as_str().len() + proto + headers + host) as u64
 }

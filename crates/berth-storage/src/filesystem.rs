@@ -90,6 +90,17 @@ impl Scratch {
     }
 }
 
+/// The process is done with its scratch directory (the last clone of the driver is gone):
+/// it is removed, so a clean stop leaves nothing for the next start to clean.
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.get() {
+            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_file(dir.with_extension("lock"));
+        }
+    }
+}
+
 /// Creates `<root>/.berth/tmp/<id>/` with its lock `<id>.lock` held: the lock file is locked
 /// under another name and renamed into place, so a cleaner never sees an unlocked `.lock` of
 /// a live process, and the directory only appears once its lock does.
@@ -894,15 +905,21 @@ mod tests {
 
         let other = FilesystemDriver::new(dir.path());
         let cleaned = other.clean_scratch().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cleaned, Cleaned { removed: 2, kept: 1 });
+        assert_eq!(
+            cleaned,
+            Cleaned {
+                removed: 2,
+                kept: 1
+            }
+        );
         assert!(!base.join("dead").exists() && !base.join("dead.lock").exists());
         assert!(!base.join("half.lock.new").exists());
         assert!(live_dir.join("in-use").exists());
-        // Once the live one is gone, its directory is a leftover like any other.
+        // A driver dropped (a clean stop) removes its own.
         drop(live);
+        assert!(!live_dir.exists() && !live_dir.with_extension("lock").exists());
         let cleaned = other.clean_scratch().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cleaned, Cleaned { removed: 1, kept: 0 });
-        assert!(!live_dir.exists());
+        assert_eq!(cleaned, Cleaned::default());
     }
 
     /// Old Berth's `.berth-tmp-*` siblings inside the layout: removed once old enough, and
@@ -915,8 +932,7 @@ mod tests {
         let old_file = v2.join("repositories/r/_manifests/tags/t/current/.berth-tmp-2");
         let young = v2.join("repositories/r/.berth-tmp-3");
         std::fs::create_dir_all(old_dir.join("abcd")).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::create_dir_all(old_file.parent().unwrap_or(&v2))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(old_file.parent().unwrap_or(&v2)).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&old_file, b"x").unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&young, b"x").unwrap_or_else(|e| panic!("{e}"));
         age(&old_dir, Duration::from_secs(3600));
@@ -926,18 +942,34 @@ mod tests {
         let swept = d
             .sweep_legacy_temporaries(min)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(swept, Cleaned { removed: 2, kept: 1 });
+        assert_eq!(
+            swept,
+            Cleaned {
+                removed: 2,
+                kept: 1
+            }
+        );
         assert!(!old_dir.exists() && !old_file.exists() && young.exists());
         assert!(!dir.path().join(LEGACY_SWEPT).exists());
         age(&young, Duration::from_secs(3600));
         let swept = d
             .sweep_legacy_temporaries(min)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(swept, Cleaned { removed: 1, kept: 0 });
+        assert_eq!(
+            swept,
+            Cleaned {
+                removed: 1,
+                kept: 0
+            }
+        );
         assert!(dir.path().join(LEGACY_SWEPT).exists());
         // A later one does not walk: a new leftover stays (listings hide it).
-        std::fs::write(v2.join("repositories/.berth-tmp-4"), b"x").unwrap_or_else(|e| panic!("{e}"));
-        age(&v2.join("repositories/.berth-tmp-4"), Duration::from_secs(3600));
+        std::fs::write(v2.join("repositories/.berth-tmp-4"), b"x")
+            .unwrap_or_else(|e| panic!("{e}"));
+        age(
+            &v2.join("repositories/.berth-tmp-4"),
+            Duration::from_secs(3600),
+        );
         let swept = d
             .sweep_legacy_temporaries(min)
             .unwrap_or_else(|e| panic!("{e}"));

@@ -85,7 +85,9 @@ impl Op {
 
 /// Upper bounds (seconds) of the per-operation latency buckets: Prometheus' default buckets,
 /// which distribution's `registry_storage_action_seconds` uses.
-pub const LATENCY_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Counters of one operation.
 #[derive(Debug, Default)]

@@ -145,7 +145,13 @@ mod tests {
         for args in [
             &["garbage-collect", "-d", "-m", "-q", c][..],
             &["garbage-collect", "-dmq", c],
-            &["garbage-collect", c, "--dry-run", "--delete-untagged", "--quiet"],
+            &[
+                "garbage-collect",
+                c,
+                "--dry-run",
+                "--delete-untagged",
+                "--quiet",
+            ],
             &["garbage-collect", "--dry-run=true", c, "-m", "--quiet=1"],
         ] {
             assert_eq!(gc_flags(args), (cfg.clone(), true, true, true), "{args:?}");

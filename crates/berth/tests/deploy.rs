@@ -978,7 +978,10 @@ fn dockerfile_builds_with_the_release_script_and_runs_unprivileged() {
     assert!(script.contains("install -m 0755 \"$target_dir/release/berth\" \"$out/berth\""));
     // `registry` beside it: distribution's command name, for `docker exec ... registry
     // garbage-collect` and cron jobs (crates/berth/tests/registry_cmd.rs runs it that way).
-    assert!(script.contains("ln -sfn berth \"$out/registry\""), "{script}");
+    assert!(
+        script.contains("ln -sfn berth \"$out/registry\""),
+        "{script}"
+    );
     assert!(script.contains("\"$out/registry\" --version"), "{script}");
     assert!(
         read("scripts/test.sh").contains("--workspace --locked"),
@@ -1067,16 +1070,31 @@ fn release_output_provides_the_registry_command() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("registry berth v"), "{stdout}");
     let link = std::fs::read_link(out.join("registry")).unwrap();
-    assert_eq!(link, Path::new("berth"), "a relative symlink, valid once copied");
+    assert_eq!(
+        link,
+        Path::new("berth"),
+        "a relative symlink, valid once copied"
+    );
     // On PATH, as in the image (`docker exec <c> registry garbage-collect ...`).
-    let path = format!("{}:{}", out.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        out.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let help = Command::new("registry")
         .args(["garbage-collect", "--help"])
         .env("PATH", &path)
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--dry-run", "--delete-untagged", "--quiet", "-d", "-m", "-q"] {
+    for flag in [
+        "--dry-run",
+        "--delete-untagged",
+        "--quiet",
+        "-d",
+        "-m",
+        "-q",
+    ] {
         assert!(help.contains(flag), "{flag} in\n{help}");
     }
 }

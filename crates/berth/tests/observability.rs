@@ -318,7 +318,10 @@ fn metrics_count_requests_bytes_uploads_cache_storage_and_refusals() {
     );
     // Response sizes count the body: the blobs, twice.
     assert_eq!(
-        metric(&m, "registry_http_response_size_bytes_sum{handler=\"blob\"}"),
+        metric(
+            &m,
+            "registry_http_response_size_bytes_sum{handler=\"blob\"}"
+        ),
         (2 * blob_bytes) as f64
     );
     assert_eq!(
@@ -371,7 +374,10 @@ fn metrics_count_requests_bytes_uploads_cache_storage_and_refusals() {
     }
     let hits = metric(&m, "berth_blob_descriptor_cache_hits_total");
     assert_eq!(metric(&m, "registry_storage_cache_hits_total"), hits);
-    assert_eq!(metric(&m, "registry_storage_cache_requests_total"), hits + 1.0);
+    assert_eq!(
+        metric(&m, "registry_storage_cache_requests_total"),
+        hits + 1.0
+    );
     assert_eq!(metric(&m, "registry_storage_cache_errors_total"), 0.0);
     assert_eq!(
         metric(&m, "registry_storage_cache_total{type=\"Hit\"}"),

@@ -101,9 +101,11 @@ fn version_and_help_answer_as_distributions() {
     assert!(bare.status.success() && text(&bare.stdout).contains("garbage-collect"));
     // Berth's own subcommands and flags are not part of this command line.
     assert!(!registry(dir.path(), &["config", "check"]).status.success());
-    assert!(!registry(dir.path(), &["garbage-collect", "--offline", "/c.yml"])
-        .status
-        .success());
+    assert!(
+        !registry(dir.path(), &["garbage-collect", "--offline", "/c.yml"])
+            .status
+            .success()
+    );
 }
 
 #[test]
@@ -131,9 +133,16 @@ fn serve_and_garbage_collect_as_distribution_cron_jobs_run_them() {
     c.push_blob("team/app", &stray).unwrap();
 
     // While it serves, the cron job's command is safe: online, everything young is kept.
-    let out = registry(dir.path(), &["garbage-collect", "-m", writable.to_str().unwrap()]);
+    let out = registry(
+        dir.path(),
+        &["garbage-collect", "-m", writable.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("online"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("online"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
     assert!(blob_path(&root, &old.digest()).exists());
     assert!(blob_path(&root, &digest(&stray)).exists());

@@ -40,7 +40,10 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             tracing::info!(driver = "filesystem", root = %root.display(), "storing data in {}", root.display());
             let driver =
                 berth_storage::FilesystemDriver::new(root).inline_io(fs.inlineio.unwrap_or(true));
-            clean_temporaries(&driver);
+            // A read-only registry writes nothing, not even a clean-up.
+            if !cfg.storage.maintenance.readonly.enabled {
+                clean_temporaries(&driver);
+            }
             Chosen::Local(DriverChoice::Filesystem(driver))
         }
         StorageDriver::InMemory => {

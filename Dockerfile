@@ -40,5 +40,8 @@ VOLUME ["/var/lib/registry"]
 EXPOSE 5000 5001
 # No HEALTHCHECK: the image has no shell or HTTP client to run one with (and Kubernetes ignores
 # it). Orchestrators probe /livez and /readyz over HTTP themselves (deploy/kubernetes).
-ENTRYPOINT ["/usr/local/bin/berth", "serve"]
+# distribution's entrypoint: `registry` serves a config path given as the command, and runs
+# distribution's other commands (`docker run <image> garbage-collect /etc/distribution/config.yml`).
+# Berth's own commands: `--entrypoint berth`.
+ENTRYPOINT ["/usr/local/bin/registry"]
 CMD ["/etc/distribution/config.yml"]

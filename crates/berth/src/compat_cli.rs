@@ -73,6 +73,21 @@ fn is_registry(argv0: &OsString) -> bool {
         .is_some_and(|n| n == NAME || n == "registry.exe")
 }
 
+/// What distribution's container image entrypoint does before running `registry`: a first
+/// argument that is a YAML file is the configuration to serve (`docker run IMAGE
+/// /etc/distribution/config.yml`), so `registry` can be the image's entrypoint with the
+/// config as its command, and `docker run IMAGE garbage-collect CONFIG` works too.
+fn image_entrypoint(mut args: Vec<OsString>) -> Vec<OsString> {
+    let is_yaml = args.get(1).is_some_and(|a| {
+        let a = a.to_string_lossy();
+        a.ends_with(".yml") || a.ends_with(".yaml")
+    });
+    if is_yaml {
+        args.insert(1, OsString::from("serve"));
+    }
+    args
+}
+
 /// Runs distribution's command line when the binary was started as `registry`; `None`
 /// otherwise (Berth's own command line follows).
 pub fn run_if_named_registry() -> Option<ExitCode> {
@@ -80,7 +95,7 @@ pub fn run_if_named_registry() -> Option<ExitCode> {
     if !is_registry(&argv0) {
         return None;
     }
-    let cli = Registry::parse();
+    let cli = Registry::parse_from(image_entrypoint(std::env::args_os().collect()));
     let result = match cli.command {
         _ if cli.version => {
             // distribution prints its name, its module and its version.
@@ -174,6 +189,19 @@ mod tests {
             Some(Command::Serve { config: Some(p) }) if p == Path::new("/c.yml")
         ));
         assert!(parse(&[]).command.is_none());
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            image_entrypoint(args(&["registry", "/etc/distribution/config.yml"])),
+            args(&["registry", "serve", "/etc/distribution/config.yml"])
+        );
+        for unchanged in [
+            &["registry", "garbage-collect", "/c.yaml"][..],
+            &["registry", "serve", "/c.yml"],
+            &["registry", "-v"],
+            &["registry"],
+        ] {
+            assert_eq!(image_entrypoint(args(unchanged)), args(unchanged));
+        }
         for (name, yes) in [
             ("registry", true),
             ("/usr/local/bin/registry", true),

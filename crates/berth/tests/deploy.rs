@@ -938,10 +938,8 @@ fn dockerfile_builds_with_the_release_script_and_runs_unprivileged() {
     assert_eq!(of(2, "USER"), ["65532:65532"], "numeric and not root");
     assert!(of(2, "EXPOSE").join(" ").split(' ').any(|p| p == "5000"));
     assert_eq!(of(2, "VOLUME"), ["[\"/var/lib/registry\"]"]);
-    assert_eq!(
-        of(2, "ENTRYPOINT"),
-        ["[\"/usr/local/bin/berth\", \"serve\"]"]
-    );
+    // distribution's: `registry` with the config path as the command serves it.
+    assert_eq!(of(2, "ENTRYPOINT"), ["[\"/usr/local/bin/registry\"]"]);
     assert_eq!(of(2, "CMD"), ["[\"/etc/distribution/config.yml\"]"]);
     assert!(
         of(2, "RUN").is_empty(),

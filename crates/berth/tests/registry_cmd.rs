@@ -206,6 +206,42 @@ fn serve_and_garbage_collect_as_distribution_cron_jobs_run_them() {
     assert_eq!(r.status, 404);
 }
 
+/// The image's entrypoint is `registry` with the config path as its command, as
+/// distribution's image: a YAML path alone serves it.
+#[test]
+fn a_config_path_alone_serves_it_as_distributions_image_does() {
+    use std::io::{BufRead, BufReader};
+    let (dir, link) = registry_dir();
+    let data = tempfile::tempdir().unwrap();
+    let cfg = data.path().join("config.yml");
+    std::fs::write(&cfg, config(&data.path().join("registry"), false)).unwrap();
+    let mut child = Command::new(&link)
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let url = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split("listening on ")
+                .nth(1)
+                .map(|u| u.split_whitespace().next().unwrap_or("").to_owned())
+        });
+    let status = url.as_ref().map(|u| {
+        Client::new(u, None)
+            .get("/v2/", &[])
+            .map(|r| r.status)
+            .unwrap_or(0)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(dir);
+    assert_eq!(status, Some(200), "registry CONFIG did not serve");
+}
+
 /// `berth garbage-collect -q`: Berth's own command takes distribution's quiet flag too.
 #[test]
 fn berth_garbage_collect_quiet() {

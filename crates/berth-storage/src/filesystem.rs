@@ -27,7 +27,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -64,29 +64,40 @@ pub struct FilesystemDriver {
 /// This process's scratch directory, created on the first write.
 #[derive(Debug, Default)]
 struct Scratch {
-    dir: OnceLock<PathBuf>,
-    /// Serialises the creation; the lock file stays open (and locked) for the process's life.
-    init: Mutex<Option<std::fs::File>>,
+    /// The directory and its lock file, open (and locked) while the directory is in use.
+    active: Mutex<Option<(PathBuf, std::fs::File)>>,
 }
 
 impl Scratch {
-    /// A fresh temporary path in this process's directory (created on first use).
+    /// A fresh temporary path in this process's directory (created on first use, and again
+    /// after [`Scratch::lost`]).
     fn path(&self, root: &Path) -> std::io::Result<PathBuf> {
-        let dir = match self.dir.get() {
-            Some(d) => d,
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = match &*active {
+            Some((dir, _)) => dir.clone(),
             None => {
-                let mut held = self.init.lock().unwrap_or_else(|p| p.into_inner());
-                match self.dir.get() {
-                    Some(d) => d,
-                    None => {
-                        let (dir, lock) = create_scratch(root)?;
-                        *held = Some(lock);
-                        self.dir.get_or_init(|| dir)
-                    }
-                }
+                let (dir, lock) = create_scratch(root)?;
+                *active = Some((dir.clone(), lock));
+                dir
             }
         };
         Ok(dir.join(uuid::Uuid::new_v4().simple().to_string()))
+    }
+
+    /// The directory `dir` has vanished (someone removed it: a cleaner on a host whose locks
+    /// this one cannot see, as on an NFS mount with `nolock`): the next write makes a new one.
+    fn lost(&self, dir: &Path) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.as_ref().is_some_and(|(d, _)| d == dir) {
+            tracing::warn!(dir = %dir.display(), "the scratch directory was removed under this process; making another");
+            *active = None;
+        }
+    }
+
+    /// The directory in use, if any (tests and the cleaner, which must spare it).
+    fn dir(&self) -> Option<PathBuf> {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.as_ref().map(|(d, _)| d.clone())
     }
 }
 
@@ -94,8 +105,9 @@ impl Scratch {
 /// it is removed, so a clean stop leaves nothing for the next start to clean.
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Some(dir) = self.dir.get() {
-            let _ = std::fs::remove_dir_all(dir);
+        let active = self.active.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((dir, _lock)) = active.take() {
+            let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_file(dir.with_extension("lock"));
         }
     }
@@ -143,7 +155,7 @@ impl FilesystemDriver {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
             Err(e) => return Err(e),
         };
-        let own = self.scratch.dir.get().cloned();
+        let own = self.scratch.dir();
         for entry in entries {
             let path = entry?.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
@@ -317,6 +329,13 @@ fn with_temp<T>(
     };
     match f(&tmp) {
         Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => f(&tmp_sibling(target)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(dir) = tmp.parent().filter(|d| !d.is_dir()) else {
+                return Err(e);
+            };
+            scratch.lost(dir);
+            f(&scratch.path(root)?)
+        }
         r => r,
     }
 }
@@ -855,7 +874,7 @@ mod tests {
 
     /// What this driver's scratch directory holds now.
     fn scratch_entries(d: &FilesystemDriver) -> Vec<PathBuf> {
-        d.scratch.dir.get().map(|p| walkdir(p)).unwrap_or_default()
+        d.scratch.dir().map(|p| walkdir(&p)).unwrap_or_default()
     }
 
     fn age(path: &Path, by: Duration) {
@@ -886,6 +905,26 @@ mod tests {
         );
     }
 
+    /// A scratch directory removed under a live process (a cleaner that could not see its
+    /// lock) costs no write: the next one makes a new directory.
+    #[tokio::test]
+    async fn a_removed_scratch_directory_is_made_again() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = FilesystemDriver::new(dir.path());
+        d.put_content("/docker/a", Bytes::from_static(b"1"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = d.scratch.dir().unwrap_or_default();
+        std::fs::remove_dir_all(dir.path().join(SCRATCH_DIR)).unwrap_or_else(|e| panic!("{e}"));
+        d.put_content("/docker/b", Bytes::from_static(b"2"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        d.delete("/docker").await.unwrap_or_else(|e| panic!("{e}"));
+        let second = d.scratch.dir().unwrap_or_default();
+        assert!(second.is_dir() && second != first);
+        assert!(!dir.path().join("docker").exists());
+    }
+
     /// A dead process's scratch directory goes; a live one's stays, whoever cleans.
     #[tokio::test]
     async fn clean_scratch_removes_only_dead_processes_work() {
@@ -894,7 +933,7 @@ mod tests {
         live.put_content("/docker/x", Bytes::from_static(b"x"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let live_dir = live.scratch.dir.get().cloned().unwrap_or_default();
+        let live_dir = live.scratch.dir().unwrap_or_default();
         std::fs::write(live_dir.join("in-use"), b"x").unwrap_or_else(|e| panic!("{e}"));
         // A process that died: its lock file is not held by anyone.
         let base = dir.path().join(SCRATCH_DIR);

@@ -62,7 +62,14 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
     let grace = if offline {
         None
     } else {
-        Some(grace(cfg, args.grace, args.short_grace)?)
+        // How to ask for an offline run, in the words of the command that was used.
+        let offline_hint = match args.mode {
+            Mode::AsDistribution => {
+                "give it a configuration with storage.maintenance.readonly.enabled: true"
+            }
+            _ => "use --offline",
+        };
+        Some(grace(cfg, args.grace, args.short_grace, offline_hint)?)
     };
     let quiet = args.quiet;
     // Informational lines on stderr, which `--quiet` silences.
@@ -175,7 +182,12 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
 
 /// The grace period: `--grace`, else `storage.maintenance.gc.grace`, else 1h; at least 15
 /// minutes (unless the hidden test flag says otherwise) and three touch intervals.
-fn grace(cfg: &config::Config, flag: Option<&str>, short_ok: bool) -> anyhow::Result<Duration> {
+fn grace(
+    cfg: &config::Config,
+    flag: Option<&str>,
+    short_ok: bool,
+    offline_hint: &str,
+) -> anyhow::Result<Duration> {
     let configured = cfg
         .storage
         .maintenance
@@ -190,7 +202,7 @@ fn grace(cfg: &config::Config, flag: Option<&str>, short_ok: bool) -> anyhow::Re
     };
     if g < gc::MIN_GRACE && !short_ok {
         bail!(
-            "a grace period of {} is too short to be safe (at least {}); with the registry stopped or read-only, use --offline instead",
+            "a grace period of {} is too short to be safe (at least {}); with the registry stopped or read-only, {offline_hint} instead",
             show(g),
             show(gc::MIN_GRACE)
         );
@@ -198,7 +210,7 @@ fn grace(cfg: &config::Config, flag: Option<&str>, short_ok: bool) -> anyhow::Re
     let Some(ti) =
         berth_server::maintenance::configured_touch_interval(cfg).map_err(anyhow::Error::msg)?
     else {
-        bail!("storage.maintenance.gc.touchinterval is 0: the registry does not refresh what it serves, so an online collection is not safe; stop the registry (or make it read-only) and use --offline");
+        bail!("storage.maintenance.gc.touchinterval is 0: the registry does not refresh what it serves, so an online collection is not safe; stop the registry (or make it read-only) and {offline_hint}");
     };
     if g < ti * 3 {
         bail!(

@@ -21,11 +21,14 @@ COPY . .
 # speed up rebuilds; the binary is copied out of them by the script.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    scripts/build-release.sh /out \
+    scripts/build-release.sh /out/bin \
  && mkdir -p /out/data
 
 FROM ${RUNTIME_IMAGE}
-COPY --from=build /out/berth /usr/local/bin/berth
+# `berth`, and `registry` (a symlink to it: distribution's command line, for
+# `docker exec <container> registry garbage-collect /etc/distribution/config.yml`). A directory
+# copy keeps the symlink a symlink.
+COPY --from=build /out/bin/ /usr/local/bin/
 COPY deploy/config.yml /etc/distribution/config.yml
 # The data directory belongs to the unprivileged user, so a fresh named volume does too.
 COPY --from=build --chown=65532:65532 /out/data /var/lib/registry
@@ -37,5 +40,8 @@ VOLUME ["/var/lib/registry"]
 EXPOSE 5000 5001
 # No HEALTHCHECK: the image has no shell or HTTP client to run one with (and Kubernetes ignores
 # it). Orchestrators probe /livez and /readyz over HTTP themselves (deploy/kubernetes).
-ENTRYPOINT ["/usr/local/bin/berth", "serve"]
+# distribution's entrypoint: `registry` serves a config path given as the command, and runs
+# distribution's other commands (`docker run <image> garbage-collect /etc/distribution/config.yml`).
+# Berth's own commands: `--entrypoint berth`.
+ENTRYPOINT ["/usr/local/bin/registry"]
 CMD ["/etc/distribution/config.yml"]

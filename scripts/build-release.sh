@@ -4,6 +4,10 @@
 #
 #   scripts/build-release.sh [OUT_DIR]     (default OUT_DIR: dist)
 #
+# OUT_DIR gets `berth` and `registry`, a symlink to it: started under that name, the binary
+# takes distribution's command line (`registry serve CONFIG`, `registry garbage-collect ...`),
+# so scripts and cron jobs written for distribution run unchanged.
+#
 # It builds exactly what CI compiles and tests (`cargo nextest run --workspace --locked`): the
 # package `berth` from Cargo.lock (--locked), for the host target, with the default features
 # and no extra RUSTFLAGS. The only difference is the profile: `release` (Cargo.toml's
@@ -18,4 +22,6 @@ cargo build --release --locked -p berth --bin berth
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$out"
 install -m 0755 "$target_dir/release/berth" "$out/berth"
+ln -sfn berth "$out/registry"
 "$out/berth" --version
+"$out/registry" --version

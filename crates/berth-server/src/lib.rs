@@ -247,7 +247,6 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
         "/readyz" => return health::readyz(&state),
         _ => {}
     }
-    state.metrics.started();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let request_id = observe::request_id(req.headers());
@@ -264,6 +263,8 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
         }
     };
     let route = routed.route();
+    state.metrics.started(route);
+    let head_bytes = observe::head_size(&req);
     let repository = match &routed {
         Routed::Api(Ok(e)) => e.repository().map(|r| r.as_str().to_owned()),
         _ => None,
@@ -318,6 +319,7 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
         status,
         code: resp.extensions().get::<error::LoggedCode>().map(|c| c.0),
         bytes_in,
+        head_bytes,
         access_log: state.options.access_log,
         metrics: state.metrics.clone(),
         span,

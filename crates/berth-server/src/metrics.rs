@@ -11,6 +11,14 @@
 //! Label cardinality is bounded: routes are the fixed set of [`crate::endpoint::Endpoint`]
 //! routes, methods the HTTP methods the API knows (anything else is `other`), statuses the
 //! handful of codes the API answers with. Repository names are never labels.
+//!
+//! Beside Berth's `berth_*` series, the endpoint exposes distribution's (`registry_*`, named
+//! and labelled as distribution 2.8/3.x emit them through docker/go-metrics), so dashboards and
+//! alerts built for distribution keep working: per-handler HTTP metrics (handler names are
+//! distribution's route names with `_`, methods lower case, `code` the status), storage driver
+//! action latencies, and the blob-descriptor cache counters in both versions' forms. They are
+//! derived from the same counters as Berth's own series; see docs/ARCHITECTURE.md for what
+//! differs.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -25,10 +33,74 @@ use http::Method;
 use crate::AppState;
 
 /// Upper bounds of the request latency buckets, in seconds.
+/// They include every bound of distribution's `registry_http_request_duration_seconds`
+/// ([`DIST_DURATION_BUCKETS`]), which is read off the same histogram.
 const BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0,
     60.0,
 ];
+
+/// docker/go-metrics' request duration buckets (distribution's HTTP metrics).
+const DIST_DURATION_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0,
+];
+
+/// docker/go-metrics' request and response size buckets: 1 KiB to 2 GiB, doubling.
+const SIZE_BUCKETS: usize = 22;
+
+/// distribution's HTTP handler names (its route names, `-` as `_`), in the order of
+/// [`Metrics::handler_in_flight`].
+const HANDLERS: [&str; 7] = [
+    "base",
+    "blob",
+    "blob_upload",
+    "blob_upload_chunk",
+    "catalog",
+    "manifest",
+    "tags",
+];
+
+/// The distribution handler that serves a Berth route, if distribution has one.
+fn handler_index(route: &str) -> Option<usize> {
+    let handler = match route {
+        "upload_start" => "blob_upload",
+        "upload" => "blob_upload_chunk",
+        other => other,
+    };
+    HANDLERS.iter().position(|h| *h == handler)
+}
+
+/// A size histogram with [`SIZE_BUCKETS`] bounds.
+#[derive(Debug, Default)]
+struct SizeHistogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; SIZE_BUCKETS + 1],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl SizeHistogram {
+    fn bound(i: usize) -> u64 {
+        1024 << i
+    }
+
+    fn observe(&self, bytes: u64) {
+        let i = (0..SIZE_BUCKETS)
+            .position(|i| bytes <= Self::bound(i))
+            .unwrap_or(SIZE_BUCKETS);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(bytes, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// distribution's per-handler metrics that Berth's series cannot be turned into.
+#[derive(Debug, Default)]
+struct HandlerStats {
+    in_flight: AtomicI64,
+    request_size: SizeHistogram,
+    response_size: SizeHistogram,
+}
 
 /// A latency histogram with fixed buckets, lock-free.
 #[derive(Debug, Default)]
@@ -69,6 +141,8 @@ pub struct Observation {
     pub method: &'static str,
     pub status: u16,
     pub bytes_in: u64,
+    /// The request line and headers (distribution counts them in the request size).
+    pub head_bytes: u64,
     pub bytes_out: u64,
     pub duration: Duration,
 }
@@ -82,6 +156,8 @@ pub struct Metrics {
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
     latency: RwLock<HashMap<(&'static str, &'static str), Arc<Histogram>>>,
     in_flight: AtomicI64,
+    /// Per distribution handler, in the order of [`HANDLERS`].
+    handlers: [HandlerStats; HANDLERS.len()],
     /// Set by the server set-up: the storage wrapper's counters.
     storage: RwLock<Option<Arc<StorageStats>>>,
 }
@@ -121,9 +197,12 @@ impl Metrics {
         *self.storage.write().unwrap_or_else(|p| p.into_inner()) = Some(stats);
     }
 
-    /// A request has started (the in-flight gauge).
-    pub fn started(&self) {
+    /// A request for `route` has started (the in-flight gauges).
+    pub fn started(&self, route: &'static str) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = handler_index(route) {
+            self.handlers[i].in_flight.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Requests started and not finished yet (the drain reports those it drops).
@@ -134,6 +213,12 @@ impl Metrics {
     /// A request has finished: its response was sent, or the client went away.
     pub fn observe(&self, o: &Observation) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(i) = handler_index(o.route) {
+            let h = &self.handlers[i];
+            h.in_flight.fetch_sub(1, Ordering::Relaxed);
+            h.request_size.observe(o.head_bytes + o.bytes_in);
+            h.response_size.observe(o.bytes_out);
+        }
         let s = entry(&self.series, (o.route, o.method, o.status));
         s.requests.fetch_add(1, Ordering::Relaxed);
         s.bytes_in.fetch_add(o.bytes_in, Ordering::Relaxed);
@@ -192,7 +277,303 @@ pub fn render(state: &AppState) -> String {
         proxy_metrics(&mut out, proxy);
     }
     process_metrics(&mut out);
+    distribution_http_metrics(&mut out, m);
+    if let Some(storage) = m.storage.read().unwrap_or_else(|p| p.into_inner()).clone() {
+        distribution_storage_metrics(&mut out, &storage);
+    }
+    distribution_cache_metrics(&mut out, state);
     out.0
+}
+
+/// A bucket bound as the Go client writes it (`strconv.FormatFloat(v, 'g', -1, 64)`): plain
+/// below 1e6 and above 1e-4, else `1.048576e+06`, so `le` selectors written for distribution
+/// match.
+fn go_float(v: f64) -> String {
+    let sci = format!("{v:e}");
+    let Some((mantissa, exp)) = sci.split_once('e') else {
+        return v.to_string();
+    };
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..6).contains(&exp) {
+        v.to_string()
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// promhttp's method label: lower case, `unknown` for a method it does not know.
+fn dist_method(method: &str) -> &'static str {
+    match method {
+        "GET" => "get",
+        "HEAD" => "head",
+        "PUT" => "put",
+        "POST" => "post",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        "OPTIONS" => "options",
+        _ => "unknown",
+    }
+}
+
+/// distribution's `registry_http_*` series (docker/go-metrics `NewDefaultHttpMetrics`, one set
+/// per route). Label names are written in the order the Go client writes them (sorted).
+fn distribution_http_metrics(out: &mut Out, m: &Metrics) {
+    // Requests, from Berth's (route, method, status) counters.
+    let mut requests: HashMap<(&'static str, u16, &'static str), u64> = HashMap::new();
+    for ((route, method, status), s) in sorted(&m.series) {
+        if let Some(i) = handler_index(route) {
+            *requests
+                .entry((HANDLERS[i], status, dist_method(method)))
+                .or_default() += s.requests.load(Ordering::Relaxed);
+        }
+    }
+    let mut requests: Vec<_> = requests.into_iter().collect();
+    requests.sort();
+    out.family(
+        "registry_http_requests_total",
+        "counter",
+        "HTTP requests answered, by status code, handler and method (distribution's series).",
+    );
+    for ((handler, code, method), n) in requests {
+        out.sample(
+            "registry_http_requests_total",
+            &[
+                ("code", &code.to_string()),
+                ("handler", handler),
+                ("method", method),
+            ],
+            n,
+        );
+    }
+
+    // Latency, read off Berth's histogram (its bounds include distribution's).
+    let mut latency: HashMap<(&'static str, &'static str), ([u64; BUCKETS.len() + 1], u64, u64)> =
+        HashMap::new();
+    for ((route, method), h) in sorted(&m.latency) {
+        if let Some(i) = handler_index(route) {
+            let e = latency
+                .entry((HANDLERS[i], dist_method(method)))
+                .or_insert(([0; BUCKETS.len() + 1], 0, 0));
+            for (acc, b) in e.0.iter_mut().zip(h.buckets.iter()) {
+                *acc += b.load(Ordering::Relaxed);
+            }
+            e.1 += h.sum_nanos.load(Ordering::Relaxed);
+            e.2 += h.count.load(Ordering::Relaxed);
+        }
+    }
+    let mut latency: Vec<_> = latency.into_iter().collect();
+    latency.sort_by_key(|(k, _)| *k);
+    let name = "registry_http_request_duration_seconds";
+    out.family(
+        name,
+        "histogram",
+        "HTTP request latencies in seconds, to the last byte of the response (distribution's series).",
+    );
+    for ((handler, method), (buckets, sum_nanos, count)) in latency {
+        let mut cumulative = 0;
+        let mut next = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += buckets[i];
+            if DIST_DURATION_BUCKETS.get(next) == Some(bound) {
+                next += 1;
+                out.sample(
+                    &format!("{name}_bucket"),
+                    &[
+                        ("handler", handler),
+                        ("method", method),
+                        ("le", &go_float(*bound)),
+                    ],
+                    cumulative,
+                );
+            }
+        }
+        out.sample(
+            &format!("{name}_bucket"),
+            &[("handler", handler), ("method", method), ("le", "+Inf")],
+            count,
+        );
+        out.sample(
+            &format!("{name}_sum"),
+            &[("handler", handler), ("method", method)],
+            secs(sum_nanos),
+        );
+        out.sample(
+            &format!("{name}_count"),
+            &[("handler", handler), ("method", method)],
+            count,
+        );
+    }
+
+    for (name, help, pick) in [
+        (
+            "registry_http_request_size_bytes",
+            "HTTP request sizes in bytes: request line, headers and body (distribution's series).",
+            (|h: &HandlerStats| &h.request_size) as fn(&HandlerStats) -> &SizeHistogram,
+        ),
+        (
+            "registry_http_response_size_bytes",
+            "HTTP response body sizes in bytes (distribution's series).",
+            |h: &HandlerStats| &h.response_size,
+        ),
+    ] {
+        out.family(name, "histogram", help);
+        for (handler, stats) in HANDLERS.iter().zip(m.handlers.iter()) {
+            let h = pick(stats);
+            let count = h.count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            for i in 0..SIZE_BUCKETS {
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                out.sample(
+                    &format!("{name}_bucket"),
+                    &[
+                        ("handler", handler),
+                        ("le", &go_float(SizeHistogram::bound(i) as f64)),
+                    ],
+                    cumulative,
+                );
+            }
+            out.sample(
+                &format!("{name}_bucket"),
+                &[("handler", handler), ("le", "+Inf")],
+                count,
+            );
+            out.sample(
+                &format!("{name}_sum"),
+                &[("handler", handler)],
+                h.sum.load(Ordering::Relaxed),
+            );
+            out.sample(&format!("{name}_count"), &[("handler", handler)], count);
+        }
+    }
+
+    out.family(
+        "registry_http_in_flight_requests",
+        "gauge",
+        "HTTP requests being served now, by handler (distribution's series).",
+    );
+    for (handler, stats) in HANDLERS.iter().zip(m.handlers.iter()) {
+        out.sample(
+            "registry_http_in_flight_requests",
+            &[("handler", handler)],
+            stats.in_flight.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// distribution's storage action for a Berth driver operation (distribution times these seven
+/// calls of its driver base; Berth's other operations have no counterpart there).
+fn dist_action(op: Op) -> Option<&'static str> {
+    Some(match op {
+        Op::GetContent => "GetContent",
+        Op::PutContent => "PutContent",
+        Op::Stat | Op::StatObject => "Stat",
+        Op::List => "List",
+        Op::Move => "Move",
+        Op::Delete => "Delete",
+        Op::RedirectUrl => "RedirectURL",
+        _ => return None,
+    })
+}
+
+/// `registry_storage_action_seconds{action,driver}`, from the storage wrapper's histograms.
+fn distribution_storage_metrics(out: &mut Out, s: &StorageStats) {
+    use berth_storage::instrumented::LATENCY_BUCKETS;
+    // distribution's name for its S3 driver.
+    let driver = match s.driver {
+        "s3" => "s3aws",
+        other => other,
+    };
+    let mut actions: Vec<(&'static str, [u64; LATENCY_BUCKETS.len() + 1], u64)> = Vec::new();
+    for op in Op::ALL {
+        let Some(action) = dist_action(op) else {
+            continue;
+        };
+        let st = s.op(op);
+        let i = match actions.iter().position(|(a, ..)| *a == action) {
+            Some(i) => i,
+            None => {
+                actions.push((action, [0; LATENCY_BUCKETS.len() + 1], 0));
+                actions.len() - 1
+            }
+        };
+        for (acc, b) in actions[i].1.iter_mut().zip(st.latency.iter()) {
+            *acc += b.load(Ordering::Relaxed);
+        }
+        actions[i].2 += st.nanos.load(Ordering::Relaxed);
+    }
+    actions.sort_by_key(|(a, ..)| *a);
+    let name = "registry_storage_action_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Seconds taken by storage driver actions, by action and driver (distribution's series).",
+    );
+    for (action, buckets, nanos) in actions {
+        let count: u64 = buckets.iter().sum();
+        if count == 0 {
+            continue;
+        }
+        let labels = [("action", action), ("driver", driver)];
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += buckets[i];
+            out.sample(
+                &format!("{name}_bucket"),
+                &[labels[0], labels[1], ("le", &go_float(*bound))],
+                cumulative,
+            );
+        }
+        out.sample(
+            &format!("{name}_bucket"),
+            &[labels[0], labels[1], ("le", "+Inf")],
+            count,
+        );
+        out.sample(&format!("{name}_sum"), &labels, secs(nanos));
+        out.sample(&format!("{name}_count"), &labels, count);
+    }
+}
+
+/// The blob-descriptor cache counters in distribution 3.x's form
+/// (`registry_storage_cache_{requests,hits,errors}_total`) and 2.8's
+/// (`registry_storage_cache_total{type="Request|Hit|Miss"}`).
+fn distribution_cache_metrics(out: &mut Out, state: &AppState) {
+    let stats = state.registry.cache().stats();
+    let hits = stats.hits.load(Ordering::Relaxed);
+    let misses = stats.misses.load(Ordering::Relaxed);
+    let errors = stats.errors.load(Ordering::Relaxed);
+    for (name, help, v) in [
+        (
+            "registry_storage_cache_requests_total",
+            "Blob-descriptor cache lookups (distribution 3.x's series).",
+            hits + misses,
+        ),
+        (
+            "registry_storage_cache_hits_total",
+            "Blob-descriptor cache lookups answered by the cache (distribution 3.x's series).",
+            hits,
+        ),
+        (
+            "registry_storage_cache_errors_total",
+            "Blob-descriptor cache calls that failed (distribution 3.x's series).",
+            errors,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        out.sample(name, &[], v);
+    }
+    let name = "registry_storage_cache_total";
+    out.family(
+        name,
+        "counter",
+        "Blob-descriptor cache lookups, hits and misses, by type (distribution 2.8's series).",
+    );
+    for (t, v) in [("Hit", hits), ("Miss", misses), ("Request", hits + misses)] {
+        out.sample(name, &[("type", t)], v);
+    }
 }
 
 fn sorted<K: Ord + Copy, V>(map: &RwLock<HashMap<K, Arc<V>>>) -> Vec<(K, Arc<V>)> {
@@ -520,12 +901,13 @@ mod tests {
     fn histogram_buckets_are_cumulative_in_the_text() {
         let m = Metrics::default();
         for ms in [0, 3, 3, 700, 100_000] {
-            m.started();
+            m.started("manifest");
             m.observe(&Observation {
                 route: "manifest",
                 method: "GET",
                 status: 200,
                 bytes_in: 0,
+                head_bytes: 100,
                 bytes_out: 10,
                 duration: Duration::from_millis(ms),
             });
@@ -551,6 +933,59 @@ mod tests {
         assert!(line("berth_http_request_duration_seconds_bucket{route=\"manifest\",method=\"GET\",le=\"+Inf\"}").ends_with(" 5"));
         assert!(line("berth_http_request_duration_seconds_count{").ends_with(" 5"));
         assert!(line("berth_http_requests_in_flight").ends_with(" 0"));
+
+        // The same requests in distribution's series.
+        let mut out = Out(String::new());
+        m.started("upload");
+        distribution_http_metrics(&mut out, &m);
+        let text = out.0;
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+                .to_owned()
+        };
+        assert!(line(
+            "registry_http_requests_total{code=\"200\",handler=\"manifest\",method=\"get\"}"
+        )
+        .ends_with(" 5"));
+        let dur =
+            "registry_http_request_duration_seconds_bucket{handler=\"manifest\",method=\"get\"";
+        assert!(line(&format!("{dur},le=\"0.005\"}}")).ends_with(" 3"));
+        assert!(line(&format!("{dur},le=\"1\"}}")).ends_with(" 4"));
+        assert!(line(&format!("{dur},le=\"60\"}}")).ends_with(" 4"));
+        assert!(line(&format!("{dur},le=\"+Inf\"}}")).ends_with(" 5"));
+        assert!(
+            !text.contains(&format!("{dur},le=\"0.001\"")),
+            "only distribution's bounds"
+        );
+        assert!(
+            line("registry_http_request_size_bytes_bucket{handler=\"manifest\",le=\"1024\"}")
+                .ends_with(" 5")
+        );
+        assert!(
+            line("registry_http_response_size_bytes_sum{handler=\"manifest\"}").ends_with(" 50")
+        );
+        assert!(
+            line("registry_http_in_flight_requests{handler=\"blob_upload_chunk\"}").ends_with(" 1")
+        );
+        assert!(line("registry_http_in_flight_requests{handler=\"manifest\"}").ends_with(" 0"));
+    }
+
+    #[test]
+    fn bounds_are_written_as_go_writes_them() {
+        for (v, want) in [
+            (0.005, "0.005"),
+            (1.0, "1"),
+            (60.0, "60"),
+            (1024.0, "1024"),
+            (524288.0, "524288"),
+            (1048576.0, "1.048576e+06"),
+            (2147483648.0, "2.147483648e+09"),
+            (0.00005, "5e-05"),
+        ] {
+            assert_eq!(go_float(v), want);
+        }
     }
 
     #[test]

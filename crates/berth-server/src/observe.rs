@@ -42,6 +42,25 @@ pub fn request_id(headers: &HeaderMap) -> String {
     format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The size of a request without its body, counted as Prometheus' Go HTTP instrumentation
+/// counts it for distribution's `registry_http_request_size_bytes`: URL, method, protocol,
+/// header names and values, host.
+pub fn head_size<B>(req: &http::Request<B>) -> u64 {
+    let proto = match req.version() {
+        http::Version::HTTP_10 => "HTTP/1.0".len(),
+        http::Version::HTTP_2 => "HTTP/2.0".len(),
+        _ => "HTTP/1.1".len(),
+    };
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    let host = req.headers().get(http::header::HOST).map_or(0, |h| h.len());
+    let url = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    (url + req.method().as_str().len() + proto + headers + host) as u64
+}
+
 /// Everything the access line and the metrics need, gathered while the request was served.
 pub struct Finished {
     pub started: Instant,
@@ -57,6 +76,8 @@ pub struct Finished {
     pub status: u16,
     pub code: Option<&'static str>,
     pub bytes_in: u64,
+    /// The request line and headers, as [`head_size`] counts them.
+    pub head_bytes: u64,
     pub access_log: bool,
     pub metrics: Arc<Metrics>,
     /// The request's trace span, kept open until the body is sent.
@@ -71,6 +92,7 @@ impl Finished {
             method: self.method,
             status: self.status,
             bytes_in: self.bytes_in,
+            head_bytes: self.head_bytes,
             bytes_out,
             duration,
         });

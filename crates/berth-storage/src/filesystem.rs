@@ -9,13 +9,26 @@
 //! to the blocking pool. [`FilesystemDriver::inline_io`] turns the inline path off for a root
 //! on a network filesystem, where a stat can stall for long.
 //!
-//! Durability: `put_content` writes a temporary sibling, fsyncs it, renames it over the
-//! target and fsyncs the directory; `move_object` renames and fsyncs the destination
-//! directory. A crash leaves either the old or the new object, never a torn one. Temporary
-//! names start with `.berth-tmp-` so they never look like layout entries.
+//! Durability: `put_content` writes a temporary file, fsyncs it, renames it over the target
+//! and fsyncs the directory; `move_object` renames and fsyncs the destination directory. A
+//! crash leaves either the old or the new object, never a torn one.
+//!
+//! Temporaries (files being written, directory trees being built or deleted) live in
+//! [`SCRATCH_DIR`] under the root: on the same filesystem, so a rename moves them into place,
+//! and outside `docker/`, the only tree distribution (catalog, garbage collector, upload purger)
+//! or any layout tool reads. Each process has its own directory there, held by an advisory lock
+//! on a sibling `.lock` file for the life of the process; [`FilesystemDriver::clean_scratch`]
+//! removes the directories whose lock is free (their process died), so replicas sharing a root
+//! never remove each other's work. Berth before this layout wrote temporaries beside their
+//! target as `.berth-tmp-*`: listings still hide that name and
+//! [`FilesystemDriver::sweep_legacy_temporaries`] removes such leftovers once per root. Where
+//! the scratch directory cannot be used (a mount point inside the root: the rename crosses
+//! filesystems), a write falls back to such a sibling.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -32,10 +45,95 @@ const INLINE_READ: u64 = 256 << 10;
 /// Writes are gathered to this size before one blocking write.
 const WRITE_BUFFER: usize = 4 << 20;
 
+/// Berth's own directory under the root, beside `docker/` (never inside it).
+pub const BERTH_DIR: &str = ".berth";
+/// Where temporaries live, relative to the root: one directory per process.
+pub const SCRATCH_DIR: &str = ".berth/tmp";
+/// The name older Berth gave temporaries beside their target (still hidden and cleaned).
+const LEGACY_PREFIX: &str = ".berth-tmp-";
+/// Written once every legacy temporary of the root has been removed: later starts skip the walk.
+const LEGACY_SWEPT: &str = ".berth/legacy-temporaries-swept";
+
 #[derive(Debug, Clone)]
 pub struct FilesystemDriver {
     root: PathBuf,
     inline: bool,
+    scratch: Arc<Scratch>,
+}
+
+/// This process's scratch directory, created on the first write.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The directory and its lock file, open (and locked) while the directory is in use.
+    active: Mutex<Option<(PathBuf, std::fs::File)>>,
+}
+
+impl Scratch {
+    /// A fresh temporary path in this process's directory (created on first use, and again
+    /// after [`Scratch::lost`]).
+    fn path(&self, root: &Path) -> std::io::Result<PathBuf> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = match &*active {
+            Some((dir, _)) => dir.clone(),
+            None => {
+                let (dir, lock) = create_scratch(root)?;
+                *active = Some((dir.clone(), lock));
+                dir
+            }
+        };
+        Ok(dir.join(uuid::Uuid::new_v4().simple().to_string()))
+    }
+
+    /// The directory `dir` has vanished (someone removed it: a cleaner on a host whose locks
+    /// this one cannot see, as on an NFS mount with `nolock`): the next write makes a new one.
+    fn lost(&self, dir: &Path) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.as_ref().is_some_and(|(d, _)| d == dir) {
+            tracing::warn!(dir = %dir.display(), "the scratch directory was removed under this process; making another");
+            *active = None;
+        }
+    }
+
+    /// The directory in use, if any (tests and the cleaner, which must spare it).
+    fn dir(&self) -> Option<PathBuf> {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.as_ref().map(|(d, _)| d.clone())
+    }
+}
+
+/// The process is done with its scratch directory (the last clone of the driver is gone):
+/// it is removed, so a clean stop leaves nothing for the next start to clean.
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let active = self.active.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((dir, _lock)) = active.take() {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(dir.with_extension("lock"));
+        }
+    }
+}
+
+/// Creates `<root>/.berth/tmp/<id>/` with its lock `<id>.lock` held: the lock file is locked
+/// under another name and renamed into place, so a cleaner never sees an unlocked `.lock` of
+/// a live process, and the directory only appears once its lock does.
+fn create_scratch(root: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let base = root.join(SCRATCH_DIR);
+    std::fs::create_dir_all(&base)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let pending = base.join(format!("{id}.lock.new"));
+    let lock = std::fs::File::create(&pending)?;
+    lock.try_lock().map_err(std::io::Error::from)?;
+    std::fs::rename(&pending, base.join(format!("{id}.lock")))?;
+    let dir = base.join(&id);
+    std::fs::create_dir(&dir)?;
+    Ok((dir, lock))
+}
+
+/// What a clean-up removed, and what it left because it may still be in use.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    pub removed: usize,
+    pub kept: usize,
 }
 
 impl FilesystemDriver {
@@ -43,7 +141,111 @@ impl FilesystemDriver {
         FilesystemDriver {
             root: root.into(),
             inline: true,
+            scratch: Arc::default(),
         }
+    }
+
+    /// Removes the scratch directories of processes that are gone (their lock is free), as a
+    /// server does at start. Another live process's directory is left alone.
+    pub fn clean_scratch(&self) -> std::io::Result<Cleaned> {
+        let base = self.root.join(SCRATCH_DIR);
+        let mut done = Cleaned::default();
+        let entries = match std::fs::read_dir(&base) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
+            Err(e) => return Err(e),
+        };
+        let own = self.scratch.dir();
+        for entry in entries {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let Some(id) = name
+                .strip_suffix(".lock")
+                .or_else(|| name.strip_suffix(".lock.new"))
+            else {
+                // A directory: cleaned with its lock. One without a lock cannot be a live
+                // process's (the lock comes first), so it goes.
+                let has_lock = base.join(format!("{name}.lock")).exists();
+                if !has_lock && own.as_deref() != Some(path.as_path()) {
+                    // Gone already when its lock was handled first.
+                    match remove_any(&path) {
+                        Ok(()) => done.removed += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                continue;
+            };
+            let f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            match f.try_lock() {
+                Ok(()) => {
+                    // Its process is gone: its work first, then the lock.
+                    let dir = base.join(id);
+                    if dir.exists() {
+                        remove_any(&dir)?;
+                    }
+                    remove_any(&path)?;
+                    done.removed += 1;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => done.kept += 1,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Removes the `.berth-tmp-*` entries older Berth left inside `docker/` (a crash between
+    /// writing and renaming), except those younger than `min_age`, which an older replica
+    /// still running on the same root may be using. Once nothing is left, a marker file makes
+    /// later calls return at once. Slow on a large root (it walks every directory): run it in
+    /// the background.
+    pub fn sweep_legacy_temporaries(&self, min_age: Duration) -> std::io::Result<Cleaned> {
+        let mut done = Cleaned::default();
+        let marker = self.root.join(LEGACY_SWEPT);
+        if marker.exists() {
+            return Ok(done);
+        }
+        let now = SystemTime::now();
+        let mut stack = vec![self.root.join("docker")];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                let is_dir = entry.file_type()?.is_dir();
+                if !name.to_string_lossy().starts_with(LEGACY_PREFIX) {
+                    if is_dir {
+                        stack.push(entry.path());
+                    }
+                    continue;
+                }
+                let modified = entry.metadata()?.modified()?;
+                if now.duration_since(modified).unwrap_or_default() < min_age {
+                    done.kept += 1;
+                    continue;
+                }
+                match remove_any(&entry.path()) {
+                    Ok(()) => done.removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if done.kept == 0 {
+            std::fs::create_dir_all(self.root.join(BERTH_DIR))?;
+            std::fs::write(&marker, b"")?;
+        }
+        Ok(done)
     }
 
     /// Whether small reads and metadata calls run on the calling thread (the default) or on
@@ -94,9 +296,48 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Removes a file or a whole tree.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// A temporary name beside `target`: the fallback where the scratch directory is on another
+/// filesystem than the target (or cannot be created).
 fn tmp_sibling(target: &Path) -> PathBuf {
-    let name = format!(".berth-tmp-{}", uuid::Uuid::new_v4().simple());
+    let name = format!("{LEGACY_PREFIX}{}", uuid::Uuid::new_v4().simple());
     target.with_file_name(name)
+}
+
+/// Runs `f` with a temporary path in the scratch directory, and again with a sibling of
+/// `target` when the scratch directory cannot be used for it.
+fn with_temp<T>(
+    scratch: &Scratch,
+    root: &Path,
+    target: &Path,
+    f: impl Fn(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let tmp = match scratch.path(root) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(error = %e, "scratch directory unusable; temporary beside the target");
+            return f(&tmp_sibling(target));
+        }
+    };
+    match f(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => f(&tmp_sibling(target)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(dir) = tmp.parent().filter(|d| !d.is_dir()) else {
+                return Err(e);
+            };
+            scratch.lost(dir);
+            f(&scratch.path(root)?)
+        }
+        r => r,
+    }
 }
 
 /// Writes an object whose directory does not exist yet so that the directories appear with
@@ -104,7 +345,12 @@ fn tmp_sibling(target: &Path) -> PathBuf {
 /// one step. A crash never leaves a tag, revision or layer-link directory without its link
 /// (which a listing would show while a read of it fails). `false` when another writer created
 /// the directory meanwhile: the caller then writes into it as usual.
-fn write_with_new_dirs(target: &Path, content: &[u8]) -> std::io::Result<bool> {
+fn write_with_new_dirs(
+    scratch: &Scratch,
+    root: &Path,
+    target: &Path,
+    content: &[u8],
+) -> std::io::Result<bool> {
     // The highest missing ancestor becomes the temporary tree's root.
     let mut top = target
         .parent()
@@ -119,48 +365,56 @@ fn write_with_new_dirs(target: &Path, content: &[u8]) -> std::io::Result<bool> {
     let (Some(parent), Ok(rel)) = (top.parent(), target.strip_prefix(top)) else {
         return Ok(false);
     };
-    let tmp_top = tmp_sibling(top);
-    let res = (|| {
-        let file = tmp_top.join(rel);
-        if let Some(d) = file.parent() {
-            std::fs::create_dir_all(d)?;
+    with_temp(scratch, root, top, |tmp_top| {
+        let res = (|| {
+            let file = tmp_top.join(rel);
+            if let Some(d) = file.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            let mut f = std::fs::File::create(&file)?;
+            f.write_all(content)?;
+            f.sync_all()?;
+            match std::fs::rename(tmp_top, top) {
+                Ok(()) => sync_dir(parent).map(|()| true),
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Err(e),
+                // Someone else created it (`rename` refuses to replace a non-empty directory).
+                Err(_) if top.is_dir() => Ok(false),
+                Err(e) => Err(e),
+            }
+        })();
+        if !matches!(res, Ok(true)) {
+            let _ = std::fs::remove_dir_all(tmp_top);
         }
-        let mut f = std::fs::File::create(&file)?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        match std::fs::rename(&tmp_top, top) {
-            Ok(()) => sync_dir(parent).map(|()| true),
-            // Someone else created it (`rename` refuses to replace a non-empty directory).
-            Err(_) if top.is_dir() => Ok(false),
-            Err(e) => Err(e),
-        }
-    })();
-    if !matches!(res, Ok(true)) {
-        let _ = std::fs::remove_dir_all(&tmp_top);
-    }
-    res
+        res
+    })
 }
 
-fn write_atomic(target: &Path, content: &[u8]) -> std::io::Result<()> {
+fn write_atomic(
+    scratch: &Scratch,
+    root: &Path,
+    target: &Path,
+    content: &[u8],
+) -> std::io::Result<()> {
     let dir = target
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    if !dir.is_dir() && write_with_new_dirs(target, content)? {
+    if !dir.is_dir() && write_with_new_dirs(scratch, root, target, content)? {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
-    let tmp = tmp_sibling(target);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, target)?;
-        sync_dir(dir)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    with_temp(scratch, root, target, |tmp| {
+        let res = (|| {
+            let mut f = std::fs::File::create(tmp)?;
+            f.write_all(content)?;
+            f.sync_all()?;
+            std::fs::rename(tmp, target)?;
+            sync_dir(dir)
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        res
+    })
 }
 
 #[async_trait]
@@ -182,7 +436,8 @@ impl StorageDriver for FilesystemDriver {
 
     async fn put_content(&self, path: &str, content: Bytes) -> Result<()> {
         let full = self.full(path)?;
-        blocking(path, move || write_atomic(&full, &content)).await
+        let (scratch, root) = (self.scratch.clone(), self.root.clone());
+        blocking(path, move || write_atomic(&scratch, &root, &full, &content)).await
     }
 
     async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> Result<ByteStream> {
@@ -258,8 +513,16 @@ impl StorageDriver for FilesystemDriver {
         } else {
             self.full(path)?
         };
-        let prefix = if path == "/" { "" } else { path }.to_owned();
-        let mut names = blocking(path, move || read_names(&full)).await?;
+        let at_root = path == "/";
+        let prefix = if at_root { "" } else { path }.to_owned();
+        let mut names = blocking(path, move || {
+            let mut names = read_names(&full)?;
+            if at_root {
+                names.retain(|n| n != BERTH_DIR);
+            }
+            Ok(names)
+        })
+        .await?;
         names.sort_unstable();
         Ok(names.into_iter().map(|n| format!("{prefix}/{n}")).collect())
     }
@@ -296,7 +559,7 @@ impl StorageDriver for FilesystemDriver {
                     if marks(name) {
                         marked = true;
                     } else if !prunes(name)
-                        && !name.starts_with(".berth-tmp-")
+                        && !name.starts_with(LEGACY_PREFIX)
                         && entry.file_type()?.is_dir()
                     {
                         let child = if rel.is_empty() {
@@ -337,14 +600,17 @@ impl StorageDriver for FilesystemDriver {
 
     async fn delete(&self, path: &str) -> Result<()> {
         let full = self.full(path)?;
+        let (scratch, root) = (self.scratch.clone(), self.root.clone());
         blocking(path, move || {
             let md = std::fs::symlink_metadata(&full)?;
             if md.is_dir() {
-                // Out of sight in one step, then removed: a crash midway leaves a hidden
-                // temporary tree, never a half-deleted tag or repository.
-                let doomed = tmp_sibling(&full);
-                std::fs::rename(&full, &doomed)?;
-                std::fs::remove_dir_all(&doomed)
+                // Out of the layout in one step, then removed: a crash midway leaves a tree in
+                // the scratch directory (cleaned at the next start), never a half-deleted tag
+                // or repository.
+                with_temp(&scratch, &root, &full, |doomed| {
+                    std::fs::rename(&full, doomed)?;
+                    std::fs::remove_dir_all(doomed)
+                })
             } else {
                 std::fs::remove_file(&full)
             }
@@ -382,12 +648,12 @@ fn open_range(full: &Path, offset: u64, len: Option<u64>) -> std::io::Result<Ope
     }
 }
 
-/// A directory's entry names, without Berth's temporary entries.
+/// A directory's entry names, without the temporaries older Berth left beside their target.
 fn read_names(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(".berth-tmp-") {
+        if !name.starts_with(LEGACY_PREFIX) {
             out.push(name);
         }
     }
@@ -598,11 +864,155 @@ mod tests {
         d.delete("/r/tags/t")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut left = Vec::new();
-        for e in walkdir(dir.path()) {
-            left.push(e);
-        }
+        let left: Vec<_> = walkdir(dir.path())
+            .into_iter()
+            .filter(|p| !p.starts_with(dir.path().join(BERTH_DIR)))
+            .collect();
         assert_eq!(left, vec![dir.path().join("r"), dir.path().join("r/tags")]);
+        assert_eq!(scratch_entries(&d), Vec::<PathBuf>::new());
+    }
+
+    /// What this driver's scratch directory holds now.
+    fn scratch_entries(d: &FilesystemDriver) -> Vec<PathBuf> {
+        d.scratch.dir().map(|p| walkdir(&p)).unwrap_or_default()
+    }
+
+    fn age(path: &Path, by: Duration) {
+        std::fs::File::open(path)
+            .and_then(|f| f.set_modified(SystemTime::now() - by))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
+    /// Writes and deletes use the scratch directory, outside `docker/`, and leave nothing in
+    /// it; the root listing does not show Berth's directory.
+    #[tokio::test]
+    async fn temporaries_live_outside_the_layout() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = FilesystemDriver::new(dir.path());
+        for p in ["/docker/registry/v2/a/b/c", "/docker/registry/v2/a/b/d"] {
+            d.put_content(p, Bytes::from_static(b"x"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        d.delete("/docker/registry/v2/a/b")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(dir.path().join(SCRATCH_DIR).is_dir());
+        assert_eq!(scratch_entries(&d), Vec::<PathBuf>::new());
+        assert_eq!(
+            d.list("/").await.unwrap_or_else(|e| panic!("{e}")),
+            vec!["/docker"]
+        );
+    }
+
+    /// A scratch directory removed under a live process (a cleaner that could not see its
+    /// lock) costs no write: the next one makes a new directory.
+    #[tokio::test]
+    async fn a_removed_scratch_directory_is_made_again() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = FilesystemDriver::new(dir.path());
+        d.put_content("/docker/a", Bytes::from_static(b"1"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = d.scratch.dir().unwrap_or_default();
+        std::fs::remove_dir_all(dir.path().join(SCRATCH_DIR)).unwrap_or_else(|e| panic!("{e}"));
+        d.put_content("/docker/b", Bytes::from_static(b"2"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        d.delete("/docker").await.unwrap_or_else(|e| panic!("{e}"));
+        let second = d.scratch.dir().unwrap_or_default();
+        assert!(second.is_dir() && second != first);
+        assert!(!dir.path().join("docker").exists());
+    }
+
+    /// A dead process's scratch directory goes; a live one's stays, whoever cleans.
+    #[tokio::test]
+    async fn clean_scratch_removes_only_dead_processes_work() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let live = FilesystemDriver::new(dir.path());
+        live.put_content("/docker/x", Bytes::from_static(b"x"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let live_dir = live.scratch.dir().unwrap_or_default();
+        std::fs::write(live_dir.join("in-use"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        // A process that died: its lock file is not held by anyone.
+        let base = dir.path().join(SCRATCH_DIR);
+        std::fs::create_dir_all(base.join("dead/tree")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(base.join("dead.lock"), b"").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(base.join("dead/tree/f"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(base.join("half.lock.new"), b"").unwrap_or_else(|e| panic!("{e}"));
+
+        let other = FilesystemDriver::new(dir.path());
+        let cleaned = other.clean_scratch().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cleaned,
+            Cleaned {
+                removed: 2,
+                kept: 1
+            }
+        );
+        assert!(!base.join("dead").exists() && !base.join("dead.lock").exists());
+        assert!(!base.join("half.lock.new").exists());
+        assert!(live_dir.join("in-use").exists());
+        // A driver dropped (a clean stop) removes its own.
+        drop(live);
+        assert!(!live_dir.exists() && !live_dir.with_extension("lock").exists());
+        let cleaned = other.clean_scratch().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cleaned, Cleaned::default());
+    }
+
+    /// Old Berth's `.berth-tmp-*` siblings inside the layout: removed once old enough, and
+    /// the walk is done once per root.
+    #[test]
+    fn legacy_temporaries_are_swept_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let v2 = dir.path().join("docker/registry/v2");
+        let old_dir = v2.join("blobs/sha256/ab/.berth-tmp-1");
+        let old_file = v2.join("repositories/r/_manifests/tags/t/current/.berth-tmp-2");
+        let young = v2.join("repositories/r/.berth-tmp-3");
+        std::fs::create_dir_all(old_dir.join("abcd")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(old_file.parent().unwrap_or(&v2)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&old_file, b"x").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&young, b"x").unwrap_or_else(|e| panic!("{e}"));
+        age(&old_dir, Duration::from_secs(3600));
+        age(&old_file, Duration::from_secs(3600));
+        let d = FilesystemDriver::new(dir.path());
+        let min = Duration::from_secs(600);
+        let swept = d
+            .sweep_legacy_temporaries(min)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            swept,
+            Cleaned {
+                removed: 2,
+                kept: 1
+            }
+        );
+        assert!(!old_dir.exists() && !old_file.exists() && young.exists());
+        assert!(!dir.path().join(LEGACY_SWEPT).exists());
+        age(&young, Duration::from_secs(3600));
+        let swept = d
+            .sweep_legacy_temporaries(min)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            swept,
+            Cleaned {
+                removed: 1,
+                kept: 0
+            }
+        );
+        assert!(dir.path().join(LEGACY_SWEPT).exists());
+        // A later one does not walk: a new leftover stays (listings hide it).
+        std::fs::write(v2.join("repositories/.berth-tmp-4"), b"x")
+            .unwrap_or_else(|e| panic!("{e}"));
+        age(
+            &v2.join("repositories/.berth-tmp-4"),
+            Duration::from_secs(3600),
+        );
+        let swept = d
+            .sweep_legacy_temporaries(min)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(swept, Cleaned::default());
     }
 
     /// Every path under `root`, sorted (hidden temporary entries included).

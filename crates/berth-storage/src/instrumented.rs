@@ -83,6 +83,12 @@ impl Op {
     }
 }
 
+/// Upper bounds (seconds) of the per-operation latency buckets: Prometheus' default buckets,
+/// which distribution's `registry_storage_action_seconds` uses.
+pub const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Counters of one operation.
 #[derive(Debug, Default)]
 pub struct OpStats {
@@ -90,6 +96,8 @@ pub struct OpStats {
     pub errors: AtomicU64,
     /// Total time spent, in nanoseconds.
     pub nanos: AtomicU64,
+    /// Calls per latency bucket ([`LATENCY_BUCKETS`], then `+Inf`), not cumulative.
+    pub latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
 }
 
 /// What storage was asked to do since the start.
@@ -121,8 +129,15 @@ impl StorageStats {
     fn record<T>(&self, op: Op, started: Instant, result: &Result<T>) {
         let s = self.op(op);
         s.calls.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         s.nanos.fetch_add(nanos, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        s.latency[bucket].fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
             if !e.is_not_found() {
                 s.errors.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,14 @@
 //! `berth garbage-collect`: deletes blobs no manifest references (and, on request, manifests
 //! no tag reaches) on the configured storage; see `berth_registry::gc` for the semantics.
-//! Deletions go to stdout one per line, progress and the summary to stderr.
+//! Deletions go to stdout one per line, progress and the summary to stderr; `--quiet` keeps
+//! only warnings and errors.
+//!
+//! [`Mode::AsDistribution`] is `registry garbage-collect`: distribution's collector is offline
+//! (it deletes everything unreferenced at once, and is only safe with the registry stopped or
+//! read-only). A cron job written for it must get a safe result whatever the registry is doing,
+//! so it runs online (with the grace period) unless the configuration says the storage is
+//! read-only (`storage.maintenance.readonly`), the set-up distribution documents for it: then
+//! it is offline, and deletes exactly what distribution's would.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,12 +18,26 @@ use anyhow::{bail, Context};
 use berth_registry::gc::{self, Event, GcOptions, Progress};
 use berth_server::config::{self, StorageDriver};
 
+/// Online (with a grace period) or offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `berth garbage-collect`: online, unless `--offline`.
+    Online,
+    /// `berth garbage-collect --offline`.
+    Offline,
+    /// `registry garbage-collect`: offline when the configuration makes the storage read-only,
+    /// online otherwise (see the module documentation).
+    AsDistribution,
+}
+
 /// The command's options (see `main.rs` for their help).
 pub struct Args<'a> {
     pub config: Option<&'a std::path::Path>,
     pub dry_run: bool,
     pub delete_untagged: bool,
-    pub offline: bool,
+    pub mode: Mode,
+    /// Only warnings and errors: no list of deletions, no progress, no summary.
+    pub quiet: bool,
     pub grace: Option<&'a str>,
     /// Hidden: accept a grace period below the 15-minute floor (tests).
     pub short_grace: bool,
@@ -32,10 +54,29 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
     };
     init_logging();
     let cfg = &loaded.config;
-    let grace = if args.offline {
+    let offline = match args.mode {
+        Mode::Online => false,
+        Mode::Offline => true,
+        Mode::AsDistribution => cfg.storage.maintenance.readonly.enabled,
+    };
+    let grace = if offline {
         None
     } else {
-        Some(grace(cfg, args.grace, args.short_grace)?)
+        // How to ask for an offline run, in the words of the command that was used.
+        let offline_hint = match args.mode {
+            Mode::AsDistribution => {
+                "give it a configuration with storage.maintenance.readonly.enabled: true"
+            }
+            _ => "use --offline",
+        };
+        Some(grace(cfg, args.grace, args.short_grace, offline_hint)?)
+    };
+    let quiet = args.quiet;
+    // Informational lines on stderr, which `--quiet` silences.
+    let say = move |line: std::fmt::Arguments<'_>| {
+        if !quiet {
+            eprintln!("gc: {line}");
+        }
     };
     let opts = GcOptions {
         dry_run: args.dry_run,
@@ -49,7 +90,7 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let driver: Arc<dyn berth_storage::StorageDriver> = match cfg.storage.driver() {
             StorageDriver::Filesystem(fs) => {
-                eprintln!("gc: storage: filesystem at {}", fs.rootdirectory);
+                say(format_args!("storage: filesystem at {}", fs.rootdirectory));
                 Arc::new(
                     berth_storage::FilesystemDriver::new(&fs.rootdirectory)
                         .inline_io(fs.inlineio.unwrap_or(true)),
@@ -57,7 +98,7 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
             }
             StorageDriver::S3(s3) => {
                 let c = berth_server::setup::s3_config(&s3, false);
-                eprintln!("gc: storage: s3 bucket {} root {:?}", c.bucket, c.root_directory);
+                say(format_args!("storage: s3 bucket {} root {:?}", c.bucket, c.root_directory));
                 let d = berth_storage::S3Driver::new(c)
                     .await
                     .map_err(anyhow::Error::msg)?;
@@ -78,16 +119,19 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
         )
         .with_cache(berth_server::setup::cache(cfg).map_err(anyhow::Error::msg)?);
         match grace {
-            Some(g) => eprintln!(
-                "gc: online: content written or touched in the last {} is kept (a registry may keep serving pushes)",
+            Some(g) => say(format_args!(
+                "online: content written or touched in the last {} is kept (a registry may keep serving pushes)",
                 show(g)
-            ),
-            None => eprintln!(
-                "gc: offline: the registry must be stopped or read-only while this runs"
-            ),
+            )),
+            None if args.mode == Mode::AsDistribution => say(format_args!(
+                "offline (storage.maintenance.readonly is enabled): everything unreferenced is deleted"
+            )),
+            None => say(format_args!(
+                "offline: the registry must be stopped or read-only while this runs"
+            )),
         }
         if opts.dry_run {
-            eprintln!("gc: dry run: nothing will be deleted");
+            say(format_args!("dry run: nothing will be deleted"));
         }
         let progress = Arc::new(Progress::default());
         let ticker = {
@@ -98,7 +142,7 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    eprintln!("gc: {}", progress.describe());
+                    say(format_args!("{}", progress.describe()));
                 }
             })
         };
@@ -106,12 +150,13 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
         let events = move |e: &Event| {
             let verb = if dry { "would delete" } else { "deleted" };
             match e {
+                Event::Warning(w) => eprintln!("gc: warning: {w}"),
+                _ if quiet => {}
                 Event::Manifest { repo, digest } => outln!("{verb} manifest {repo}@{digest}"),
                 Event::Blob { digest, size } => outln!("{verb} blob {digest} ({size} bytes)"),
                 Event::LayerLink { repo, digest } => {
                     outln!("{verb} layer link {repo} -> {digest}")
                 }
-                Event::Warning(w) => eprintln!("gc: warning: {w}"),
             }
         };
         let result = registry.garbage_collect(&opts, &progress, &events).await;
@@ -126,7 +171,7 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
         for e in &report.errors {
             eprintln!("gc: error: {e}");
         }
-        eprintln!("gc: {}", report.summary());
+        say(format_args!("{}", report.summary()));
         Ok(if report.errors.is_empty() {
             ExitCode::SUCCESS
         } else {
@@ -137,7 +182,12 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
 
 /// The grace period: `--grace`, else `storage.maintenance.gc.grace`, else 1h; at least 15
 /// minutes (unless the hidden test flag says otherwise) and three touch intervals.
-fn grace(cfg: &config::Config, flag: Option<&str>, short_ok: bool) -> anyhow::Result<Duration> {
+fn grace(
+    cfg: &config::Config,
+    flag: Option<&str>,
+    short_ok: bool,
+    offline_hint: &str,
+) -> anyhow::Result<Duration> {
     let configured = cfg
         .storage
         .maintenance
@@ -152,7 +202,7 @@ fn grace(cfg: &config::Config, flag: Option<&str>, short_ok: bool) -> anyhow::Re
     };
     if g < gc::MIN_GRACE && !short_ok {
         bail!(
-            "a grace period of {} is too short to be safe (at least {}); with the registry stopped or read-only, use --offline instead",
+            "a grace period of {} is too short to be safe (at least {}); with the registry stopped or read-only, {offline_hint} instead",
             show(g),
             show(gc::MIN_GRACE)
         );
@@ -160,7 +210,7 @@ fn grace(cfg: &config::Config, flag: Option<&str>, short_ok: bool) -> anyhow::Re
     let Some(ti) =
         berth_server::maintenance::configured_touch_interval(cfg).map_err(anyhow::Error::msg)?
     else {
-        bail!("storage.maintenance.gc.touchinterval is 0: the registry does not refresh what it serves, so an online collection is not safe; stop the registry (or make it read-only) and use --offline");
+        bail!("storage.maintenance.gc.touchinterval is 0: the registry does not refresh what it serves, so an online collection is not safe; stop the registry (or make it read-only) and {offline_hint}");
     };
     if g < ti * 3 {
         bail!(

@@ -20,6 +20,7 @@ macro_rules! outln {
     }};
 }
 
+mod compat_cli;
 mod gc;
 
 /// How every command reports a configuration it cannot use.
@@ -85,6 +86,9 @@ struct GcArgs {
     /// refer (subject) to a kept manifest.
     #[arg(short = 'm', long)]
     delete_untagged: bool,
+    /// Print only warnings and errors (not the deletions, progress or summary).
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// The registry is stopped or read-only: no grace period, everything unreferenced goes.
     #[arg(long, conflicts_with = "grace")]
     offline: bool,
@@ -167,6 +171,9 @@ impl ConfigArg {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = compat_cli::run_if_named_registry() {
+        return code;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(arg) => serve::serve(arg.path()),
@@ -197,7 +204,12 @@ fn main() -> ExitCode {
             config: a.config.path(),
             dry_run: a.dry_run,
             delete_untagged: a.delete_untagged,
-            offline: a.offline,
+            mode: if a.offline {
+                gc::Mode::Offline
+            } else {
+                gc::Mode::Online
+            },
+            quiet: a.quiet,
             grace: a.grace.as_deref(),
             short_grace: a.unsafe_short_grace,
             progress_every: std::time::Duration::from_secs_f64(
@@ -205,6 +217,11 @@ fn main() -> ExitCode {
             ),
         }),
     };
+    exit_code(result)
+}
+
+/// The exit code of a command's result, with the whole error chain printed.
+pub(crate) fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

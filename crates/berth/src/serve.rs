@@ -38,9 +38,13 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             let root = std::path::absolute(&fs.rootdirectory)
                 .unwrap_or_else(|_| fs.rootdirectory.clone().into());
             tracing::info!(driver = "filesystem", root = %root.display(), "storing data in {}", root.display());
-            Chosen::Local(DriverChoice::Filesystem(
-                berth_storage::FilesystemDriver::new(root).inline_io(fs.inlineio.unwrap_or(true)),
-            ))
+            let driver =
+                berth_storage::FilesystemDriver::new(root).inline_io(fs.inlineio.unwrap_or(true));
+            // A read-only registry writes nothing, not even a clean-up.
+            if !cfg.storage.maintenance.readonly.enabled {
+                clean_temporaries(&driver);
+            }
+            Chosen::Local(DriverChoice::Filesystem(driver))
         }
         StorageDriver::InMemory => {
             tracing::info!(
@@ -292,4 +296,36 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// Removes what crashed processes left in the filesystem driver's scratch directory (now) and
+/// the `.berth-tmp-*` leftovers of older Berth inside the layout (in the background, once per
+/// root: it walks the whole tree). Failures are warnings: leftovers are hidden from listings.
+fn clean_temporaries(driver: &berth_storage::FilesystemDriver) {
+    match driver.clean_scratch() {
+        Ok(c) if c.removed > 0 => tracing::info!(
+            removed = c.removed,
+            "removed the temporaries of processes that stopped without cleaning up"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not clean the storage's scratch directory"),
+    }
+    let driver = driver.clone();
+    let spawned = std::thread::Builder::new()
+        .name("legacy-tmp-sweep".into())
+        .spawn(move || {
+            // Younger ones may belong to an older replica still writing on this root.
+            match driver.sweep_legacy_temporaries(std::time::Duration::from_secs(15 * 60)) {
+                Ok(c) if c.removed + c.kept > 0 => tracing::info!(
+                    removed = c.removed,
+                    kept_for_now = c.kept,
+                    "temporaries of an older Berth inside the layout"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sweeping an older Berth's temporaries"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the sweep of an older Berth's temporaries");
+    }
 }

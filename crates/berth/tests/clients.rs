@@ -630,12 +630,17 @@ fn summary(rel: &str, content: &[u8]) -> String {
     }
 }
 
-/// Every regular file under `root`, by path relative to it, with its [`summary`].
+/// Every regular file under `root`, by path relative to it, with its [`summary`]; Berth's own
+/// directory beside the layout (`.berth/`: its scratch space, which distribution never reads)
+/// is left out.
 fn files_under(root: &Path) -> BTreeMap<String, String> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         for entry in fs::read_dir(dir).unwrap() {
             let entry = entry.unwrap();
             let path = entry.path();
+            if path == root.join(".berth") {
+                continue;
+            }
             if entry.file_type().unwrap().is_dir() {
                 walk(root, &path, out);
             } else {

@@ -4,6 +4,10 @@
 //! revision pointing at a manifest that is not stored, no manifest whose blobs are missing;
 //! and every upload that was under way either resumes from the offset Berth reports and
 //! completes with the right digest, or is cleanly unknown (404).
+//!
+//! Nothing of Berth's own is left inside distribution's tree by a crash: temporaries live in
+//! `.berth/tmp` under the root, a restart removes the dead process's ones, and Debian's
+//! distribution 2.8 `garbage-collect` runs cleanly over a data directory Berth crashed in.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -150,9 +154,6 @@ fn verify(root: &Path) -> usize {
             for b in std::fs::read_dir(p.unwrap().path()).unwrap() {
                 let dir = b.unwrap().path();
                 let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-                if name.starts_with(".berth-tmp-") {
-                    continue;
-                }
                 let data = dir.join("data");
                 if data.exists() {
                     assert_eq!(
@@ -225,18 +226,54 @@ fn verify(root: &Path) -> usize {
     blobs
 }
 
-/// A directory's entries (none when it does not exist), without the temporary ones a crash
-/// may leave (`.berth-tmp-*`, hidden from every listing).
+/// A directory's entries (none when it does not exist).
 fn visible_entries(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".berth-tmp-"))
-        })
         .collect()
+}
+
+/// Every path under `dir` whose name is one of Berth's (`.berth*`): a temporary where
+/// distribution's tools would read it.
+fn berth_entries_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().starts_with(".berth") {
+                found.push(e.path());
+            } else if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// Tags and untags manifests in a repository of its own until a request fails: each tag
+/// appears as a new directory tree and each deletion takes one out of the layout, the other
+/// kinds of temporary a crash may interrupt. (Its own repository: a tag deleted while a pusher
+/// moves it is a race between clients, not what this test is about.)
+fn deleter(url: String, seed: u64, stop: Arc<AtomicBool>) {
+    let c = Client::new(&url, None);
+    let repo = "crash/deleter";
+    let img = berth_conformance::fixtures::Image::oci(&format!("deleter-{seed}"), 1, "");
+    if c.push_image(repo, "base", &img).is_err() {
+        return;
+    }
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let tag = format!("d{}", n % 4);
+        let put = c.put_manifest(repo, &tag, img.media_type, &img.manifest);
+        let del = c.delete(&format!("/v2/{repo}/manifests/{tag}"));
+        if put.is_err() || del.is_err() {
+            return;
+        }
+    }
 }
 
 /// Every upload under way when the server died resumes from the reported offset and completes,
@@ -371,4 +408,202 @@ fn sigkill_during_pushes_leaves_a_consistent_store() {
         blobs > CLIENTS,
         "the clients pushed almost nothing; the test proves nothing"
     );
+}
+
+/// distribution 2.8's collector over `root` (REGISTRY_* variables unset, as it refuses unknown
+/// ones): its exit status and output.
+fn distribution_gc(root: &Path, args: &[&str]) -> (bool, String) {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("config.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(support::DISTRIBUTION_BIN);
+    cmd.arg("garbage-collect").args(args).arg(&path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGISTRY_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn dist_gc_runs_cleanly(root: &Path, args: &[&str]) {
+    let (ok, out) = distribution_gc(root, args);
+    assert!(ok, "distribution's garbage-collect {args:?} failed:\n{out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        !lower.contains("error") && !lower.contains("failed") && !lower.contains("panic"),
+        "distribution's garbage-collect {args:?}:\n{out}"
+    );
+}
+
+#[test]
+fn sigkill_leaves_nothing_in_distributions_tree_and_its_gc_runs_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let v2 = root.join("docker/registry/v2");
+    let scratch = root.join(".berth/tmp");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("crash interop seed {seed}");
+    let mut rng = Rng(seed | 1);
+    let locks = || -> Vec<PathBuf> {
+        visible_entries(&scratch)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "lock"))
+            .collect()
+    };
+    let mut leftovers_seen = 0;
+    let mut dead: Vec<PathBuf> = Vec::new();
+    for round in 0..3 {
+        let mut berth = Berth::start_on(&root, "");
+        // The previous round's killed process left its scratch directory and lock: the start
+        // removed them.
+        for d in &dead {
+            assert!(
+                !d.exists(),
+                "a dead process's scratch survived the start: {d:?}"
+            );
+            assert!(!d.with_extension("").exists(), "{d:?}");
+        }
+        let pending = Arc::new(Mutex::new(vec![None; CLIENTS]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads: Vec<_> = (0..CLIENTS)
+            .map(|id| {
+                let (url, pending, stop) = (berth.url.clone(), pending.clone(), stop.clone());
+                let s = seed.wrapping_add((round * CLIENTS + id) as u64 * 7919);
+                std::thread::spawn(move || pusher(url, id, s, pending, stop))
+            })
+            .collect();
+        let (url, stop2) = (berth.url.clone(), stop.clone());
+        let s = seed.wrapping_add(round as u64);
+        threads.push(std::thread::spawn(move || deleter(url, s, stop2)));
+        std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+        berth.kill();
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        // The killed process wrote, so it had a scratch directory, left behind by SIGKILL.
+        dead = locks();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        // Nothing of Berth's inside distribution's tree, whatever the kill interrupted.
+        let stray = berth_entries_in(&v2);
+        assert!(
+            stray.is_empty(),
+            "Berth's temporaries in the layout: {stray:?}"
+        );
+        leftovers_seen += std::fs::read_dir(&scratch)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_some()))
+            .count();
+        verify(&root);
+        // distribution's collector reads every blob and repository: it must find nothing it
+        // does not understand.
+        dist_gc_runs_cleanly(&root, &["--dry-run", "--delete-untagged"]);
+    }
+    // And for real, over what the last kill left (it deletes the blobs of interrupted pushes).
+    dist_gc_runs_cleanly(&root, &[]);
+    eprintln!("scratch directories with a dead process's work, seen after kills: {leftovers_seen}");
+    // A last start cleans the last kill's scratch and serves everything tagged.
+    let berth = Berth::start_on(&root, "");
+    for d in &dead {
+        assert!(
+            !d.exists(),
+            "a dead process's scratch survived the start: {d:?}"
+        );
+    }
+    let c = Client::new(&berth.url, None);
+    let mut served = 0;
+    for id in 0..CLIENTS {
+        let tags = v2.join(format!("repositories/crash/client{id}/_manifests/tags"));
+        for t in visible_entries(&tags) {
+            let want = read_link(&t.join("current/link"));
+            let name = t.file_name().unwrap().to_string_lossy().into_owned();
+            let r = c
+                .get(&format!("/v2/crash/client{id}/manifests/{name}"), &[])
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.describe());
+            assert_eq!(digest(&r.body), want);
+            let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            for l in m["layers"].as_array().unwrap() {
+                let d = l["digest"].as_str().unwrap();
+                let r = c.head(&format!("/v2/crash/client{id}/blobs/{d}")).unwrap();
+                assert_eq!(r.status, 200, "layer {d} of a tagged manifest");
+            }
+            served += 1;
+        }
+    }
+    assert!(
+        served > 0,
+        "nothing tagged survived: the test proves nothing"
+    );
+}
+
+/// Data written by an older Berth, which left `.berth-tmp-*` temporaries beside their targets
+/// (here a manifest blob's directory under construction, as a crash left it): distribution's
+/// collector fails on it ("invalid checksum digest format"); a Berth start removes them (once
+/// they are old enough not to belong to an older replica still running), after which the
+/// collector runs cleanly, and listings never showed them meanwhile.
+#[test]
+fn an_older_berths_temporaries_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    // The data of an older Berth: written here by distribution (this Berth would mark the
+    // root as swept).
+    let registry = support::Distribution::start(&root);
+    let c = Client::new(&registry.url, None);
+    let img = berth_conformance::fixtures::Image::oci("legacy", 1, "");
+    c.push_image("legacy/app", "v1", &img).unwrap();
+    drop(registry);
+    let v2 = root.join("docker/registry/v2");
+    let legacy = [
+        v2.join("blobs/sha256/ab/.berth-tmp-0123456789abcdef"),
+        v2.join("repositories/legacy/app/_manifests/tags/.berth-tmp-fedcba9876543210"),
+    ];
+    for l in &legacy {
+        std::fs::create_dir_all(l).unwrap();
+        std::fs::write(l.join("data"), b"{}").unwrap();
+        std::fs::File::open(l)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+    }
+    let (ok, out) = distribution_gc(&root, &["--dry-run"]);
+    assert!(!ok, "the precondition: distribution fails on them\n{out}");
+
+    let berth = Berth::start_on(&root, "");
+    berth.wait_log("the sweep of old temporaries", |l| {
+        l.contains("temporaries of an older Berth")
+    });
+    for l in &legacy {
+        assert!(!l.exists(), "{} survived the start", l.display());
+    }
+    let r = c_get(&berth.url, "/v2/legacy/app/tags/list");
+    assert_eq!(r, r#"{"name":"legacy/app","tags":["v1"]}"#);
+    drop(berth);
+    dist_gc_runs_cleanly(&root, &["--dry-run", "--delete-untagged"]);
+}
+
+fn c_get(url: &str, path: &str) -> String {
+    let r = Client::new(url, None).get(path, &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.describe());
+    String::from_utf8(r.body).unwrap()
 }

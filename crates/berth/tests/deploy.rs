@@ -912,15 +912,16 @@ fn dockerfile_builds_with_the_release_script_and_runs_unprivileged() {
     };
     // Builder: the release script, nothing else builds.
     let runs = of(1, "RUN").join(" ; ");
-    assert!(runs.contains("scripts/build-release.sh /out"), "{runs}");
+    assert!(runs.contains("scripts/build-release.sh /out/bin"), "{runs}");
     assert!(
         !runs.contains("cargo "),
         "the builder must build only through the script: {runs}"
     );
     // Runtime: the script's output, the default config, a data directory owned by the user.
     let copies = of(2, "COPY");
+    // The script's whole output directory (berth and the `registry` symlink) onto PATH.
     assert!(
-        copies.contains(&"--from=build /out/berth /usr/local/bin/berth".to_owned()),
+        copies.contains(&"--from=build /out/bin/ /usr/local/bin/".to_owned()),
         "{copies:?}"
     );
     assert!(
@@ -937,10 +938,8 @@ fn dockerfile_builds_with_the_release_script_and_runs_unprivileged() {
     assert_eq!(of(2, "USER"), ["65532:65532"], "numeric and not root");
     assert!(of(2, "EXPOSE").join(" ").split(' ').any(|p| p == "5000"));
     assert_eq!(of(2, "VOLUME"), ["[\"/var/lib/registry\"]"]);
-    assert_eq!(
-        of(2, "ENTRYPOINT"),
-        ["[\"/usr/local/bin/berth\", \"serve\"]"]
-    );
+    // distribution's: `registry` with the config path as the command serves it.
+    assert_eq!(of(2, "ENTRYPOINT"), ["[\"/usr/local/bin/registry\"]"]);
     assert_eq!(of(2, "CMD"), ["[\"/etc/distribution/config.yml\"]"]);
     assert!(
         of(2, "RUN").is_empty(),
@@ -975,6 +974,13 @@ fn dockerfile_builds_with_the_release_script_and_runs_unprivileged() {
         );
     }
     assert!(script.contains("install -m 0755 \"$target_dir/release/berth\" \"$out/berth\""));
+    // `registry` beside it: distribution's command name, for `docker exec ... registry
+    // garbage-collect` and cron jobs (crates/berth/tests/registry_cmd.rs runs it that way).
+    assert!(
+        script.contains("ln -sfn berth \"$out/registry\""),
+        "{script}"
+    );
+    assert!(script.contains("\"$out/registry\" --version"), "{script}");
     assert!(
         read("scripts/test.sh").contains("--workspace --locked"),
         "CI tests the same Cargo.lock"
@@ -1018,5 +1024,75 @@ fn dockerfile_builds_with_the_release_script_and_runs_unprivileged() {
             "{needed} is needed by the build"
         );
         assert!(repo().join(needed).exists(), "{needed}");
+    }
+}
+
+/// The release script's output, as the image and the archive ship it: run with a stand-in
+/// `cargo` (the real build is the one CI tests; this binary is that build in the dev profile),
+/// the output directory holds `berth` and `registry`, a symlink to it that answers with
+/// distribution's command line.
+#[test]
+fn release_output_provides_the_registry_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bin, target, out) = (
+        tmp.path().join("bin"),
+        tmp.path().join("target"),
+        tmp.path().join("out"),
+    );
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(target.join("release")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_berth"), target.join("release/berth")).unwrap();
+    let fake_cargo = bin.join("cargo");
+    std::fs::write(&fake_cargo, "#!/bin/sh\nexit 0\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&fake_cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = Command::new(repo().join("scripts/build-release.sh"))
+        .arg(&out)
+        .env("PATH", &path)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("registry berth v"), "{stdout}");
+    let link = std::fs::read_link(out.join("registry")).unwrap();
+    assert_eq!(
+        link,
+        Path::new("berth"),
+        "a relative symlink, valid once copied"
+    );
+    // On PATH, as in the image (`docker exec <c> registry garbage-collect ...`).
+    let path = format!(
+        "{}:{}",
+        out.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let help = Command::new("registry")
+        .args(["garbage-collect", "--help"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--dry-run",
+        "--delete-untagged",
+        "--quiet",
+        "-d",
+        "-m",
+        "-q",
+    ] {
+        assert!(help.contains(flag), "{flag} in\n{help}");
     }
 }

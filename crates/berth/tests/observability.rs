@@ -278,6 +278,119 @@ fn metrics_count_requests_bytes_uploads_cache_storage_and_refusals() {
     assert_eq!(refusal("issuer", "bad_credentials"), 1.0);
     assert!(metric(&m, "process_resident_memory_bytes") > 1e6);
     assert!(metric(&m, "process_open_fds") > 0.0);
+
+    // The same traffic in distribution's series, named and labelled as distribution emits
+    // them, so its dashboards keep their panels.
+    let dist = |handler: &str, method: &str, code: u16| {
+        metric(
+            &m,
+            &format!(
+                "registry_http_requests_total{{code=\"{code}\",handler=\"{handler}\",method=\"{method}\"}}"
+            ),
+        )
+    };
+    assert_eq!(dist("manifest", "put", 201), 1.0);
+    assert_eq!(dist("manifest", "get", 200), 2.0);
+    assert_eq!(dist("blob", "get", 200), (2 * n_blobs) as f64);
+    assert_eq!(dist("blob", "head", 200), (2 * n_blobs) as f64);
+    assert_eq!(dist("blob", "head", 404), 1.0);
+    assert_eq!(dist("blob_upload", "post", 202), n_blobs as f64);
+    assert_eq!(dist("blob_upload_chunk", "put", 201), n_blobs as f64);
+    assert_eq!(dist("tags", "get", 401), 2.0);
+    assert!(
+        !m.keys()
+            .any(|k| k.starts_with("registry_http_") && k.contains("handler=\"token\"")),
+        "Berth's own endpoints are not distribution handlers"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "registry_http_request_duration_seconds_count{handler=\"manifest\",method=\"put\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "registry_http_request_duration_seconds_bucket{handler=\"manifest\",method=\"put\",le=\"60\"}"
+        ),
+        1.0
+    );
+    // Response sizes count the body: the blobs, twice.
+    assert_eq!(
+        metric(
+            &m,
+            "registry_http_response_size_bytes_sum{handler=\"blob\"}"
+        ),
+        (2 * blob_bytes) as f64
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "registry_http_response_size_bytes_count{handler=\"blob\"}"
+        ),
+        (4 * n_blobs + 1) as f64
+    );
+    // Request sizes: the body and the head (URL, method, protocol, headers).
+    assert!(
+        metric(
+            &m,
+            "registry_http_request_size_bytes_sum{handler=\"blob_upload_chunk\"}"
+        ) > blob_bytes as f64
+    );
+    assert!(m.contains_key(
+        "registry_http_request_size_bytes_bucket{handler=\"manifest\",le=\"1.048576e+06\"}"
+    ));
+    for handler in [
+        "base",
+        "blob",
+        "blob_upload",
+        "blob_upload_chunk",
+        "catalog",
+        "manifest",
+        "tags",
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("registry_http_in_flight_requests{{handler=\"{handler}\"}}")
+            ),
+            0.0
+        );
+    }
+    for action in ["GetContent", "PutContent", "Stat"] {
+        assert!(
+            metric(
+                &m,
+                &format!(
+                    "registry_storage_action_seconds_count{{action=\"{action}\",driver=\"filesystem\"}}"
+                )
+            ) >= 1.0,
+            "{action}"
+        );
+        assert!(m.contains_key(&format!(
+            "registry_storage_action_seconds_bucket{{action=\"{action}\",driver=\"filesystem\",le=\"0.005\"}}"
+        )));
+    }
+    let hits = metric(&m, "berth_blob_descriptor_cache_hits_total");
+    assert_eq!(metric(&m, "registry_storage_cache_hits_total"), hits);
+    assert_eq!(
+        metric(&m, "registry_storage_cache_requests_total"),
+        hits + 1.0
+    );
+    assert_eq!(metric(&m, "registry_storage_cache_errors_total"), 0.0);
+    assert_eq!(
+        metric(&m, "registry_storage_cache_total{type=\"Hit\"}"),
+        hits
+    );
+    assert_eq!(
+        metric(&m, "registry_storage_cache_total{type=\"Miss\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "registry_storage_cache_total{type=\"Request\"}"),
+        hits + 1.0
+    );
 }
 
 #[test]

@@ -137,24 +137,32 @@ http:
 }
 
 #[test]
-fn unknown_keys_name_key_and_line_all_at_once() {
-    let text = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /x\n    bogus: 1\nhttp:\n  addr: :5000\n  nonsense: true\nextra: 2\n";
-    let p = problems(text, &[]);
-    let all: Vec<String> = p.iter().map(ToString::to_string).collect();
-    assert_eq!(all.len(), 3, "{all:?}");
+fn unknown_keys_are_warnings_with_line_and_hint() {
+    let text = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /x\n    rootdir: 1\nhttp:\n  addr: :5000\n  nonsense: true\nlogLevel: debug\ndatabase:\n  dsn: x\n";
+    let l = ok(text, &[]);
+    let all: Vec<String> = l.unknown.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 4, "{all:?}");
     assert!(
-        all.iter()
-            .any(|s| s.contains("storage.filesystem.bogus") && s.starts_with("config.yml:5:5")),
+        all.iter().any(|s| s.starts_with("config.yml:5:5:")
+            && s.contains("storage.filesystem.rootdir`")
+            && s.contains("did you mean `storage.filesystem.rootdirectory`")),
         "{all:?}"
     );
     assert!(
         all.iter()
-            .any(|s| s.contains("http.nonsense") && s.starts_with("config.yml:8:3")),
+            .any(|s| s.starts_with("config.yml:8:3:") && s.contains("http.nonsense")),
         "{all:?}"
     );
+    // distribution's keys are case-sensitive: `logLevel` is not `loglevel`, but the hint says so.
+    assert!(
+        all.iter().any(|s| s.starts_with("config.yml:9:1:")
+            && s.contains("did you mean `loglevel`")),
+        "{all:?}"
+    );
+    assert!(l.config.loglevel.is_none());
     assert!(
         all.iter()
-            .any(|s| s.contains("`extra`") && s.starts_with("config.yml:9:1")),
+            .any(|s| s.starts_with("config.yml:10:1:") && s.contains("`database`")),
         "{all:?}"
     );
 }
@@ -219,6 +227,25 @@ fn env_can_select_the_storage_driver() {
     let l = ok(
         "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n  delete: {enabled: true}\n",
         &[("REGISTRY_STORAGE", "inmemory")],
+    );
+    assert!(matches!(l.config.storage.driver(), StorageDriver::InMemory));
+    // As in distribution, the variable replaces the whole section: the file's delete setting
+    // is gone, and a warning says so.
+    assert!(!l.config.storage.delete.enabled);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("REGISTRY_STORAGE ") && w.contains("storage.delete")),
+        "{:?}",
+        l.warnings
+    );
+    // Later variables (sorted by name) fill the new section.
+    let l = ok(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n",
+        &[
+            ("REGISTRY_STORAGE", "inmemory"),
+            ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+        ],
     );
     assert!(matches!(l.config.storage.driver(), StorageDriver::InMemory));
     assert!(l.config.storage.delete.enabled);
@@ -303,10 +330,16 @@ fn durations() {
     assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    // An integer is nanoseconds, as yaml.v2 reads it into a Go time.Duration.
+    assert_eq!(parse_duration("500"), Ok(Duration::from_nanos(500)));
+    assert_eq!(
+        parse_duration("30000000000"),
+        Ok(Duration::from_secs(30))
+    );
     // The last two are found by fuzzing: they used to panic.
     for bad in [
         "",
-        "10",
+        "-5",
         "s",
         "10 s",
         "5d",
@@ -316,15 +349,6 @@ fn durations() {
     ] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
-}
-
-#[test]
-fn key_lines() {
-    let t = "a:\n  b:\n    c: 1\n  d: 2\ne:\n  - name: x\n    f: 3\n";
-    assert_eq!(key_line(t, &["a", "b", "c"]), Some((3, 5)));
-    assert_eq!(key_line(t, &["a", "d"]), Some((4, 3)));
-    assert_eq!(key_line(t, &["e", "0", "f"]), Some((7, 5)));
-    assert_eq!(key_line(t, &["a", "e"]), None);
 }
 
 /// The variables kubelet injects (docker-links style) for the Services of `deploy/kubernetes`:

@@ -369,7 +369,8 @@ fn ignored_keys(root: &Node) -> Result<BTreeSet<String>, yaml::Error> {
 /// The forms distribution accepts that Berth's schema reads under one name: a section set to
 /// a word (`storage: s3`, `auth: htpasswd`, also from `REGISTRY_STORAGE=s3`) selects that
 /// driver or type with no parameters; `s3aws` is the s3 driver's other name; `layerinfo` is
-/// the old name of `storage.cache.blobdescriptor` (used only when the new one is absent).
+/// the old name of `storage.cache.blobdescriptor` (used only when the new one is absent); a
+/// type or driver with an empty value is present, with no parameters.
 fn normalize(root: &mut Node) {
     for section in ["storage", "auth"] {
         if let Some(node) = root.get_mut(section) {
@@ -381,6 +382,13 @@ fn normalize(root: &mut Node) {
                         value: Node::null(node.origin.clone()),
                     };
                     *node = Node::map(vec![entry], node.origin.clone());
+                }
+            }
+            // `htpasswd:` with nothing below is still that type (distribution then refuses it
+            // for its missing path), and `filesystem:` is still that driver: never "no auth".
+            for e in node.entries_mut().into_iter().flatten() {
+                if e.value.is_null() {
+                    e.value = Node::map(Vec::new(), e.value.origin.clone());
                 }
             }
         }
@@ -782,8 +790,11 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     if let Some(t) = &c.http.tls {
         crate::tls::check_config(t, &mut bad);
     }
-    if c.catalog.maxentries == 0 {
-        bad("catalog.maxentries", "must be at least 1".to_owned());
+    if c.tags.as_ref().and_then(|t| t.maxtags).is_some_and(|n| n < 0) {
+        bad(
+            "tags.maxtags",
+            "must not be negative (distribution refuses it too)".to_owned(),
+        );
     }
     let mut durations: Vec<(&str, Option<&String>)> =
         vec![("http.draintimeout", c.http.draintimeout.as_ref())];
@@ -804,6 +815,7 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     }
     if let Some(p) = &c.proxy {
         durations.push(("proxy.ttl", p.ttl.as_ref()));
+        durations.push(("proxy.cachewritetimeout", p.cachewritetimeout.as_ref()));
     }
     if let Some(r) = &c.redis {
         durations.push(("redis.dialtimeout", r.dialtimeout.as_ref()));
@@ -1055,6 +1067,9 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         if s3.objectacl.as_deref().is_some_and(|a| a != "private") {
             add("storage.s3.objectacl: objects are always private");
         }
+        if s3.usefipsendpoint == Some(true) {
+            add("storage.s3.usefipsendpoint: FIPS endpoints are not chosen automatically (set regionendpoint to the FIPS endpoint)");
+        }
     }
 
     if c.storage.redirect.disable {
@@ -1085,6 +1100,27 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         .is_some_and(|p| !p.is_empty() && p != "/")
     {
         add("http.prefix: serving below a path prefix");
+    }
+    if c.log.hooks.as_ref().is_some_and(|h| !h.is_null()) {
+        add("log.hooks: log hooks (mail) are ignored; nothing is mailed");
+    }
+    if c.reporting.as_ref().is_some_and(|r| !r.is_null()) {
+        add("reporting: errors are not reported to bugsnag or New Relic");
+    }
+    if c.policy.as_ref().is_some_and(|p| !p.is_null()) {
+        add("policy.repository.classes: manifests of every class are accepted");
+    }
+    if c.compatibility
+        .as_ref()
+        .and_then(|v| v.get("schema1"))
+        .and_then(|v| v.get("enabled"))
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        add("compatibility.schema1: schema 1 manifests are not accepted (distribution 3 dropped them too)");
+    }
+    if c.proxy.as_ref().is_some_and(|p| p.exec.is_some()) {
+        add("proxy.exec: no credential helper is run; the upstream is reached with proxy.username/password, if set");
     }
     if c.middleware.is_some() {
         add("middleware: storage and registry middleware");

@@ -64,6 +64,19 @@ pub struct Config {
     pub reporting: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub middleware: Option<Value>,
+    /// distribution 3.1's limit on tags listed per request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Tags>,
+    /// `policy.repository.classes`: the manifest classes a repository accepts (both versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxtags: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -215,6 +228,10 @@ pub struct S3 {
     pub usedualstack: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accelerate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usefipsendpoint: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub useragent: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -574,6 +591,12 @@ pub struct Proxy {
     /// (default: the system's temporary directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spooldir: Option<String>,
+    /// distribution 3: a credential helper command (`command`, `lifetime`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Value>,
+    /// distribution 3: how long a blob may take to reach the cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cachewritetimeout: Option<String>,
 }
 
 /// One of Berth's `proxy.upstreams`.
@@ -673,6 +696,8 @@ pub struct FileCheck {
     pub file: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -768,7 +793,14 @@ pub struct UrlRules {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Catalog {
+    #[serde(deserialize_with = "max_entries")]
     pub maxentries: usize,
+}
+
+/// As distribution: zero or a negative number means the default, 1000.
+fn max_entries<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = i64::deserialize(d)?;
+    Ok(usize::try_from(n).ok().filter(|n| *n > 0).unwrap_or(1000))
 }
 
 impl Default for Catalog {

@@ -252,6 +252,7 @@ pub fn parse(
 
     apply_env(&mut root, env, &mut warnings, &mut problems);
     normalize(&mut root);
+    strings_only(&root, file_label, &mut problems);
 
     let mut ignored: Vec<Vec<String>> = Vec::new();
     let config: Result<Config, yaml::Error> =
@@ -317,6 +318,32 @@ pub fn parse(
         unsupported,
         unknown,
     })
+}
+
+/// Keys distribution reads from a parameter map and refuses unless they are strings (its
+/// upload purger panics on "age is not a string"), where Berth's duration reading would
+/// accept a number.
+fn strings_only(root: &Node, file_label: &str, problems: &mut Vec<Problem>) {
+    let purging = root
+        .get("storage")
+        .and_then(|s| s.get("maintenance"))
+        .and_then(|m| m.get("uploadpurging"));
+    for key in ["age", "interval"] {
+        let Some(n) = purging.and_then(|p| p.get(key)) else {
+            continue;
+        };
+        if let yaml::Kind::Scalar { text, plain } = &n.kind {
+            if !n.is_null() && !matches!(yaml::resolve(text, *plain), yaml::Resolved::Str(_)) {
+                problems.push(Problem {
+                    location: n.origin.describe(file_label),
+                    message: format!(
+                        "storage.maintenance.uploadpurging.{key} must be a duration such as 168h, \
+                         not a number (distribution refuses a number here too)"
+                    ),
+                });
+            }
+        }
+    }
 }
 
 /// Storage drivers distribution has and Berth does not.

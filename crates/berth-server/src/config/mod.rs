@@ -990,6 +990,14 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             auth.htpasswd.is_some(),
             auth.none.is_some(),
         ];
+        if auth.silly.is_some() {
+            bad(
+                "auth.silly",
+                "the silly access controller (a development stub in distribution) is not available; \
+                 Berth refuses rather than run without the authentication the file asks for"
+                    .to_owned(),
+            );
+        }
         if kinds.iter().filter(|k| **k).count() > 1 {
             bad(
                 "auth",
@@ -1079,11 +1087,6 @@ fn valid_addr(addr: &str) -> bool {
 pub fn unsupported(c: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let mut add = |s: &str| out.push(s.to_owned());
-    if let Some(a) = &c.auth {
-        if a.silly.is_some() {
-            add("auth.silly: the silly access controller (a development stub in distribution)");
-        }
-    }
     if let Some(s3) = &c.storage.s3 {
         if s3.skipverify == Some(true) {
             add("storage.s3.skipverify: TLS certificates are always verified (add the CA to the system store, or SSL_CERT_FILE)");

@@ -82,7 +82,9 @@ fn header(text: &str, file: &str) -> Header {
         Some(r) if r.starts_with("refuses") => {
             h.expect_refuse = Some(r["refuses".len()..].trim().to_owned());
         }
-        other => panic!("{file}: header needs `# expect: starts` or `# expect: refuses ...`, has {other:?}"),
+        other => panic!(
+            "{file}: header needs `# expect: starts` or `# expect: refuses ...`, has {other:?}"
+        ),
     }
     h
 }
@@ -250,7 +252,9 @@ fn run_file(path: &Path) -> Result<(), String> {
             }
             for u in &h.unknown {
                 if !stderr.contains(u.as_str()) {
-                    failures.push(format!("config check does not list unknown key {u:?}:\n{both}"));
+                    failures.push(format!(
+                        "config check does not list unknown key {u:?}:\n{both}"
+                    ));
                 }
             }
             if h.unknown.is_empty() && stderr.contains("unknown configuration key") {
@@ -263,11 +267,16 @@ fn run_file(path: &Path) -> Result<(), String> {
     if h.serve || h.expect_refuse.is_some() {
         let inst = instantiate(&text, &h);
         let log = inst.config.with_extension("berth.log");
-        let (started, log) = serves(command(BERTH, &["serve"], &inst, &h), inst.port, h.tls, &log);
+        let (started, log) = serves(
+            command(BERTH, &["serve"], &inst, &h),
+            inst.port,
+            h.tls,
+            &log,
+        );
         match &h.expect_refuse {
-            Some(fragment) if started || !log.contains(fragment.as_str()) => failures.push(format!(
-                "berth serve should refuse with {fragment:?} (started: {started}):\n{log}"
-            )),
+            Some(fragment) if started || !log.contains(fragment.as_str()) => failures.push(
+                format!("berth serve should refuse with {fragment:?} (started: {started}):\n{log}"),
+            ),
             Some(_) => {}
             None if !started => failures.push(format!("berth serve did not start:\n{log}")),
             None => {
@@ -318,13 +327,21 @@ fn every_configuration_file() {
         .filter(|p| p.extension().is_some_and(|e| e == "yml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 10, "{} files in {}", files.len(), dir.display());
+    assert!(
+        files.len() >= 10,
+        "{} files in {}",
+        files.len(),
+        dir.display()
+    );
     // One file at a time per thread, two threads: the machine is small, each file starts up
     // to three processes.
     let only = std::env::var("COMPAT_ONLY").ok();
     let files: Vec<PathBuf> = files
         .into_iter()
-        .filter(|f| only.as_deref().is_none_or(|o| f.to_string_lossy().contains(o)))
+        .filter(|f| {
+            only.as_deref()
+                .is_none_or(|o| f.to_string_lossy().contains(o))
+        })
         .collect();
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
         let (a, b) = files.split_at(files.len() / 2);

@@ -817,7 +817,11 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     if let Some(t) = &c.http.tls {
         crate::tls::check_config(t, &mut bad);
     }
-    if c.tags.as_ref().and_then(|t| t.maxtags).is_some_and(|n| n < 0) {
+    if c.tags
+        .as_ref()
+        .and_then(|t| t.maxtags)
+        .is_some_and(|n| n < 0)
+    {
         bad(
             "tags.maxtags",
             "must not be negative (distribution refuses it too)".to_owned(),

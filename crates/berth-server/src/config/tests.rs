@@ -155,8 +155,8 @@ fn unknown_keys_are_warnings_with_line_and_hint() {
     );
     // distribution's keys are case-sensitive: `logLevel` is not `loglevel`, but the hint says so.
     assert!(
-        all.iter().any(|s| s.starts_with("config.yml:9:1:")
-            && s.contains("did you mean `loglevel`")),
+        all.iter()
+            .any(|s| s.starts_with("config.yml:9:1:") && s.contains("did you mean `loglevel`")),
         "{all:?}"
     );
     assert!(l.config.loglevel.is_none());
@@ -332,10 +332,7 @@ fn durations() {
     assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
     // An integer is nanoseconds, as yaml.v2 reads it into a Go time.Duration.
     assert_eq!(parse_duration("500"), Ok(Duration::from_nanos(500)));
-    assert_eq!(
-        parse_duration("30000000000"),
-        Ok(Duration::from_secs(30))
-    );
+    assert_eq!(parse_duration("30000000000"), Ok(Duration::from_secs(30)));
     // The last two are found by fuzzing: they used to panic.
     for bad in [
         "",
@@ -579,7 +576,10 @@ fn indexed_list_variables() {
             ("REGISTRY_HEALTH_TCP_0_INTERVAL", "3s"),
             ("REGISTRY_HEALTH_TCP_1_ADDR", "127.0.0.1:5432"),
             ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_NAME", "hook"),
-            ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL", "http://127.0.0.1:1/"),
+            (
+                "REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL",
+                "http://127.0.0.1:1/",
+            ),
             ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_TIMEOUT", "500"),
         ],
     );
@@ -613,7 +613,10 @@ fn sections_set_to_a_word() {
     assert_eq!(h.path.as_deref(), Some("/auth/htpasswd"));
     // Without its path, htpasswd is refused, as in distribution.
     let p = problems(base, &[("REGISTRY_AUTH", "htpasswd")]);
-    assert!(p.iter().any(|p| p.location == "auth.htpasswd.path"), "{p:?}");
+    assert!(
+        p.iter().any(|p| p.location == "auth.htpasswd.path"),
+        "{p:?}"
+    );
     // The file may use the word form too.
     let l = ok("version: 0.1\nstorage: inmemory\n", &[]);
     assert!(matches!(l.config.storage.driver(), StorageDriver::InMemory));
@@ -625,7 +628,9 @@ fn sections_set_to_a_word() {
             ("REGISTRY_STORAGE_S3_REGION", "us-east-1"),
         ],
     );
-    assert!(matches!(l.config.storage.driver(), StorageDriver::S3(s) if s.bucket.as_deref() == Some("b")));
+    assert!(
+        matches!(l.config.storage.driver(), StorageDriver::S3(s) if s.bucket.as_deref() == Some("b"))
+    );
 }
 
 #[test]
@@ -640,14 +645,12 @@ fn drivers_berth_lacks_refuse_never_fall_back() {
             "{p:?}"
         );
     }
-    let p = problems(
-        "version: 0.1\nstorage:\n  gcs:\n    bucket: b\n",
-        &[],
-    );
+    let p = problems("version: 0.1\nstorage:\n  gcs:\n    bucket: b\n", &[]);
     assert!(p.iter().any(|p| p.location == "config.yml:3:3"), "{p:?}");
     let p = problems("version: 0.1\nstorage:\n  floppy: {}\n", &[]);
     assert!(
-        p.iter().any(|p| p.message.contains("unknown storage driver `floppy`")),
+        p.iter()
+            .any(|p| p.message.contains("unknown storage driver `floppy`")),
         "{p:?}"
     );
     let p = problems(
@@ -687,7 +690,11 @@ fn registry_configuration_path_is_honoured_in_order() {
         .unwrap();
         p
     };
-    let (a, b, std_path) = (write("a.yml", "/a"), write("b.yml", "/b"), write("s.yml", "/s"));
+    let (a, b, std_path) = (
+        write("a.yml", "/a"),
+        write("b.yml", "/b"),
+        write("s.yml", "/s"),
+    );
     let env_b = env(&[("REGISTRY_CONFIGURATION_PATH", b.to_str().unwrap())]);
     let std_paths = [std_path.clone()];
     let l = load_from(None, None, &std_paths, &env_b).unwrap();

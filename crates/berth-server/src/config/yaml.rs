@@ -50,7 +50,10 @@ pub struct Node {
 pub enum Kind {
     /// `plain`: written without quotes (and without a `!!str` tag), so it may resolve to null,
     /// a boolean or a number.
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<Entry>),
 }
@@ -137,7 +140,10 @@ impl Node {
             node = node.child(comp)?;
         }
         match &node.kind {
-            Kind::Map(entries) => entries.iter().find(|e| &e.key == last).map(|e| &e.key_origin),
+            Kind::Map(entries) => entries
+                .iter()
+                .find(|e| &e.key == last)
+                .map(|e| &e.key_origin),
             Kind::Seq(items) => items.get(last.parse::<usize>().ok()?).map(|n| &n.origin),
             Kind::Scalar { .. } => None,
         }
@@ -184,8 +190,8 @@ pub fn parse(text: &str) -> Result<(Node, Vec<Duplicate>), SyntaxError> {
             Event::Scalar(text, style, anchor, tag) => {
                 // `!!str 5000` is a string; other tags are ignored, as distribution's fields
                 // decide the type.
-                let plain = style == ScalarStyle::Plain
-                    && !tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let plain =
+                    style == ScalarStyle::Plain && tag.as_ref().is_none_or(|t| t.suffix != "str");
                 b.complete(
                     Node {
                         kind: Kind::Scalar {
@@ -246,7 +252,9 @@ pub fn parse(text: &str) -> Result<(Node, Vec<Duplicate>), SyntaxError> {
             _ => {}
         }
     }
-    let root = b.root.unwrap_or_else(|| Node::null(Origin::File { line: 1, col: 1 }));
+    let root = b
+        .root
+        .unwrap_or_else(|| Node::null(Origin::File { line: 1, col: 1 }));
     Ok((root, b.duplicates))
 }
 
@@ -509,9 +517,7 @@ impl<'a> De<'a> {
             Some((t, plain)) => match resolve(t, true) {
                 Resolved::Int(n) => Some(n),
                 // yaml.v2 truncates a float read into an integer field.
-                Resolved::Float(f) if plain && f.is_finite() && f.fract() == 0.0 => {
-                    Some(f as i128)
-                }
+                Resolved::Float(f) if plain && f.is_finite() && f.fract() == 0.0 => Some(f as i128),
                 _ => None,
             },
             None => None,
@@ -764,7 +770,10 @@ struct MapDe<'a> {
 impl<'de> MapAccess<'de> for MapDe<'_> {
     type Error = Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         match self.iter.next() {
             Some(e) => {
                 self.value = Some(&e.value);
@@ -831,10 +840,12 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         match self.path.split_first() {
-            Some((first, rest)) if first.parse::<usize>().is_ok() => v.visit_seq(ProbeSeq(Some(Probe {
-                path: rest,
-                found: self.found,
-            }))),
+            Some((first, rest)) if first.parse::<usize>().is_ok() => {
+                v.visit_seq(ProbeSeq(Some(Probe {
+                    path: rest,
+                    found: self.found,
+                })))
+            }
             _ => Err(stop()),
         }
     }
@@ -891,7 +902,10 @@ struct ProbeMap<'p> {
 impl<'de> MapAccess<'de> for ProbeMap<'_> {
     type Error = Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         match self.key.take() {
             Some(k) => {
                 let key: de::value::StrDeserializer<'_, Error> = k.as_str().into_deserializer();

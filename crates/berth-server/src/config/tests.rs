@@ -470,7 +470,7 @@ storage:
     uploadpurging:
       enabled: on
       age: 168h
-      interval: 86400000000000
+      interval: 24h
       dryrun: no
 http:
   addr: :5000
@@ -498,9 +498,16 @@ notifications:
     );
     let u = c.storage.maintenance.uploadpurging.as_ref().unwrap();
     assert!(u.enabled && !u.dryrun);
+    let ep = &c
+        .notifications
+        .as_ref()
+        .unwrap()
+        .endpoints
+        .as_ref()
+        .unwrap()[0];
     assert_eq!(
-        parse_duration(u.interval.as_deref().unwrap()),
-        Ok(Duration::from_secs(86400))
+        parse_duration(ep.timeout.as_deref().unwrap()),
+        Ok(Duration::from_nanos(500))
     );
     assert_eq!(
         parse_duration(c.http.draintimeout.as_deref().unwrap()),
@@ -726,4 +733,23 @@ fn go_scalars() {
     assert_eq!(parse_int("-5"), Some(-5));
     assert_eq!(parse_int("08"), None);
     assert_eq!(parse_int("5s"), None);
+}
+
+#[test]
+fn hostile_yaml_is_refused_not_a_crash() {
+    let deep = format!(
+        "version: 0.1\nx: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    assert!(!problems(&deep, &[]).is_empty());
+    let mut laughs = String::from("version: 0.1\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let prev = i - 1;
+        laughs.push_str(&format!(
+            "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+        ));
+    }
+    let p = problems(&laughs, &[]);
+    assert!(p[0].message.contains("aliases"), "{p:?}");
 }

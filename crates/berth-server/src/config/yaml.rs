@@ -204,11 +204,25 @@ pub fn parse(text: &str) -> Result<(Node, Vec<Duplicate>), SyntaxError> {
                 )?;
             }
             Event::Alias(id) => {
-                let node = b.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
+                let (node, size) = b.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
                     message: "alias to an unknown anchor".to_owned(),
                     origin: origin.clone(),
                 })?;
+                // Aliases of aliases grow exponentially ("billion laughs").
+                b.expanded += size;
+                if b.expanded > MAX_EXPANDED {
+                    return Err(SyntaxError {
+                        message: "aliases expand to too many nodes".to_owned(),
+                        origin,
+                    });
+                }
                 b.complete(node, 0)?;
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if b.stack.len() >= MAX_DEPTH => {
+                return Err(SyntaxError {
+                    message: format!("nested more than {MAX_DEPTH} levels deep"),
+                    origin,
+                });
             }
             Event::SequenceStart(anchor, _) => b.stack.push(Frame {
                 origin,
@@ -281,10 +295,24 @@ fn merge(entries: &mut Vec<Entry>, merges: Vec<Node>) {
     }
 }
 
+/// Deeper documents are refused: the tree is walked recursively.
+const MAX_DEPTH: usize = 64;
+/// Nodes that aliases may add in total.
+const MAX_EXPANDED: usize = 100_000;
+
+fn size(n: &Node) -> usize {
+    1 + match &n.kind {
+        Kind::Scalar { .. } => 0,
+        Kind::Seq(items) => items.iter().map(size).sum(),
+        Kind::Map(entries) => entries.iter().map(|e| size(&e.value)).sum(),
+    }
+}
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, (Node, usize)>,
+    expanded: usize,
     root: Option<Node>,
     duplicates: Vec<Duplicate>,
 }
@@ -307,7 +335,8 @@ enum Body {
 impl Builder {
     fn complete(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let n = size(&node);
+            self.anchors.insert(anchor, (node.clone(), n));
         }
         let Some(frame) = self.stack.last_mut() else {
             self.root.get_or_insert(node);

@@ -306,7 +306,13 @@ pub fn parse(
     let Some(config) = config else {
         return Err(ConfigError { problems });
     };
+    let first_semantic = problems.len();
     check(&config, &mut problems);
+    for p in &mut problems[first_semantic..] {
+        if let Some(origin) = key_path_origin(&root, &p.location) {
+            p.message = format!("{} ({})", p.message, origin.describe(file_label));
+        }
+    }
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
@@ -344,6 +350,24 @@ fn strings_only(root: &Node, file_label: &str, problems: &mut Vec<Problem>) {
             }
         }
     }
+}
+
+/// Where the key `health.http[0].uri` (a check's location) or its nearest written ancestor
+/// came from: a line of the file, or a variable.
+fn key_path_origin<'a>(root: &'a Node, key_path: &str) -> Option<&'a Origin> {
+    let mut path: Vec<String> = Vec::new();
+    for comp in key_path.split('.') {
+        match comp.split_once('[') {
+            Some((name, index)) => {
+                path.push(name.to_owned());
+                path.push(index.trim_end_matches(']').to_owned());
+            }
+            None => path.push(comp.to_owned()),
+        }
+    }
+    (1..=path.len())
+        .rev()
+        .find_map(|n| root.key_origin(&path[..n]))
 }
 
 /// Storage drivers distribution has and Berth does not.

@@ -753,3 +753,29 @@ fn hostile_yaml_is_refused_not_a_crash() {
     let p = problems(&laughs, &[]);
     assert!(p[0].message.contains("aliases"), "{p:?}");
 }
+
+#[test]
+fn semantic_problems_name_the_line_or_variable() {
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\nhttp:\n  addr: nope\nhealth:\n  tcp:\n    - addr: a:1\n    - addr: broken\n",
+        &[],
+    );
+    let addr = p.iter().find(|p| p.location == "http.addr").unwrap();
+    assert!(addr.message.ends_with("(config.yml:5:3)"), "{p:?}");
+    let tcp = p
+        .iter()
+        .find(|p| p.location == "health.tcp[1].addr")
+        .unwrap();
+    assert!(tcp.message.ends_with("(config.yml:9:7)"), "{p:?}");
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\n",
+        &[("REGISTRY_HTTP_ADDR", "nope")],
+    );
+    assert!(p[0].message.ends_with("(REGISTRY_HTTP_ADDR)"), "{p:?}");
+    // A required key that is missing: its section's line.
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\nauth:\n  htpasswd:\n    realm: r\n",
+        &[],
+    );
+    assert!(p[0].message.ends_with("(config.yml:5:3)"), "{p:?}");
+}

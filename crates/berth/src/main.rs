@@ -153,7 +153,8 @@ enum ConfigCommand {
 }
 
 /// The config file: positional (as `registry serve /etc/distribution/config.yml`) or `--config`.
-/// Without either: `$BERTH_CONFIG`, `/etc/distribution/config.yml`, `/etc/docker/registry/config.yml`.
+/// Without either: `$BERTH_CONFIG`, `$REGISTRY_CONFIGURATION_PATH`, `/etc/distribution/config.yml`,
+/// `/etc/docker/registry/config.yml`.
 #[derive(clap::Args)]
 struct ConfigArg {
     /// Path of the configuration file.
@@ -231,7 +232,9 @@ pub(crate) fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
-/// `berth config check`: every problem at once, then the effective configuration.
+/// `berth config check`: every problem at once, then the effective configuration. Keys
+/// neither distribution 2.8 nor 3.x knows do not stop `berth serve` (distribution ignores them
+/// too) but fail the check, so a typo does not go unnoticed.
 fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let code = match berth_server::config::load(path, std::env::vars()) {
         Ok(loaded) => {
@@ -244,7 +247,18 @@ fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
             }
             let yaml = loaded.config.redacted_yaml();
             outln!("{yaml}");
-            ExitCode::SUCCESS
+            if loaded.unknown.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "berth: the configuration has {} unknown key(s); `berth serve` starts and ignores them, as distribution does:",
+                    loaded.unknown.len()
+                );
+                for u in &loaded.unknown {
+                    eprintln!("  {u}");
+                }
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             crate::print_problems(&e);

@@ -27,6 +27,9 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    for u in &loaded.unknown {
+        tracing::warn!("{u}");
+    }
     for u in &loaded.unsupported {
         tracing::warn!("not supported yet, ignored: {u}");
     }

@@ -1,29 +1,38 @@
 //! Configuration: distribution's YAML schema ([`schema`]), where to find the file, the
 //! `REGISTRY_<SECTION>_<KEY>` environment overrides, and the checks `berth config check`
-//! reports — every problem at once, each with where it is.
+//! reports — every problem at once, each with where it is (`file:line:col`, or the variable).
 //!
-//! Unknown keys are errors that name the key and its line. The structs themselves accept
-//! unknown keys; loading collects every key serde ignored (`serde_ignored`), so one pass finds
-//! all of them rather than stopping at the first.
+//! The compatibility rule: where distribution 2.8 or 3.x starts with a configuration, Berth
+//! starts; where it refuses, Berth refuses, with a better message. So the file is read as
+//! distribution's yaml.v2 reads it ([`yaml`]: YAML 1.1 booleans, integer durations, repeated
+//! keys, anchors). Keys that neither version knows are ignored as distribution ignores them,
+//! but not silently: each is in [`Loaded::unknown`] with its line and the nearest known key;
+//! `berth serve` logs one WARN each and `berth config check` lists them and fails. An unknown
+//! storage driver or auth type refuses, as in distribution; so does a driver distribution has
+//! and Berth lacks (never a quiet fallback to other data).
 //!
 //! Environment overrides follow distribution's rule: the variable's name after `REGISTRY_` is
-//! split at `_` into a key path (`REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`), and the value is
-//! read as YAML into that key. Whether a path names a real key is decided by the schema itself:
-//! the override is applied to a copy, and if the schema ignores the new key, the variable is
-//! ignored with a warning (Kubernetes injects `REGISTRY_PORT=tcp://…` and friends for a Service
-//! called `registry`; podman sets `REGISTRY_AUTH_FILE`). Values are never echoed: they may be
-//! secrets.
+//! split at `_` into a key path (`REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`, a number indexes
+//! a list: `REGISTRY_HEALTH_TCP_0_ADDR`), applied in the order of the names, and the value is
+//! read as YAML into that key; `REGISTRY_STORAGE=s3` and `REGISTRY_AUTH=htpasswd` replace the
+//! section with that driver or type. Whether a path names a real key is decided by the schema
+//! itself: the override is applied to a copy, and if the schema ignores the new key, the
+//! variable is ignored with a warning (Kubernetes injects `REGISTRY_PORT=tcp://…` and friends
+//! for a Service called `registry`; podman sets `REGISTRY_AUTH_FILE`). Values are never echoed:
+//! they may be secrets.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use serde_yaml::Value;
 
 pub mod schema;
 pub mod validation;
+pub mod yaml;
+
+use yaml::{Node, Origin};
 
 pub use schema::{Config, StorageDriver};
 
@@ -34,6 +43,8 @@ pub enum ConfigSource {
     Explicit(PathBuf),
     /// Named by `$BERTH_CONFIG`.
     Env(PathBuf),
+    /// Named by `$REGISTRY_CONFIGURATION_PATH` (distribution's variable).
+    RegistryEnv(PathBuf),
     /// Found at a standard location.
     Standard(PathBuf),
     /// No file: the embedded defaults.
@@ -43,7 +54,10 @@ pub enum ConfigSource {
 impl ConfigSource {
     pub fn path(&self) -> Option<&Path> {
         match self {
-            ConfigSource::Explicit(p) | ConfigSource::Env(p) | ConfigSource::Standard(p) => Some(p),
+            ConfigSource::Explicit(p)
+            | ConfigSource::Env(p)
+            | ConfigSource::RegistryEnv(p)
+            | ConfigSource::Standard(p) => Some(p),
             ConfigSource::Embedded => None,
         }
     }
@@ -54,9 +68,13 @@ impl fmt::Display for ConfigSource {
         match self {
             ConfigSource::Explicit(p) => write!(f, "{} (given on the command line)", p.display()),
             ConfigSource::Env(p) => write!(f, "{} (named by $BERTH_CONFIG)", p.display()),
+            ConfigSource::RegistryEnv(p) => {
+                write!(f, "{} (named by $REGISTRY_CONFIGURATION_PATH)", p.display())
+            }
             ConfigSource::Standard(p) => write!(f, "{} (standard location)", p.display()),
             ConfigSource::Embedded => f.write_str(
-                "no configuration file found ($BERTH_CONFIG, /etc/distribution/config.yml, \
+                "no configuration file found (command line, $BERTH_CONFIG, \
+                 $REGISTRY_CONFIGURATION_PATH, /etc/distribution/config.yml, \
                  /etc/docker/registry/config.yml); using the embedded defaults",
             ),
         }
@@ -101,6 +119,9 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// Configured features Berth does not implement yet.
     pub unsupported: Vec<String>,
+    /// Keys neither distribution 2.8 nor 3.x knows (ignored, as distribution ignores them),
+    /// each with where it is and the nearest known key.
+    pub unknown: Vec<Problem>,
 }
 
 /// The standard locations, in the order they are tried after `$BERTH_CONFIG`.
@@ -112,8 +133,9 @@ pub const STANDARD_PATHS: [&str; 2] = [
 /// The data directory of the embedded default configuration, relative to the working directory.
 pub const DEFAULT_ROOT: &str = "berth-data";
 
-/// Loads the configuration: `explicit`, else `$BERTH_CONFIG`, else the standard paths, else
-/// the embedded defaults; then applies the `REGISTRY_*` variables among `env`.
+/// Loads the configuration: `explicit` (the command line), else `$BERTH_CONFIG`, else
+/// `$REGISTRY_CONFIGURATION_PATH` (as distribution), else the standard paths, else the embedded
+/// defaults; then applies the `REGISTRY_*` variables among `env`.
 pub fn load(
     explicit: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
@@ -142,10 +164,16 @@ pub fn load_from(
     standard: &[PathBuf],
     env: &[(String, String)],
 ) -> Result<Loaded, ConfigError> {
+    let registry_path = env
+        .iter()
+        .find(|(k, v)| k == "REGISTRY_CONFIGURATION_PATH" && !v.is_empty())
+        .map(|(_, v)| PathBuf::from(v));
     let source = if let Some(p) = explicit {
         ConfigSource::Explicit(p.to_path_buf())
     } else if let Some(p) = berth_config.filter(|p| !p.as_os_str().is_empty()) {
         ConfigSource::Env(p.to_path_buf())
+    } else if let Some(p) = registry_path {
+        ConfigSource::RegistryEnv(p)
     } else if let Some(p) = standard.iter().find(|p| p.is_file()) {
         ConfigSource::Standard(p.clone())
     } else {
@@ -181,58 +209,111 @@ pub fn parse(
 ) -> Result<Loaded, ConfigError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    let at = |o: &Origin| o.describe(file_label);
 
-    // Pass 1, on the text itself: syntax and type errors with their line, and every unknown key.
-    let mut unknown = Vec::new();
-    let first = serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |p| {
-        unknown.push(dotted_path(&p))
-    });
-    let first: Option<Config> = match first {
+    // The file, read as distribution's yaml.v2 reads it.
+    let (mut root, duplicates) = match yaml::parse(text) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(ConfigError {
+                problems: vec![Problem {
+                    location: at(&e.origin),
+                    message: format!("not valid YAML: {}", e.message),
+                }],
+            })
+        }
+    };
+    for d in &duplicates {
+        warnings.push(format!(
+            "{}: key `{}` is given again (first at {}); the last one wins, as in distribution",
+            at(&d.last),
+            d.key,
+            at(&d.first)
+        ));
+    }
+    if root.is_null() {
+        root = Node::map(Vec::new(), root.origin.clone());
+    }
+    if root.entries().is_none() {
+        return Err(ConfigError {
+            problems: vec![Problem {
+                location: at(&root.origin),
+                message: "the configuration must be a mapping of sections".to_owned(),
+            }],
+        });
+    }
+    // distribution reads `version` from the file before anything else, and refuses a file
+    // without it.
+    if root.get("version").is_none_or(Node::is_null) {
+        problems.push(Problem {
+            location: file_label.to_owned(),
+            message: "`version: 0.1` is missing (distribution refuses such a file too)".to_owned(),
+        });
+    }
+
+    apply_env(&mut root, env, &mut warnings, &mut problems);
+    normalize(&mut root);
+    strings_only(&root, file_label, &mut problems);
+
+    let mut ignored: Vec<Vec<String>> = Vec::new();
+    let config: Result<Config, yaml::Error> =
+        serde_ignored::deserialize(yaml::De(&root), |p| ignored.push(path_components(&p)));
+    let config = match config {
         Ok(c) => Some(c),
         Err(e) => {
-            let location = match e.location() {
-                Some(l) => format!("{file_label}:{}:{}", l.line(), l.column()),
-                None => file_label.to_owned(),
-            };
             problems.push(Problem {
-                location,
-                message: e.to_string(),
+                location: e.origin.as_ref().map_or(file_label.to_owned(), at),
+                message: e.message,
             });
             None
         }
     };
-    for key in &unknown {
-        let components: Vec<&str> = key.split('.').collect();
-        let location = match key_line(text, &components) {
-            Some((line, col)) => format!("{file_label}:{line}:{col}"),
-            None => file_label.to_owned(),
-        };
-        problems.push(Problem {
-            location,
-            message: format!("unknown configuration key `{key}`"),
-        });
-    }
-    if first.is_none() {
-        return Err(ConfigError { problems });
-    }
-
-    // Pass 2, on the value tree: environment overrides.
-    let mut root: Value = serde_yaml::from_str(text).unwrap_or(Value::Null);
-    if root.is_null() {
-        root = Value::Mapping(Mapping::new());
-    }
-    apply_env(&mut root, env, &mut warnings, &mut problems);
-    let config = match Config::deserialize(root) {
-        Ok(c) => c,
-        Err(e) => {
-            problems.push(Problem {
-                location: "environment".to_owned(),
-                message: e.to_string(),
-            });
-            return Err(ConfigError { problems });
+    let mut unknown = Vec::new();
+    for path in &ignored {
+        let location = root.key_origin(path).map_or(file_label.to_owned(), at);
+        let dotted = path.join(".");
+        match path.as_slice() {
+            [section, name] if section == "storage" => problems.push(Problem {
+                location,
+                message: if OTHER_DRIVERS.contains(&name.as_str()) {
+                    format!(
+                        "storage driver `{name}` is not available in Berth (filesystem, inmemory, \
+                         s3); refusing to start rather than serve other data"
+                    )
+                } else {
+                    format!(
+                        "unknown storage driver `{name}` (distribution refuses it too; Berth has \
+                         filesystem, inmemory and s3)"
+                    )
+                },
+            }),
+            [section, name] if section == "auth" => problems.push(Problem {
+                location,
+                message: format!(
+                    "unknown auth type `{name}` (distribution refuses it too; the types are \
+                     htpasswd, token and silly)"
+                ),
+            }),
+            _ => unknown.push(Problem {
+                location,
+                message: format!(
+                    "unknown configuration key `{dotted}`, ignored (neither distribution 2.8 nor \
+                     3.x knows it){}",
+                    hint(path)
+                ),
+            }),
         }
+    }
+    let Some(config) = config else {
+        return Err(ConfigError { problems });
     };
+    let first_semantic = problems.len();
     check(&config, &mut problems);
+    for p in &mut problems[first_semantic..] {
+        if let Some(origin) = key_path_origin(&root, &p.location) {
+            p.message = format!("{} ({})", p.message, origin.describe(file_label));
+        }
+    }
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
@@ -242,44 +323,168 @@ pub fn parse(
         source: ConfigSource::Embedded,
         warnings,
         unsupported,
+        unknown,
     })
 }
 
-/// A key path as the operator writes it: `storage.filesystem.bogus` (serde_ignored marks
-/// `Option` layers with `?`, which is not part of the file).
-fn dotted_path(p: &serde_ignored::Path<'_>) -> String {
-    p.to_string()
-        .split('.')
-        .filter(|c| *c != "?")
-        .collect::<Vec<_>>()
-        .join(".")
+/// Keys distribution reads from a parameter map and refuses unless they are strings (its
+/// upload purger panics on "age is not a string"), where Berth's duration reading would
+/// accept a number.
+fn strings_only(root: &Node, file_label: &str, problems: &mut Vec<Problem>) {
+    let purging = root
+        .get("storage")
+        .and_then(|s| s.get("maintenance"))
+        .and_then(|m| m.get("uploadpurging"));
+    for key in ["age", "interval"] {
+        let Some(n) = purging.and_then(|p| p.get(key)) else {
+            continue;
+        };
+        if let yaml::Kind::Scalar { text, plain } = &n.kind {
+            if !n.is_null() && !matches!(yaml::resolve(text, *plain), yaml::Resolved::Str(_)) {
+                problems.push(Problem {
+                    location: n.origin.describe(file_label),
+                    message: format!(
+                        "storage.maintenance.uploadpurging.{key} must be a duration such as 168h, \
+                         not a number (distribution refuses a number here too)"
+                    ),
+                });
+            }
+        }
+    }
 }
 
-/// Keys the schema ignores in `root` (dotted paths).
-fn ignored_keys(root: &Value) -> Result<BTreeSet<String>, serde_yaml::Error> {
+/// Where the key `health.http[0].uri` (a check's location) or its nearest written ancestor
+/// came from: a line of the file, or a variable.
+fn key_path_origin<'a>(root: &'a Node, key_path: &str) -> Option<&'a Origin> {
+    let mut path: Vec<String> = Vec::new();
+    for comp in key_path.split('.') {
+        match comp.split_once('[') {
+            Some((name, index)) => {
+                path.push(name.to_owned());
+                path.push(index.trim_end_matches(']').to_owned());
+            }
+            None => path.push(comp.to_owned()),
+        }
+    }
+    (1..=path.len())
+        .rev()
+        .find_map(|n| root.key_origin(&path[..n]))
+}
+
+/// Storage drivers distribution has and Berth does not.
+const OTHER_DRIVERS: [&str; 4] = ["azure", "gcs", "swift", "oss"];
+
+/// "; did you mean `x`?" for the known key nearest to the last component of `path`.
+fn hint(path: &[String]) -> String {
+    let Some((last, parent)) = path.split_last() else {
+        return String::new();
+    };
+    let lower = last.to_ascii_lowercase();
+    let best = yaml::fields_at::<Config>(parent)
+        .into_iter()
+        .map(|f| {
+            // A shortened or lengthened name (`rootdir`) is as good a hint as a typo.
+            let affix = lower.len() >= 4 && (f.starts_with(&lower) || lower.starts_with(f));
+            let score = strsim::normalized_damerau_levenshtein(&lower, f);
+            (if affix { score.max(0.8) } else { score }, f)
+        })
+        .filter(|(score, _)| *score >= 0.6)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, f)) => {
+            let mut full = parent.to_vec();
+            full.push(f.to_owned());
+            format!("; did you mean `{}`?", full.join("."))
+        }
+        None => String::new(),
+    }
+}
+
+/// A serde_ignored path as components (`Option` layers, marked `?`, are not part of the file).
+fn path_components(p: &serde_ignored::Path<'_>) -> Vec<String> {
+    p.to_string()
+        .split('.')
+        .filter(|c| *c != "?" && !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Keys the schema ignores in `root`, or the deserialization error.
+fn ignored_keys(root: &Node) -> Result<BTreeSet<String>, yaml::Error> {
     let mut out = BTreeSet::new();
-    let res: Result<Config, _> = serde_ignored::deserialize(root.clone(), |p| {
-        out.insert(dotted_path(&p));
+    let res: Result<Config, _> = serde_ignored::deserialize(yaml::De(root), |p| {
+        out.insert(path_components(&p).join("."));
     });
     res.map(|_| out)
 }
 
+/// The forms distribution accepts that Berth's schema reads under one name: a section set to
+/// a word (`storage: s3`, `auth: htpasswd`, also from `REGISTRY_STORAGE=s3`) selects that
+/// driver or type with no parameters; `s3aws` is the s3 driver's other name; `layerinfo` is
+/// the old name of `storage.cache.blobdescriptor` (used only when the new one is absent); a
+/// type or driver with an empty value is present, with no parameters.
+fn normalize(root: &mut Node) {
+    for section in ["storage", "auth"] {
+        if let Some(node) = root.get_mut(section) {
+            if let yaml::Kind::Scalar { text, .. } = &node.kind {
+                if !node.is_null() {
+                    let entry = yaml::Entry {
+                        key: text.clone(),
+                        key_origin: node.origin.clone(),
+                        value: Node::null(node.origin.clone()),
+                    };
+                    *node = Node::map(vec![entry], node.origin.clone());
+                }
+            }
+            // `htpasswd:` with nothing below is still that type (distribution then refuses it
+            // for its missing path), and `filesystem:` is still that driver: never "no auth".
+            for e in node.entries_mut().into_iter().flatten() {
+                if e.value.is_null() {
+                    e.value = Node::map(Vec::new(), e.value.origin.clone());
+                }
+            }
+        }
+    }
+    let Some(storage) = root.get_mut("storage") else {
+        return;
+    };
+    if storage.get("s3").is_none() {
+        if let Some(e) = storage
+            .entries_mut()
+            .and_then(|e| e.iter_mut().find(|e| e.key == "s3aws"))
+        {
+            e.key = "s3".to_owned();
+        }
+    }
+    if let Some(cache) = storage.get_mut("cache").and_then(Node::entries_mut) {
+        if cache.iter().any(|e| e.key == "blobdescriptor") {
+            cache.retain(|e| e.key != "layerinfo");
+        } else if let Some(e) = cache.iter_mut().find(|e| e.key == "layerinfo") {
+            e.key = "blobdescriptor".to_owned();
+        }
+    }
+}
+
 /// What applying one variable came to.
 enum Override {
-    Applied(Value),
+    Applied(Node),
     NamesNoKey,
     Invalid(String),
 }
 
+/// Variables that name the file rather than a key.
+const PATH_VARIABLES: [&str; 1] = ["REGISTRY_CONFIGURATION_PATH"];
+
 fn apply_env(
-    root: &mut Value,
+    root: &mut Node,
     env: &[(String, String)],
     warnings: &mut Vec<String>,
     problems: &mut Vec<Problem>,
 ) {
+    // distribution applies them in the order of their names.
     let mut vars: Vec<&(String, String)> = env
         .iter()
-        .filter(|(k, _)| k.starts_with("REGISTRY_"))
+        .filter(|(k, _)| k.starts_with("REGISTRY_") && !PATH_VARIABLES.contains(&k.as_str()))
         .collect();
     vars.sort();
     for (name, value) in vars {
@@ -291,10 +496,22 @@ fn apply_env(
         let outcome = if path.iter().any(String::is_empty) {
             Override::NamesNoKey
         } else {
-            try_override(root, &path, value)
+            try_override(root, &path, name, value)
         };
         match outcome {
-            Override::Applied(candidate) => *root = candidate,
+            Override::Applied(candidate) => {
+                if path.len() == 1 && (path[0] == "storage" || path[0] == "auth") {
+                    let dropped = dropped_keys(root, &candidate, &path[0]);
+                    if !dropped.is_empty() {
+                        warnings.push(format!(
+                            "{name} replaces the whole {} section, as in distribution: the file's {} no longer apply (set them with {name}_* variables)",
+                            path[0],
+                            dropped.join(", ")
+                        ));
+                    }
+                }
+                *root = candidate;
+            }
             Override::NamesNoKey => warnings.push(format!(
                 "environment variable {name} names no configuration key; ignored \
                  (Kubernetes service links and other tools set REGISTRY_* variables too)"
@@ -307,162 +524,163 @@ fn apply_env(
     }
 }
 
-/// Applies one override to a copy of `root`: first with the value read as YAML (so `true` and
-/// `5000` get their types), then as a plain string (for string keys whose value looks like a
-/// number).
-fn try_override(root: &Value, path: &[String], value: &str) -> Override {
-    let baseline = ignored_keys(root).unwrap_or_default();
-    let dotted = path.join(".");
-    let parsed: Value =
-        serde_yaml::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-    let mut last_error = String::new();
-    for candidate_value in [parsed, Value::String(value.to_owned())] {
-        let mut candidate = root.clone();
-        if path == ["storage"] {
-            select_storage_driver(&mut candidate, value);
-        } else {
-            set_path(&mut candidate, path, candidate_value);
-        }
-        match ignored_keys(&candidate) {
-            Ok(ignored) => {
-                let names_no_key = ignored.difference(&baseline).any(|k| {
-                    dotted == *k
-                        || dotted.starts_with(&format!("{k}."))
-                        || k.starts_with(&format!("{dotted}."))
-                });
-                return if names_no_key {
-                    Override::NamesNoKey
-                } else {
-                    Override::Applied(candidate)
-                };
-            }
-            Err(e) => last_error = e.to_string(),
-        }
-    }
-    // A path that goes on below a scalar key names no key either: the Service
-    // `registry-auth-token` gives pods REGISTRY_AUTH_TOKEN_SERVICE_HOST (`auth.token.service` is
-    // a string), `registry-version` REGISTRY_VERSION_PORT.
-    if (1..path.len()).any(|i| names_scalar(root, &path[..i], &baseline)) {
-        return Override::NamesNoKey;
-    }
-    Override::Invalid(last_error)
+/// Keys of section `name` in `before` that `after` no longer has.
+fn dropped_keys(before: &Node, after: &Node, name: &str) -> Vec<String> {
+    let keys = |n: &Node| -> Vec<String> {
+        n.get(name)
+            .and_then(Node::entries)
+            .map(|e| e.iter().map(|e| format!("{name}.{}", e.key)).collect())
+            .unwrap_or_default()
+    };
+    let kept = keys(after);
+    keys(before)
+        .into_iter()
+        .filter(|k| !kept.contains(k))
+        .collect()
 }
 
-/// Whether `prefix` is a key whose value is a scalar (it accepts a string, bool or number).
-fn names_scalar(root: &Value, prefix: &[String], baseline: &BTreeSet<String>) -> bool {
+/// Applies one override to a copy of `root`. The value is read as YAML, as distribution reads
+/// it into the key's field; the schema then says whether the key exists.
+fn try_override(root: &Node, path: &[String], name: &str, value: &str) -> Override {
+    let origin = Origin::Env(name.to_owned());
+    let mut value_node = match yaml::parse(value) {
+        Ok((n, _)) => n,
+        Err(e) => {
+            return Override::Invalid(format!(
+                "the value is read as YAML, as distribution reads it, and is not valid YAML: {}",
+                e.message
+            ))
+        }
+    };
+    value_node.set_origin(&origin);
+    let mut candidate = root.clone();
+    if let Err(e) = set_path(&mut candidate, path, value_node, &origin) {
+        return Override::Invalid(e);
+    }
+    normalize(&mut candidate);
+    // A section set to a word always applies: an unknown driver or auth type is refused later,
+    // never ignored (that would serve other data).
+    if path.len() == 1 && (path[0] == "storage" || path[0] == "auth") {
+        return Override::Applied(candidate);
+    }
+    let baseline = ignored_keys(root).unwrap_or_default();
+    let dotted = path.join(".");
+    match ignored_keys(&candidate) {
+        Ok(ignored) => {
+            let names_no_key = ignored.difference(&baseline).any(|k| {
+                dotted == *k
+                    || dotted.starts_with(&format!("{k}."))
+                    || k.starts_with(&format!("{dotted}."))
+            });
+            if names_no_key {
+                Override::NamesNoKey
+            } else {
+                Override::Applied(candidate)
+            }
+        }
+        // A path that goes on below a scalar key names no key either: the Service
+        // `registry-auth-token` gives pods REGISTRY_AUTH_TOKEN_SERVICE_HOST (`auth.token.service`
+        // is a string), `registry-version` REGISTRY_VERSION_PORT.
+        Err(_) if (1..path.len()).any(|i| names_scalar(root, &path[..i], &baseline)) => {
+            Override::NamesNoKey
+        }
+        Err(e) => Override::Invalid(e.message),
+    }
+}
+
+/// Whether `prefix` is a key whose value is a scalar.
+fn names_scalar(root: &Node, prefix: &[String], baseline: &BTreeSet<String>) -> bool {
     let dotted = prefix.join(".");
-    [
-        Value::String("x".to_owned()),
-        Value::Bool(true),
-        Value::Number(1.into()),
-    ]
-    .into_iter()
-    .any(|probe| {
+    let probe_origin = Origin::Env(String::new());
+    ["x", "true", "1"].into_iter().any(|text| {
         let mut candidate = root.clone();
-        set_path(&mut candidate, prefix, probe);
-        ignored_keys(&candidate).is_ok_and(|ignored| {
-            !ignored
-                .difference(baseline)
-                .any(|k| dotted == *k || dotted.starts_with(&format!("{k}.")))
-        })
+        let probe = Node {
+            kind: yaml::Kind::Scalar {
+                text: text.to_owned(),
+                plain: true,
+            },
+            origin: probe_origin.clone(),
+        };
+        set_path(&mut candidate, prefix, probe, &probe_origin).is_ok()
+            && ignored_keys(&candidate).is_ok_and(|ignored| {
+                !ignored
+                    .difference(baseline)
+                    .any(|k| dotted == *k || dotted.starts_with(&format!("{k}.")))
+            })
     })
 }
 
-/// `REGISTRY_STORAGE=<driver>` replaces the configured driver, keeping the common keys.
-fn select_storage_driver(root: &mut Value, driver: &str) {
-    const DRIVERS: [&str; 7] = [
-        "filesystem",
-        "inmemory",
-        "s3",
-        "azure",
-        "gcs",
-        "swift",
-        "oss",
-    ];
-    let Some(map) = root.as_mapping_mut() else {
-        return;
+/// Sets `path` in the tree as distribution's parser does: existing keys match
+/// case-insensitively, new ones are lower case; a number indexes a list (`_0`), where the
+/// next free index appends.
+fn set_path(root: &mut Node, path: &[String], value: Node, origin: &Origin) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(());
     };
-    let storage = map
-        .entry(Value::String("storage".to_owned()))
-        .or_insert_with(|| Value::Mapping(Mapping::new()));
-    if !storage.is_mapping() {
-        *storage = Value::Mapping(Mapping::new());
-    }
-    if let Some(s) = storage.as_mapping_mut() {
-        for d in DRIVERS {
-            s.remove(d);
-        }
-        s.insert(
-            Value::String(driver.to_ascii_lowercase()),
-            Value::Mapping(Mapping::new()),
-        );
-    }
-}
-
-/// Sets `path` in a YAML tree, matching existing keys case-insensitively and creating maps.
-fn set_path(root: &mut Value, path: &[String], value: Value) {
     let mut node = root;
-    for (i, comp) in path.iter().enumerate() {
-        if !node.is_mapping() {
-            *node = Value::Mapping(Mapping::new());
+    for comp in parents {
+        node = child_mut(node, comp, origin)?;
+    }
+    *child_mut(node, last, origin)? = value;
+    Ok(())
+}
+
+fn child_mut<'n>(node: &'n mut Node, comp: &str, origin: &Origin) -> Result<&'n mut Node, String> {
+    // A number indexes an existing list, or starts one at 0; otherwise it is a mapping key, and
+    // the schema decides (`REGISTRY_PORT_5000_TCP` from Kubernetes names no key).
+    let index = comp.parse::<usize>().ok();
+    let is_seq = matches!(node.kind, yaml::Kind::Seq(_));
+    if index.is_some() && (is_seq || (node.is_null() && index == Some(0))) {
+        if !is_seq {
+            node.kind = yaml::Kind::Seq(Vec::new());
         }
-        let Some(map) = node.as_mapping_mut() else {
-            return;
+        let (Some(i), yaml::Kind::Seq(items)) = (index, &mut node.kind) else {
+            return Err("not a list".to_owned());
         };
-        let existing = map
-            .keys()
-            .find(|k| k.as_str().is_some_and(|s| s.eq_ignore_ascii_case(comp)))
-            .cloned();
-        let key = existing.unwrap_or_else(|| Value::String(comp.clone()));
-        if i + 1 == path.len() {
-            map.insert(key, value);
-            return;
+        if i > items.len() {
+            return Err(format!(
+                "index {i} is past the end of the list ({} entries; the next is {})",
+                items.len(),
+                items.len()
+            ));
         }
-        node = map.entry(key).or_insert(Value::Null);
+        if i == items.len() {
+            items.push(Node::null(origin.clone()));
+        }
+        return Ok(&mut items[i]);
     }
+    if node.entries().is_none() {
+        *node = Node::map(Vec::new(), origin.clone());
+    }
+    let Some(entries) = node.entries_mut() else {
+        return Err("not a mapping".to_owned());
+    };
+    let i = match entries
+        .iter()
+        .position(|e| e.key.eq_ignore_ascii_case(comp))
+    {
+        Some(i) => i,
+        None => {
+            entries.push(yaml::Entry {
+                key: comp.to_ascii_lowercase(),
+                key_origin: origin.clone(),
+                value: Node::null(origin.clone()),
+            });
+            entries.len() - 1
+        }
+    };
+    Ok(&mut entries[i].value)
 }
 
-/// The 1-based line and column of a key path in block-style YAML, if it can be found.
-fn key_line(text: &str, path: &[&str]) -> Option<(usize, usize)> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut start = 0;
-    let mut parent_indent: Option<usize> = None;
-    let mut found = None;
-    for comp in path {
-        if comp.parse::<usize>().is_ok() {
-            continue; // sequence index: the next key is searched below the same parent
-        }
-        let mut hit = None;
-        for (i, line) in lines.iter().enumerate().skip(start) {
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let indent = line.len() - trimmed.len();
-            if let Some(p) = parent_indent {
-                if indent <= p && !trimmed.starts_with("- ") {
-                    break;
-                }
-            }
-            let key_part = trimmed.trim_start_matches("- ");
-            if key_part.starts_with(&format!("{comp}:")) {
-                hit = Some((i, indent + (trimmed.len() - key_part.len())));
-                break;
-            }
-        }
-        let (i, col) = hit?;
-        found = Some((i + 1, col + 1));
-        start = i + 1;
-        parent_indent = Some(col);
-    }
-    found
-}
-
-/// Parses a Go duration such as `10s`, `1h30m`, `500ms`, `168h`.
+/// Parses a duration as distribution reads one: a Go duration such as `10s`, `1h30m`,
+/// `500ms`, `168h`, or an integer, which is nanoseconds (yaml.v2 reads `draintimeout: 0` or a
+/// notification `timeout: 500` into a Go `time.Duration` that way).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
+    if let Some(n) = yaml::parse_int(s) {
+        return u64::try_from(n)
+            .map(Duration::from_nanos)
+            .map_err(|_| format!("duration {s:?} is negative"));
     }
     if s.is_empty() {
         return Err("empty duration".to_owned());
@@ -679,6 +897,7 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     }
     if let Some(p) = &c.proxy {
         durations.push(("proxy.tagttl", p.tagttl.as_ref()));
+        durations.push(("proxy.cachewritetimeout", p.cachewritetimeout.as_ref()));
     }
     if let Some(r) = &c.redis {
         let pool = r.pool.as_ref();
@@ -844,6 +1063,14 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             auth.htpasswd.is_some(),
             auth.none.is_some(),
         ];
+        if auth.silly.is_some() {
+            bad(
+                "auth.silly",
+                "the silly access controller (a development stub in distribution) is not available; \
+                 Berth refuses rather than run without the authentication the file asks for"
+                    .to_owned(),
+            );
+        }
         if kinds.iter().filter(|k| **k).count() > 1 {
             bad(
                 "auth",
@@ -933,11 +1160,6 @@ fn valid_addr(addr: &str) -> bool {
 pub fn unsupported(c: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let mut add = |s: &str| out.push(s.to_owned());
-    if let Some(a) = &c.auth {
-        if a.silly.is_some() {
-            add("auth.silly: the silly access controller (a development stub in distribution)");
-        }
-    }
     if let Some(s3) = &c.storage.s3 {
         if s3.skipverify == Some(true) {
             add("storage.s3.skipverify: TLS certificates are always verified (add the CA to the system store, or SSL_CERT_FILE)");
@@ -947,6 +1169,9 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         }
         if s3.objectacl.as_deref().is_some_and(|a| a != "private") {
             add("storage.s3.objectacl: objects are always private");
+        }
+        if s3.usefipsendpoint == Some(true) {
+            add("storage.s3.usefipsendpoint: FIPS endpoints are not chosen automatically (set regionendpoint to the FIPS endpoint)");
         }
     }
 
@@ -977,6 +1202,21 @@ pub fn unsupported(c: &Config) -> Vec<String> {
     }
     if c.reporting.as_ref().is_some_and(|r| !r.is_null()) {
         add("reporting: Bugsnag and New Relic reporting (nothing is reported to them)");
+    }
+    if c.policy.as_ref().is_some_and(|p| !p.is_null()) {
+        add("policy.repository.classes: manifests of every class are accepted");
+    }
+    if c.compatibility
+        .as_ref()
+        .and_then(|v| v.get("schema1"))
+        .and_then(|v| v.get("enabled"))
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        add("compatibility.schema1: schema 1 manifests are not accepted (distribution 3 dropped them too)");
+    }
+    if c.proxy.as_ref().is_some_and(|p| p.exec.is_some()) {
+        add("proxy.exec: no credential helper is run; the upstream is reached with proxy.username/password, if set");
     }
     out
 }

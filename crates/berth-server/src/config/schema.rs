@@ -68,6 +68,9 @@ pub struct Config {
     /// `storage`); see `crate::storage_middleware`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub middleware: Option<BTreeMap<String, Vec<Middleware>>>,
+    /// `policy.repository.classes`: the manifest classes a repository accepts (both versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Value>,
 }
 
 /// One middleware entry (distribution's `configuration.Middleware`).
@@ -232,6 +235,10 @@ pub struct S3 {
     pub usedualstack: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accelerate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usefipsendpoint: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub useragent: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -672,6 +679,12 @@ pub struct Proxy {
     /// (default: the system's temporary directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spooldir: Option<String>,
+    /// distribution 3: a credential helper command (`command`, `lifetime`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Value>,
+    /// distribution 3: how long a blob may take to reach the cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cachewritetimeout: Option<String>,
 }
 
 /// One of Berth's `proxy.upstreams`.
@@ -776,6 +789,8 @@ pub struct FileCheck {
     pub file: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -137,24 +137,32 @@ http:
 }
 
 #[test]
-fn unknown_keys_name_key_and_line_all_at_once() {
-    let text = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /x\n    bogus: 1\nhttp:\n  addr: :5000\n  nonsense: true\nextra: 2\n";
-    let p = problems(text, &[]);
-    let all: Vec<String> = p.iter().map(ToString::to_string).collect();
-    assert_eq!(all.len(), 3, "{all:?}");
+fn unknown_keys_are_warnings_with_line_and_hint() {
+    let text = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /x\n    rootdir: 1\nhttp:\n  addr: :5000\n  nonsense: true\nlogLevel: debug\ndatabase:\n  dsn: x\n";
+    let l = ok(text, &[]);
+    let all: Vec<String> = l.unknown.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 4, "{all:?}");
     assert!(
-        all.iter()
-            .any(|s| s.contains("storage.filesystem.bogus") && s.starts_with("config.yml:5:5")),
+        all.iter().any(|s| s.starts_with("config.yml:5:5:")
+            && s.contains("storage.filesystem.rootdir`")
+            && s.contains("did you mean `storage.filesystem.rootdirectory`")),
         "{all:?}"
     );
     assert!(
         all.iter()
-            .any(|s| s.contains("http.nonsense") && s.starts_with("config.yml:8:3")),
+            .any(|s| s.starts_with("config.yml:8:3:") && s.contains("http.nonsense")),
         "{all:?}"
     );
+    // distribution's keys are case-sensitive: `logLevel` is not `loglevel`, but the hint says so.
     assert!(
         all.iter()
-            .any(|s| s.contains("`extra`") && s.starts_with("config.yml:9:1")),
+            .any(|s| s.starts_with("config.yml:9:1:") && s.contains("did you mean `loglevel`")),
+        "{all:?}"
+    );
+    assert!(l.config.loglevel.is_none());
+    assert!(
+        all.iter()
+            .any(|s| s.starts_with("config.yml:10:1:") && s.contains("`database`")),
         "{all:?}"
     );
 }
@@ -219,6 +227,25 @@ fn env_can_select_the_storage_driver() {
     let l = ok(
         "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n  delete: {enabled: true}\n",
         &[("REGISTRY_STORAGE", "inmemory")],
+    );
+    assert!(matches!(l.config.storage.driver(), StorageDriver::InMemory));
+    // As in distribution, the variable replaces the whole section: the file's delete setting
+    // is gone, and a warning says so.
+    assert!(!l.config.storage.delete.enabled);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("REGISTRY_STORAGE ") && w.contains("storage.delete")),
+        "{:?}",
+        l.warnings
+    );
+    // Later variables (sorted by name) fill the new section.
+    let l = ok(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n",
+        &[
+            ("REGISTRY_STORAGE", "inmemory"),
+            ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+        ],
     );
     assert!(matches!(l.config.storage.driver(), StorageDriver::InMemory));
     assert!(l.config.storage.delete.enabled);
@@ -303,10 +330,13 @@ fn durations() {
     assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    // An integer is nanoseconds, as yaml.v2 reads it into a Go time.Duration.
+    assert_eq!(parse_duration("500"), Ok(Duration::from_nanos(500)));
+    assert_eq!(parse_duration("30000000000"), Ok(Duration::from_secs(30)));
     // The last two are found by fuzzing: they used to panic.
     for bad in [
         "",
-        "10",
+        "-5",
         "s",
         "10 s",
         "5d",
@@ -316,15 +346,6 @@ fn durations() {
     ] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
-}
-
-#[test]
-fn key_lines() {
-    let t = "a:\n  b:\n    c: 1\n  d: 2\ne:\n  - name: x\n    f: 3\n";
-    assert_eq!(key_line(t, &["a", "b", "c"]), Some((3, 5)));
-    assert_eq!(key_line(t, &["a", "d"]), Some((4, 3)));
-    assert_eq!(key_line(t, &["e", "0", "f"]), Some((7, 5)));
-    assert_eq!(key_line(t, &["a", "e"]), None);
 }
 
 /// The variables kubelet injects (docker-links style) for the Services of `deploy/kubernetes`:
@@ -500,4 +521,328 @@ fn log_hooks_and_reporting_are_named_as_ignored() {
         &[],
     );
     assert!(l.unsupported.is_empty(), "{:?}", l.unsupported);
+}
+
+/// Values as distribution's yaml.v2 reads them.
+#[test]
+fn values_are_read_as_go_reads_them() {
+    let text = "version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /data
+    maxthreads: \"100\"
+  delete:
+    enabled: yes
+  maintenance:
+    uploadpurging:
+      enabled: on
+      age: 168h
+      interval: 24h
+      dryrun: no
+http:
+  addr: :5000
+  secret: 12345
+  draintimeout: 0
+  relativeurls: True
+catalog:
+  maxentries: 0x20
+notifications:
+  endpoints:
+    - name: hook
+      url: http://127.0.0.1:1/
+      timeout: 500
+      threshold: 5
+      backoff: 1s
+";
+    let l = ok(text, &[]);
+    let c = &l.config;
+    assert!(c.storage.delete.enabled);
+    assert!(c.http.relativeurls);
+    assert_eq!(c.http.secret.as_deref(), Some("12345"));
+    assert_eq!(c.catalog.maxentries, 32);
+    assert!(
+        matches!(c.storage.driver(), StorageDriver::Filesystem(f) if f.maxthreads == Some(100))
+    );
+    let u = c.storage.maintenance.uploadpurging.as_ref().unwrap();
+    assert!(u.enabled && !u.dryrun);
+    let ep = &c
+        .notifications
+        .as_ref()
+        .unwrap()
+        .endpoints
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        parse_duration(ep.timeout.as_deref().unwrap()),
+        Ok(Duration::from_nanos(500))
+    );
+    assert_eq!(
+        parse_duration(c.http.draintimeout.as_deref().unwrap()),
+        Ok(Duration::ZERO)
+    );
+    // distribution treats maxentries <= 0 as its default.
+    let l = ok(
+        "version: 0.1\nstorage: inmemory\ncatalog:\n  maxentries: -1\n",
+        &[],
+    );
+    assert_eq!(l.config.catalog.maxentries, 1000);
+}
+
+#[test]
+fn errors_name_file_line_or_variable() {
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\nhttp:\n  draintimeout: soon\n  relativeurls: perhaps\n",
+        &[],
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.location == "config.yml:6:17" && p.message.contains("true or false")),
+        "{p:?}"
+    );
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\n",
+        &[("REGISTRY_HTTP_RELATIVEURLS", "hunter2")],
+    );
+    assert_eq!(p[0].location, "REGISTRY_HTTP_RELATIVEURLS", "{p:?}");
+    assert!(!p[0].message.contains("hunter2"), "value echoed: {p:?}");
+    let p = problems("version: 0.1\nstorage:\n  inmemory:\n   bad: [\n", &[]);
+    assert!(p[0].location.starts_with("config.yml:"), "{p:?}");
+    let p = problems("storage:\n  inmemory:\n", &[]);
+    assert!(p[0].message.contains("version"), "{p:?}");
+}
+
+#[test]
+fn repeated_keys_last_wins_with_a_warning() {
+    let l = ok(
+        "version: 0.1\nstorage:\n  inmemory:\nhttp:\n  addr: :5000\n  addr: :6000\n",
+        &[],
+    );
+    assert_eq!(l.config.http.addr, ":6000");
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.starts_with("config.yml:6:3") && w.contains("config.yml:5:3")),
+        "{:?}",
+        l.warnings
+    );
+}
+
+#[test]
+fn anchors_and_merge_keys() {
+    let l = ok(
+        "version: 0.1\nx-common: &common\n  enabled: true\n  interval: 5s\nstorage:\n  inmemory:\nhealth:\n  storagedriver:\n    <<: *common\n    threshold: 2\n",
+        &[],
+    );
+    let sd = l.config.health.unwrap().storagedriver.unwrap();
+    assert!(sd.enabled);
+    assert_eq!(sd.interval.as_deref(), Some("5s"));
+    assert_eq!(sd.threshold, Some(2));
+    // The anchor's holder is a key distribution does not know.
+    assert_eq!(l.unknown.len(), 1);
+}
+
+#[test]
+fn indexed_list_variables() {
+    let l = ok(
+        "version: 0.1\nstorage:\n  inmemory:\n",
+        &[
+            ("REGISTRY_HEALTH_TCP_0_ADDR", "127.0.0.1:6379"),
+            ("REGISTRY_HEALTH_TCP_0_INTERVAL", "3s"),
+            ("REGISTRY_HEALTH_TCP_1_ADDR", "127.0.0.1:5432"),
+            ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_NAME", "hook"),
+            (
+                "REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL",
+                "http://127.0.0.1:1/",
+            ),
+            ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_TIMEOUT", "500"),
+        ],
+    );
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let tcp = l.config.health.unwrap().tcp.unwrap();
+    assert_eq!(tcp.len(), 2);
+    assert_eq!(tcp[0].interval.as_deref(), Some("3s"));
+    assert_eq!(tcp[1].addr, "127.0.0.1:5432");
+    let ep = &l.config.notifications.unwrap().endpoints.unwrap()[0];
+    assert_eq!(ep.url.as_deref(), Some("http://127.0.0.1:1/"));
+    // An index past the end is refused, as distribution refuses it.
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\nhealth:\n  tcp:\n    - addr: a:1\n",
+        &[("REGISTRY_HEALTH_TCP_5_ADDR", "b:2")],
+    );
+    assert_eq!(p[0].location, "REGISTRY_HEALTH_TCP_5_ADDR", "{p:?}");
+}
+
+#[test]
+fn sections_set_to_a_word() {
+    let base = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n";
+    let l = ok(
+        base,
+        &[
+            ("REGISTRY_AUTH", "htpasswd"),
+            ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
+            ("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"),
+        ],
+    );
+    let h = l.config.auth.unwrap().htpasswd.unwrap();
+    assert_eq!(h.path.as_deref(), Some("/auth/htpasswd"));
+    // Without its path, htpasswd is refused, as in distribution.
+    let p = problems(base, &[("REGISTRY_AUTH", "htpasswd")]);
+    assert!(
+        p.iter().any(|p| p.location == "auth.htpasswd.path"),
+        "{p:?}"
+    );
+    // The file may use the word form too.
+    let l = ok("version: 0.1\nstorage: inmemory\n", &[]);
+    assert!(matches!(l.config.storage.driver(), StorageDriver::InMemory));
+    let l = ok(
+        base,
+        &[
+            ("REGISTRY_STORAGE", "s3"),
+            ("REGISTRY_STORAGE_S3_BUCKET", "b"),
+            ("REGISTRY_STORAGE_S3_REGION", "us-east-1"),
+        ],
+    );
+    assert!(
+        matches!(l.config.storage.driver(), StorageDriver::S3(s) if s.bucket.as_deref() == Some("b"))
+    );
+}
+
+#[test]
+fn drivers_berth_lacks_refuse_never_fall_back() {
+    let base = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n";
+    for driver in ["gcs", "azure", "swift", "oss"] {
+        let p = problems(base, &[("REGISTRY_STORAGE", driver)]);
+        assert!(
+            p.iter().any(|p| p.location == "REGISTRY_STORAGE"
+                && p.message.contains(&format!("`{driver}`"))
+                && p.message.contains("not available")),
+            "{p:?}"
+        );
+    }
+    let p = problems("version: 0.1\nstorage:\n  gcs:\n    bucket: b\n", &[]);
+    assert!(p.iter().any(|p| p.location == "config.yml:3:3"), "{p:?}");
+    let p = problems("version: 0.1\nstorage:\n  floppy: {}\n", &[]);
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("unknown storage driver `floppy`")),
+        "{p:?}"
+    );
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\nauth:\n  ldap:\n    url: x\n",
+        &[],
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.location == "config.yml:5:3" && p.message.contains("unknown auth type")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn old_and_other_names() {
+    let l = ok(
+        "version: 0.1\nstorage:\n  s3aws:\n    bucket: b\n    region: r\n    usefipsendpoint: false\n  cache:\n    layerinfo: inmemory\n",
+        &[],
+    );
+    assert!(matches!(l.config.storage.driver(), StorageDriver::S3(_)));
+    assert_eq!(
+        l.config.storage.cache.unwrap().blobdescriptor.as_deref(),
+        Some("inmemory")
+    );
+    assert!(l.unknown.is_empty(), "{:?}", l.unknown);
+}
+
+#[test]
+fn registry_configuration_path_is_honoured_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, root: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!("version: 0.1\nstorage:\n  filesystem: {{rootdirectory: {root}}}\n"),
+        )
+        .unwrap();
+        p
+    };
+    let (a, b, std_path) = (
+        write("a.yml", "/a"),
+        write("b.yml", "/b"),
+        write("s.yml", "/s"),
+    );
+    let env_b = env(&[("REGISTRY_CONFIGURATION_PATH", b.to_str().unwrap())]);
+    let std_paths = [std_path.clone()];
+    let l = load_from(None, None, &std_paths, &env_b).unwrap();
+    assert_eq!(l.source, ConfigSource::RegistryEnv(b.clone()));
+    // Not a key override: no warning about it.
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let l = load_from(None, Some(&a), &std_paths, &env_b).unwrap();
+    assert_eq!(l.source, ConfigSource::Env(a.clone()));
+    let l = load_from(Some(&std_path), Some(&a), &std_paths, &env_b).unwrap();
+    assert_eq!(l.source, ConfigSource::Explicit(std_path.clone()));
+    let l = load_from(None, None, &std_paths, &[]).unwrap();
+    assert_eq!(l.source, ConfigSource::Standard(std_path));
+}
+
+#[test]
+fn go_scalars() {
+    use yaml::{parse_int, resolve, Resolved};
+    assert_eq!(resolve("yes", true), Resolved::Bool(true));
+    assert_eq!(resolve("Off", true), Resolved::Bool(false));
+    assert_eq!(resolve("yes", false), Resolved::Str("yes"));
+    assert_eq!(resolve("~", true), Resolved::Null);
+    assert_eq!(resolve("0.1", true), Resolved::Float(0.1));
+    assert_eq!(resolve("1e3", true), Resolved::Float(1000.0));
+    assert_eq!(resolve(":5000", true), Resolved::Str(":5000"));
+    assert_eq!(resolve("10s", true), Resolved::Str("10s"));
+    assert_eq!(parse_int("1_000"), Some(1000));
+    assert_eq!(parse_int("0x1f"), Some(31));
+    assert_eq!(parse_int("017"), Some(15));
+    assert_eq!(parse_int("-5"), Some(-5));
+    assert_eq!(parse_int("08"), None);
+    assert_eq!(parse_int("5s"), None);
+}
+
+#[test]
+fn hostile_yaml_is_refused_not_a_crash() {
+    let deep = format!(
+        "version: 0.1\nx: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    assert!(!problems(&deep, &[]).is_empty());
+    let mut laughs = String::from("version: 0.1\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let prev = i - 1;
+        laughs.push_str(&format!(
+            "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+        ));
+    }
+    let p = problems(&laughs, &[]);
+    assert!(p[0].message.contains("aliases"), "{p:?}");
+}
+
+#[test]
+fn semantic_problems_name_the_line_or_variable() {
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\nhttp:\n  addr: nope\nhealth:\n  tcp:\n    - addr: a:1\n    - addr: broken\n",
+        &[],
+    );
+    let addr = p.iter().find(|p| p.location == "http.addr").unwrap();
+    assert!(addr.message.ends_with("(config.yml:5:3)"), "{p:?}");
+    let tcp = p
+        .iter()
+        .find(|p| p.location == "health.tcp[1].addr")
+        .unwrap();
+    assert!(tcp.message.ends_with("(config.yml:9:7)"), "{p:?}");
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\n",
+        &[("REGISTRY_HTTP_ADDR", "nope")],
+    );
+    assert!(p[0].message.ends_with("(REGISTRY_HTTP_ADDR)"), "{p:?}");
+    // A required key that is missing: its section's line.
+    let p = problems(
+        "version: 0.1\nstorage:\n  inmemory:\nauth:\n  htpasswd:\n    realm: r\n",
+        &[],
+    );
+    assert!(p[0].message.ends_with("(config.yml:5:3)"), "{p:?}");
 }

@@ -15,7 +15,6 @@
 //! - `args: none` — no path argument (the file is found through the environment).
 //! - `serve: no <reason>` — `config check` only (the file needs a remote service).
 //! - `distribution: starts | refuses | skip <reason>` — what distribution 2.8 does with it.
-//! - `after: <branch>` — passes once that helper's branch is merged (its keys are new).
 //!
 //! Placeholders: `${PORT}` (the HTTP port), `${DEBUGPORT}`, `${ROOT}` (an empty storage
 //! root), `${DIR}` (a scratch directory), `${CONFIG}` (the file itself), `${HTPASSWD}` (an

@@ -585,7 +585,7 @@ notifications:
         "version: 0.1\nstorage: inmemory\ncatalog:\n  maxentries: -1\n",
         &[],
     );
-    assert_eq!(l.config.catalog.maxentries, 1000);
+    assert_eq!(l.config.catalog.max_entries(), 1000);
 }
 
 #[test]

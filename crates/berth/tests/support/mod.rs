@@ -13,7 +13,7 @@
 pub mod raw;
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use berth_conformance::client::Client;
@@ -138,6 +138,33 @@ pub fn distribution_gc(root: &Path, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// A filesystem storage root put out of service: a file stands where the directory was (moved
+/// aside), so every storage operation fails until [`restore`](Self::restore).
+pub struct BrokenRoot {
+    root: PathBuf,
+    aside: PathBuf,
+}
+
+impl BrokenRoot {
+    pub fn new(root: &Path) -> BrokenRoot {
+        let mut aside = root.as_os_str().to_owned();
+        aside.push(".aside");
+        let aside = PathBuf::from(aside);
+        std::fs::rename(root, &aside).unwrap();
+        std::fs::write(root, "not a directory").unwrap();
+        BrokenRoot {
+            root: root.to_path_buf(),
+            aside,
+        }
+    }
+
+    /// Puts the directory back.
+    pub fn restore(self) {
+        std::fs::remove_file(&self.root).unwrap();
+        std::fs::rename(&self.aside, &self.root).unwrap();
+    }
 }
 
 /// A private CA (rcgen).

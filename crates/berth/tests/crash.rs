@@ -348,11 +348,7 @@ fn resume(url: &str, pending: &[Pending]) -> (usize, usize) {
 fn sigkill_during_pushes_leaves_a_consistent_store() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("crash test seed {seed}");
+    let seed = announced_seed("crash test");
     let mut rng = Rng(seed | 1);
     let mut totals = (0, 0);
     for round in 0..KILLS {
@@ -417,6 +413,16 @@ fn tagged_served(c: &Client, root: &Path) -> Vec<(String, Vec<u8>)> {
     served
 }
 
+/// A seed from the clock, printed so that a failure names the seed it ran with.
+fn announced_seed(what: &str) -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("{what} seed {seed}");
+    seed
+}
+
 fn dist_gc_runs_cleanly(root: &Path, args: &[&str]) {
     let (ok, out) = distribution_gc(root, args);
     assert!(ok, "distribution's garbage-collect {args:?} failed:\n{out}");
@@ -433,11 +439,7 @@ fn sigkill_leaves_nothing_in_distributions_tree_and_its_gc_runs_cleanly() {
     let root = dir.path().join("data");
     let v2 = root.join("docker/registry/v2");
     let scratch = root.join(".berth/tmp");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("crash interop seed {seed}");
+    let seed = announced_seed("crash interop");
     let mut rng = Rng(seed | 1);
     let locks = || -> Vec<PathBuf> {
         visible_entries(&scratch)

@@ -52,6 +52,15 @@ fn schedule(root: &Path) -> serde_json::Map<String, serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// A Berth serving `img` as `repo:v1`, the upstream of a mirror.
+fn upstream_serving(repo: &str, img: &Image) -> Berth {
+    let up = Berth::start();
+    Client::new(&up.url, None)
+        .push_image(repo, "v1", img)
+        .unwrap();
+    up
+}
+
 fn mirror_yaml(dir: &Path, upstream: &str, ttl: &str) -> String {
     format!(
         "proxy:\n  remoteurl: {upstream}\n  ttl: {ttl}\n  spooldir: {}\n",
@@ -62,11 +71,8 @@ fn mirror_yaml(dir: &Path, upstream: &str, ttl: &str) -> String {
 #[test]
 fn distribution_form_expires_what_it_cached_and_the_schedule_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-mirror", 2, "");
-    Client::new(&up.url, None)
-        .push_image("library/app", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/app", &img);
     let root = dir.path().join("mirror");
     let yaml = mirror_yaml(dir.path(), &up.url, "4s");
     let mut m = Berth::start_on(&root, &yaml);
@@ -153,11 +159,8 @@ fn distribution_form_expires_what_it_cached_and_the_schedule_survives_a_restart(
 #[test]
 fn zero_ttl_never_expires_and_writes_no_schedule() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-zero", 1, "");
-    Client::new(&up.url, None)
-        .push_image("library/zero", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/zero", &img);
     let root = dir.path().join("mirror");
     let m = Berth::start_on(&root, &mirror_yaml(dir.path(), &up.url, "0s"));
     pull_checked(&Client::new(&m.url, None), "library/zero", "v1", &img);
@@ -181,11 +184,8 @@ fn zero_ttl_never_expires_and_writes_no_schedule() {
 #[test]
 fn distribution_2_8_executes_the_schedule_berth_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-interop", 1, "");
-    Client::new(&up.url, None)
-        .push_image("library/inter", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/inter", &img);
     let root = dir.path().join("mirror");
     let mut m = Berth::start_on(&root, &mirror_yaml(dir.path(), &up.url, "2s"));
     pull_checked(&Client::new(&m.url, None), "library/inter", "v1", &img);
@@ -207,11 +207,8 @@ fn distribution_2_8_executes_the_schedule_berth_wrote() {
 #[test]
 fn upstreams_form_expires_the_cache_links_and_keeps_shared_content() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-upstreams", 2, "");
-    Client::new(&up.url, None)
-        .push_image("library/up", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/up", &img);
     let root = dir.path().join("mirror");
     let yaml = format!(
         "proxy:\n  spooldir: {}\n  upstreams:\n    - name: docker.io\n      remoteurl: {}\n      cachettl: 2s\n    - name: quay.io\n      remoteurl: {}\n      cachettl: 0s\n",
@@ -295,11 +292,8 @@ fn replicas_sharing_storage_merge_their_schedules() {
 #[test]
 fn berth_reads_the_schedule_distribution_2_8_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-from-distribution", 1, "");
-    Client::new(&up.url, None)
-        .push_image("library/from", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/from", &img);
     let root = dir.path().join("mirror");
     let d = Distribution::start_with_extra(&root, &format!("proxy:\n  remoteurl: {}\n", up.url));
     pull_checked(&Client::new(&d.url, None), "library/from", "v1", &img);

@@ -288,6 +288,11 @@ fn digest_of(d: &oci_spec::image::Digest) -> Result<Digest, OciError> {
         .map_err(|e| invalid(format!("descriptor digest {:?}: {e}", d.as_ref())))
 }
 
+/// The digest of a manifest's `subject`, if it names one.
+fn subject_of(subject: &Option<oci_spec::image::Descriptor>) -> Result<Option<Digest>, OciError> {
+    subject.as_ref().map(|s| digest_of(s.digest())).transpose()
+}
+
 fn serde_invalid(e: serde_json::Error) -> OciError {
     invalid(format!(
         "manifest does not match its media type's schema: {e}"
@@ -314,11 +319,7 @@ fn read(body: &[u8], media_type: MediaType, h: &Head) -> Result<ManifestInfo, Oc
         }
         let index: ImageIndex = serde_json::from_slice(body).map_err(serde_invalid)?;
         info.artifact_type = index.artifact_type().as_ref().map(|t| t.to_string());
-        info.subject = index
-            .subject()
-            .as_ref()
-            .map(|s| digest_of(s.digest()))
-            .transpose()?;
+        info.subject = subject_of(index.subject())?;
         info.annotations = index.annotations().clone().map(|a| a.into_iter().collect());
         for d in index.manifests() {
             info.children.push(Child {
@@ -347,11 +348,7 @@ fn read(body: &[u8], media_type: MediaType, h: &Head) -> Result<ManifestInfo, Oc
             .unwrap_or(m.config().media_type())
             .to_string(),
     );
-    info.subject = m
-        .subject()
-        .as_ref()
-        .map(|s| digest_of(s.digest()))
-        .transpose()?;
+    info.subject = subject_of(m.subject())?;
     info.annotations = m.annotations().clone().map(|a| a.into_iter().collect());
     info.blobs.push(digest_of(m.config().digest())?);
     for layer in m.layers() {

@@ -897,6 +897,14 @@ fn process_metrics(out: &mut Out) {
 mod tests {
     use super::*;
 
+    /// The line of the exposition `text` that starts with `needle`.
+    fn line_starting(text: &str, needle: &str) -> String {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+            .to_owned()
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative_in_the_text() {
         let m = Metrics::default();
@@ -915,12 +923,7 @@ mod tests {
         let mut out = Out(String::new());
         http_metrics(&mut out, &m);
         let text = out.0;
-        let line = |needle: &str| {
-            text.lines()
-                .find(|l| l.starts_with(needle))
-                .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
-                .to_owned()
-        };
+        let line = |needle: &str| line_starting(&text, needle);
         assert!(line(
             "berth_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"}"
         )
@@ -939,12 +942,7 @@ mod tests {
         m.started("upload");
         distribution_http_metrics(&mut out, &m);
         let text = out.0;
-        let line = |needle: &str| {
-            text.lines()
-                .find(|l| l.starts_with(needle))
-                .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
-                .to_owned()
-        };
+        let line = |needle: &str| line_starting(&text, needle);
         assert!(line(
             "registry_http_requests_total{code=\"200\",handler=\"manifest\",method=\"get\"}"
         )

@@ -823,9 +823,7 @@ mod tests {
     async fn no_temp_files_left_and_paths_confined() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = FilesystemDriver::new(dir.path().join("root"));
-        d.put_content("/a/b", Bytes::from_static(b"x"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        put(&d, "/a/b", b"x").await;
         let names: Vec<_> = std::fs::read_dir(dir.path().join("root/a"))
             .unwrap_or_else(|e| panic!("{e}"))
             .map(|e| e.map(|e| e.file_name()).unwrap_or_default())
@@ -872,6 +870,13 @@ mod tests {
         assert_eq!(scratch_entries(&d), Vec::<PathBuf>::new());
     }
 
+    /// Stores `data` at `path`, which must succeed.
+    async fn put(d: &FilesystemDriver, path: &str, data: &'static [u8]) {
+        d.put_content(path, Bytes::from_static(data))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// What this driver's scratch directory holds now.
     fn scratch_entries(d: &FilesystemDriver) -> Vec<PathBuf> {
         d.scratch.dir().map(|p| walkdir(&p)).unwrap_or_default()
@@ -890,9 +895,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = FilesystemDriver::new(dir.path());
         for p in ["/docker/registry/v2/a/b/c", "/docker/registry/v2/a/b/d"] {
-            d.put_content(p, Bytes::from_static(b"x"))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            put(&d, p, b"x").await;
         }
         d.delete("/docker/registry/v2/a/b")
             .await
@@ -911,14 +914,10 @@ mod tests {
     async fn a_removed_scratch_directory_is_made_again() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = FilesystemDriver::new(dir.path());
-        d.put_content("/docker/a", Bytes::from_static(b"1"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        put(&d, "/docker/a", b"1").await;
         let first = d.scratch.dir().unwrap_or_default();
         std::fs::remove_dir_all(dir.path().join(SCRATCH_DIR)).unwrap_or_else(|e| panic!("{e}"));
-        d.put_content("/docker/b", Bytes::from_static(b"2"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        put(&d, "/docker/b", b"2").await;
         d.delete("/docker").await.unwrap_or_else(|e| panic!("{e}"));
         let second = d.scratch.dir().unwrap_or_default();
         assert!(second.is_dir() && second != first);
@@ -930,9 +929,7 @@ mod tests {
     async fn clean_scratch_removes_only_dead_processes_work() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let live = FilesystemDriver::new(dir.path());
-        live.put_content("/docker/x", Bytes::from_static(b"x"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        put(&live, "/docker/x", b"x").await;
         let live_dir = live.scratch.dir().unwrap_or_default();
         std::fs::write(live_dir.join("in-use"), b"x").unwrap_or_else(|e| panic!("{e}"));
         // A process that died: its lock file is not held by anyone.

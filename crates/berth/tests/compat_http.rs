@@ -201,13 +201,10 @@ health:
     wait_status(&berth, "/v2/", 200);
 
     // The storage driver check: the root's place taken by a file.
-    let aside = dir.path().join("data.aside");
-    std::fs::rename(&root, &aside).unwrap();
-    std::fs::write(&root, "not a directory").unwrap();
+    let broken = support::BrokenRoot::new(&root);
     wait_status(&berth, "/v2/", 503);
     assert_closed(&berth);
-    std::fs::remove_file(&root).unwrap();
-    std::fs::rename(&aside, &root).unwrap();
+    broken.restore();
     wait_status(&berth, "/v2/", 200);
 
     // Everything pushed before is still served.

@@ -22,7 +22,7 @@ use berth_conformance::fixtures::{
     bytes, descriptor, digest, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, OCTET,
 };
 use sha2::Digest as _;
-use support::Berth;
+use support::{distribution_gc, Berth};
 
 const CLIENTS: usize = 4;
 const KILLS: usize = 6;
@@ -348,11 +348,7 @@ fn resume(url: &str, pending: &[Pending]) -> (usize, usize) {
 fn sigkill_during_pushes_leaves_a_consistent_store() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("crash test seed {seed}");
+    let seed = announced_seed("crash test");
     let mut rng = Rng(seed | 1);
     let mut totals = (0, 0);
     for round in 0..KILLS {
@@ -381,21 +377,7 @@ fn sigkill_during_pushes_leaves_a_consistent_store() {
         totals.0 += r;
         totals.1 += u;
         // Everything tagged is served with the digest its tag names.
-        let c = Client::new(&berth.url, None);
-        for id in 0..CLIENTS {
-            let tags = root.join(format!(
-                "docker/registry/v2/repositories/crash/client{id}/_manifests/tags"
-            ));
-            for t in visible_entries(&tags) {
-                let want = read_link(&t.join("current/link"));
-                let name = t.file_name().unwrap().to_string_lossy().into_owned();
-                let r = c
-                    .get(&format!("/v2/crash/client{id}/manifests/{name}"), &[])
-                    .unwrap();
-                assert_eq!(r.status, 200, "{}", r.describe());
-                assert_eq!(digest(&r.body), want);
-            }
-        }
+        tagged_served(&Client::new(&berth.url, None), &root);
         drop(berth);
         verify(&root);
     }
@@ -410,33 +392,35 @@ fn sigkill_during_pushes_leaves_a_consistent_store() {
     );
 }
 
-/// distribution 2.8's collector over `root` (REGISTRY_* variables unset, as it refuses unknown
-/// ones): its exit status and output.
-fn distribution_gc(root: &Path, args: &[&str]) -> (bool, String) {
-    let cfg = tempfile::tempdir().unwrap();
-    let path = cfg.path().join("config.yml");
-    std::fs::write(
-        &path,
-        format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
-            root.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new(support::DISTRIBUTION_BIN);
-    cmd.arg("garbage-collect").args(args).arg(&path);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REGISTRY_") {
-            cmd.env_remove(k);
+/// Every tag the clients' repositories under `root` hold is served with the digest its tag
+/// link names: (repository, manifest) of each.
+fn tagged_served(c: &Client, root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut served = Vec::new();
+    for id in 0..CLIENTS {
+        let repo = format!("crash/client{id}");
+        let tags = root.join(format!(
+            "docker/registry/v2/repositories/{repo}/_manifests/tags"
+        ));
+        for t in visible_entries(&tags) {
+            let want = read_link(&t.join("current/link"));
+            let name = t.file_name().unwrap().to_string_lossy().into_owned();
+            let r = c.get(&format!("/v2/{repo}/manifests/{name}"), &[]).unwrap();
+            assert_eq!(r.status, 200, "{}", r.describe());
+            assert_eq!(digest(&r.body), want);
+            served.push((repo.clone(), r.body));
         }
     }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    served
+}
+
+/// A seed from the clock, printed so that a failure names the seed it ran with.
+fn announced_seed(what: &str) -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("{what} seed {seed}");
+    seed
 }
 
 fn dist_gc_runs_cleanly(root: &Path, args: &[&str]) {
@@ -455,11 +439,7 @@ fn sigkill_leaves_nothing_in_distributions_tree_and_its_gc_runs_cleanly() {
     let root = dir.path().join("data");
     let v2 = root.join("docker/registry/v2");
     let scratch = root.join(".berth/tmp");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("crash interop seed {seed}");
+    let seed = announced_seed("crash interop");
     let mut rng = Rng(seed | 1);
     let locks = || -> Vec<PathBuf> {
         visible_entries(&scratch)
@@ -531,28 +511,17 @@ fn sigkill_leaves_nothing_in_distributions_tree_and_its_gc_runs_cleanly() {
         );
     }
     let c = Client::new(&berth.url, None);
-    let mut served = 0;
-    for id in 0..CLIENTS {
-        let tags = v2.join(format!("repositories/crash/client{id}/_manifests/tags"));
-        for t in visible_entries(&tags) {
-            let want = read_link(&t.join("current/link"));
-            let name = t.file_name().unwrap().to_string_lossy().into_owned();
-            let r = c
-                .get(&format!("/v2/crash/client{id}/manifests/{name}"), &[])
-                .unwrap();
-            assert_eq!(r.status, 200, "{}", r.describe());
-            assert_eq!(digest(&r.body), want);
-            let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            for l in m["layers"].as_array().unwrap() {
-                let d = l["digest"].as_str().unwrap();
-                let r = c.head(&format!("/v2/crash/client{id}/blobs/{d}")).unwrap();
-                assert_eq!(r.status, 200, "layer {d} of a tagged manifest");
-            }
-            served += 1;
+    let served = tagged_served(&c, &root);
+    for (repo, manifest) in &served {
+        let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+        for l in m["layers"].as_array().unwrap() {
+            let d = l["digest"].as_str().unwrap();
+            let r = c.head(&format!("/v2/{repo}/blobs/{d}")).unwrap();
+            assert_eq!(r.status, 200, "layer {d} of a tagged manifest");
         }
     }
     assert!(
-        served > 0,
+        !served.is_empty(),
         "nothing tagged survived: the test proves nothing"
     );
 }

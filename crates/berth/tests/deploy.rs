@@ -206,13 +206,7 @@ fn kustomize_build(dir: &Path) -> Option<String> {
             return None;
         }
     };
-    let out = cmd.arg(dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "kustomize build {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::run_ok(cmd.arg(dir));
     Some(String::from_utf8(out.stdout).unwrap())
 }
 
@@ -644,15 +638,10 @@ fn s3_redis_config_runs_replicas_that_share_tokens_and_uploads() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("issuer");
     // The documented way to make the signing key (kustomization.yaml).
-    let out = Command::new(support::bin())
-        .args(["keys", "generate", "--out"])
-        .arg(&secrets)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::run_ok(
+        Command::new(support::bin())
+            .args(["keys", "generate", "--out"])
+            .arg(&secrets),
     );
     std::fs::write(
         secrets.join("htpasswd"),

@@ -284,21 +284,16 @@ fn skopeo_pulls(host: &str, image: &str) {
         r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
     )
     .unwrap();
-    let out = Command::new("skopeo")
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", dir.path())
-        .arg("--policy")
-        .arg(&policy)
-        .args(["copy", "--all", "--src-tls-verify=false"])
-        .arg(format!("docker://{host}/{image}"))
-        .arg(format!("oci:{}:x", dir.path().join("layout").display()))
-        .output()
-        .expect("skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo copy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    support::run_ok(
+        Command::new("skopeo")
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", dir.path())
+            .arg("--policy")
+            .arg(&policy)
+            .args(["copy", "--all", "--src-tls-verify=false"])
+            .arg(format!("docker://{host}/{image}"))
+            .arg(format!("oci:{}:x", dir.path().join("layout").display())),
     );
 }
 
@@ -740,26 +735,8 @@ fn layouts_collected_across_distribution_and_berth() {
     c.push_image("apps/signed", &sig.digest(), &sig).unwrap();
     let text = std::fs::read_to_string(&berth.config_path).unwrap();
     drop(berth);
-    let dist_cfg = dir.path().join("distribution.yml");
-    std::fs::write(
-        &dist_cfg,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n",
-            root.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(DISTRIBUTION_BIN)
-        .arg("garbage-collect")
-        .arg(&dist_cfg)
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = support::distribution_gc(&root, &[]);
+    assert!(ok, "{out}");
     let on_disk = blobs_on_disk(&root);
     assert!(on_disk.is_disjoint(&f.freed), "distribution kept garbage");
     let berth = Berth::start_with_config(&text, &root);

@@ -12,7 +12,7 @@ use std::process::Command;
 use base64::Engine as _;
 use berth_conformance::client::Client;
 use berth_conformance::fixtures::{digest, Image};
-use support::{Berth, Moto};
+use support::{run_ok, Berth, Moto};
 
 /// A GET that does not follow redirects: (status, Location, body).
 fn get_raw(url: &str) -> (u16, Option<String>, Vec<u8>) {
@@ -98,26 +98,16 @@ fn redirect_disable_turns_the_middleware_off() {
 /// key as PKCS#1 DER).
 fn cloudfront_key(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     let key = dir.join("cloudfront.pem");
-    let out = Command::new("openssl")
-        .args(["genrsa", "-traditional", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("openssl")
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(&key)
+            .arg("2048"),
     );
-    let out = Command::new("openssl")
-        .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("openssl")
+            .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+            .arg(&key),
     );
     (key, out.stdout)
 }

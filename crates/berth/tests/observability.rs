@@ -529,13 +529,10 @@ health:
     wait_status(&format!("{}/readyz", berth.url), 200);
 
     // Storage failing (the root's parent replaced by a file): after two failed checks.
-    let aside = dir.path().join("data.aside");
-    std::fs::rename(&root, &aside).unwrap();
-    std::fs::write(&root, "not a directory").unwrap();
+    let broken = support::BrokenRoot::new(&root);
     let body = wait_status(&format!("{}/readyz", berth.url), 503);
     assert!(body.contains("storagedriver_filesystem"), "{body}");
-    std::fs::remove_file(&root).unwrap();
-    std::fs::rename(&aside, &root).unwrap();
+    broken.restore();
     wait_status(&format!("{}/readyz", berth.url), 200);
 
     // Redis down: reported, but the replica stays ready (it serves from storage).

@@ -315,18 +315,7 @@ fn cached_images_pull_while_the_upstream_is_down_and_ttl_costs_one_head() {
     push_as_admin(&up, "library/ttl", "v1", &img);
     let m = mirror(dir.path(), &up.url, None, "1s", &["library/*"]);
     let c = Client::new(&m.url, None);
-    let pull = |c: &Client| {
-        let r = c.get("/v2/library/ttl/manifests/v1", &[]).unwrap();
-        assert_eq!(r.status, 200, "{}", r.describe());
-        assert_eq!(r.body, img.manifest);
-        for b in img.blobs() {
-            let r = c
-                .get(&format!("/v2/library/ttl/blobs/{}", digest(b)), &[])
-                .unwrap();
-            assert_eq!(r.status, 200);
-            assert!(&r.body == b);
-        }
-    };
+    let pull = |c: &Client| support::pull_checked(c, "library/ttl", "v1", &img);
     pull(&c);
     let manifest_path = "/v2/library/ttl/manifests/v1";
     let gets = upstream_requests(&up, "GET", manifest_path);

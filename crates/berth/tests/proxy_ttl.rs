@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use berth_conformance::client::Client;
 use berth_conformance::fixtures::{digest, Image};
-use support::{Berth, Distribution};
+use support::{pull_checked, Berth, Distribution};
 
 fn v2(root: &Path) -> std::path::PathBuf {
     root.join("docker/registry/v2")
@@ -52,18 +52,13 @@ fn schedule(root: &Path) -> serde_json::Map<String, serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Pulls `repo:tag` through `c` and checks the bytes.
-fn pull(c: &Client, repo: &str, tag: &str, img: &Image) {
-    let r = c.get(&format!("/v2/{repo}/manifests/{tag}"), &[]).unwrap();
-    assert_eq!(r.status, 200, "{}", r.describe());
-    assert_eq!(r.body, img.manifest);
-    for b in img.blobs() {
-        let r = c
-            .get(&format!("/v2/{repo}/blobs/{}", digest(b)), &[])
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", r.describe());
-        assert!(&r.body == b, "blob differs");
-    }
+/// A Berth serving `img` as `repo:v1`, the upstream of a mirror.
+fn upstream_serving(repo: &str, img: &Image) -> Berth {
+    let up = Berth::start();
+    Client::new(&up.url, None)
+        .push_image(repo, "v1", img)
+        .unwrap();
+    up
 }
 
 fn mirror_yaml(dir: &Path, upstream: &str, ttl: &str) -> String {
@@ -76,17 +71,14 @@ fn mirror_yaml(dir: &Path, upstream: &str, ttl: &str) -> String {
 #[test]
 fn distribution_form_expires_what_it_cached_and_the_schedule_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-mirror", 2, "");
-    Client::new(&up.url, None)
-        .push_image("library/app", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/app", &img);
     let root = dir.path().join("mirror");
     let yaml = mirror_yaml(dir.path(), &up.url, "4s");
     let mut m = Berth::start_on(&root, &yaml);
     let c = Client::new(&m.url, None);
     let pulled = Instant::now();
-    pull(&c, "library/app", "v1", &img);
+    pull_checked(&c, "library/app", "v1", &img);
 
     let manifest = img.digest();
     let blobs: Vec<String> = img.blobs().map(|b| digest(b)).collect();
@@ -156,7 +148,7 @@ fn distribution_form_expires_what_it_cached_and_the_schedule_survives_a_restart(
 
     // The cache fills again from upstream.
     let c = Client::new(&m.url, None);
-    pull(&c, "library/app", "v1", &img);
+    pull_checked(&c, "library/app", "v1", &img);
     wait_until("the blobs cached again", 10, || {
         blobs
             .iter()
@@ -167,14 +159,11 @@ fn distribution_form_expires_what_it_cached_and_the_schedule_survives_a_restart(
 #[test]
 fn zero_ttl_never_expires_and_writes_no_schedule() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-zero", 1, "");
-    Client::new(&up.url, None)
-        .push_image("library/zero", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/zero", &img);
     let root = dir.path().join("mirror");
     let m = Berth::start_on(&root, &mirror_yaml(dir.path(), &up.url, "0s"));
-    pull(&Client::new(&m.url, None), "library/zero", "v1", &img);
+    pull_checked(&Client::new(&m.url, None), "library/zero", "v1", &img);
     assert!(
         m.log().contains("cache_ttl_s=0"),
         "the TTL is not reported as off:\n{}",
@@ -195,14 +184,11 @@ fn zero_ttl_never_expires_and_writes_no_schedule() {
 #[test]
 fn distribution_2_8_executes_the_schedule_berth_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-interop", 1, "");
-    Client::new(&up.url, None)
-        .push_image("library/inter", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/inter", &img);
     let root = dir.path().join("mirror");
     let mut m = Berth::start_on(&root, &mirror_yaml(dir.path(), &up.url, "2s"));
-    pull(&Client::new(&m.url, None), "library/inter", "v1", &img);
+    pull_checked(&Client::new(&m.url, None), "library/inter", "v1", &img);
     let blob = digest(img.blobs().next().unwrap());
     wait_until("the schedule saved", 10, || {
         schedule(&root).contains_key(&format!("library/inter@{blob}"))
@@ -221,11 +207,8 @@ fn distribution_2_8_executes_the_schedule_berth_wrote() {
 #[test]
 fn upstreams_form_expires_the_cache_links_and_keeps_shared_content() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-upstreams", 2, "");
-    Client::new(&up.url, None)
-        .push_image("library/up", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/up", &img);
     let root = dir.path().join("mirror");
     let yaml = format!(
         "proxy:\n  spooldir: {}\n  upstreams:\n    - name: docker.io\n      remoteurl: {}\n      cachettl: 2s\n    - name: quay.io\n      remoteurl: {}\n      cachettl: 0s\n",
@@ -237,8 +220,8 @@ fn upstreams_form_expires_the_cache_links_and_keeps_shared_content() {
     let c = Client::new(&m.url, None);
     // The same image hosted here, and pulled through both upstreams.
     c.push_image("team/app", "v1", &img).unwrap();
-    pull(&c, "docker.io/library/up", "v1", &img);
-    pull(&c, "quay.io/library/up", "v1", &img);
+    pull_checked(&c, "docker.io/library/up", "v1", &img);
+    pull_checked(&c, "quay.io/library/up", "v1", &img);
     let blobs: Vec<String> = img.blobs().map(|b| digest(b)).collect();
     wait_until("the docker.io links to expire", 15, || {
         blobs
@@ -257,9 +240,9 @@ fn upstreams_form_expires_the_cache_links_and_keeps_shared_content() {
         );
     }
     assert!(!schedule(&root).keys().any(|k| k.starts_with("quay.io/")));
-    pull(&c, "team/app", "v1", &img);
-    pull(&c, "quay.io/library/up", "v1", &img);
-    pull(&c, "docker.io/library/up", "v1", &img);
+    pull_checked(&c, "team/app", "v1", &img);
+    pull_checked(&c, "quay.io/library/up", "v1", &img);
+    pull_checked(&c, "docker.io/library/up", "v1", &img);
 }
 
 /// Two replicas on one storage root: each saves the schedule by merging with the file, so
@@ -287,12 +270,12 @@ fn replicas_sharing_storage_merge_their_schedules() {
             .collect()
     };
     let (k1, k2) = (keys("library/one", &one), keys("library/two", &two));
-    pull(&Client::new(&a.url, None), "library/one", "v1", &one);
+    pull_checked(&Client::new(&a.url, None), "library/one", "v1", &one);
     wait_until("replica A's entries saved", 10, || {
         let s = schedule(&root);
         k1.iter().all(|k| s.contains_key(k))
     });
-    pull(&Client::new(&b.url, None), "library/two", "v1", &two);
+    pull_checked(&Client::new(&b.url, None), "library/two", "v1", &two);
     wait_until("replica B's entries saved beside A's", 10, || {
         let s = schedule(&root);
         k1.iter().chain(&k2).all(|k| s.contains_key(k))
@@ -309,14 +292,11 @@ fn replicas_sharing_storage_merge_their_schedules() {
 #[test]
 fn berth_reads_the_schedule_distribution_2_8_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Berth::start();
     let img = Image::oci("ttl-from-distribution", 1, "");
-    Client::new(&up.url, None)
-        .push_image("library/from", "v1", &img)
-        .unwrap();
+    let up = upstream_serving("library/from", &img);
     let root = dir.path().join("mirror");
     let d = Distribution::start_with_extra(&root, &format!("proxy:\n  remoteurl: {}\n", up.url));
-    pull(&Client::new(&d.url, None), "library/from", "v1", &img);
+    pull_checked(&Client::new(&d.url, None), "library/from", "v1", &img);
     let blob = format!("library/from@{}", digest(img.blobs().next().unwrap()));
     // distribution saves its schedule every 5 s.
     wait_until("distribution's schedule", 20, || {
@@ -332,6 +312,6 @@ fn berth_reads_the_schedule_distribution_2_8_wrote() {
         ))
     });
     // Its dates are a week ahead: nothing expires, and the cache serves what distribution stored.
-    pull(&Client::new(&m.url, None), "library/from", "v1", &img);
+    pull_checked(&Client::new(&m.url, None), "library/from", "v1", &img);
     assert!(!m.log().contains("cached content expired"));
 }

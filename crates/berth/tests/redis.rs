@@ -22,11 +22,7 @@ use std::time::{Duration, Instant};
 
 use berth_conformance::client::Client;
 use berth_conformance::fixtures::{digest, Image};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-use support::{free_port, Berth, Redis};
+use support::{free_port, run_ok, Berth, Ca, Redis};
 
 /// `redis-cli -p PORT ARGS...`, its standard output.
 fn cli(port: u16, args: &[&str]) -> String {
@@ -267,17 +263,12 @@ fn cluster_of_three_masters_holds_the_cache() {
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port))
         .collect();
-    let out = Command::new("redis-cli")
-        .arg("--cluster")
-        .arg("create")
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    run_ok(
+        Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"]),
     );
     poll("the cluster to be ready", Duration::from_secs(20), || {
         nodes
@@ -329,30 +320,12 @@ fn cluster_of_three_masters_holds_the_cache() {
 
 /// A private CA, a server certificate for 127.0.0.1 and a client certificate, as files.
 fn pki(dir: &Path) {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name
-        .push(DnType::CommonName, "redis test CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let ca = Ca::new("redis test CA");
     std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
     for (name, client) in [("server", false), ("client", true)] {
-        let names = if client {
-            vec![]
-        } else {
-            vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
-        };
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca).unwrap();
-        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        let (cert, key, _) = ca.leaf(name, client);
+        std::fs::write(dir.join(format!("{name}.crt")), cert).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
     }
 }
 

@@ -14,7 +14,6 @@ use std::process::{Command, Output};
 
 use berth_conformance::client::Client;
 use berth_conformance::fixtures::{bytes, digest, Image};
-use support::DISTRIBUTION_BIN;
 
 /// A directory holding `registry`, a symlink to the binary under test.
 fn registry_dir() -> (tempfile::TempDir, PathBuf) {
@@ -62,15 +61,7 @@ fn blob_path(root: &Path, d: &str) -> PathBuf {
 
 /// Every blob distribution 2.8's collector finds eligible, from its dry run.
 fn distribution_eligible(cfg: &Path) -> BTreeSet<String> {
-    let mut cmd = Command::new(DISTRIBUTION_BIN);
-    cmd.args(["garbage-collect", "--dry-run", "--delete-untagged"])
-        .arg(cfg);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REGISTRY_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd.output().unwrap();
+    let out = support::distribution_gc_config(cfg, &["--dry-run", "--delete-untagged"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     text(&out.stdout)
         .lines()
@@ -190,15 +181,7 @@ fn serve_and_garbage_collect_as_distribution_cron_jobs_run_them() {
     let server = berth_testkit::Berth::start_with_config(&link, &config(&root, false), &root);
     let c = Client::new(&server.url, None);
     for (repo, tag, img) in [("team/app", "latest", &new), ("team/other", "v1", &kept)] {
-        let r = c.get(&format!("/v2/{repo}/manifests/{tag}"), &[]).unwrap();
-        assert_eq!(r.status, 200, "{}", r.describe());
-        assert_eq!(r.body, img.manifest);
-        for b in img.blobs() {
-            let r = c
-                .get(&format!("/v2/{repo}/blobs/{}", digest(b)), &[])
-                .unwrap();
-            assert_eq!(r.body, *b);
-        }
+        support::pull_checked(&c, repo, tag, img);
     }
     let r = c
         .head(&format!("/v2/team/app/manifests/{}", old.digest()))

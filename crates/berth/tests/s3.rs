@@ -254,16 +254,7 @@ fn distribution_and_berth_serve_one_bucket() {
     for (from, to, repo) in [(&cd, &cb, "from/distribution"), (&cb, &cd, "from/berth")] {
         let img = Image::with_layers(repo, vec![bytes(repo, 2000), bytes(repo, 7_000_000)], "");
         from.push_image(repo, "v1", &img).unwrap();
-        let r = to.get(&format!("/v2/{repo}/manifests/v1"), &[]).unwrap();
-        assert_eq!(r.status, 200, "{}", r.describe());
-        assert_eq!(r.body, img.manifest);
-        for b in img.blobs() {
-            let r = to
-                .get(&format!("/v2/{repo}/blobs/{}", digest(b)), &[])
-                .unwrap();
-            assert_eq!(r.status, 200, "{}", r.describe());
-            assert!(&r.body == b);
-        }
+        support::pull_checked(to, repo, "v1", &img);
         let r = to.get(&format!("/v2/{repo}/tags/list"), &[]).unwrap();
         assert_eq!(r.json().unwrap()["tags"], serde_json::json!(["v1"]));
     }

@@ -24,55 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clients_support::{sha256, Lab, Layout};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-use support::Berth;
+use support::{Berth, Ca};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The certificate watcher's poll interval is 2 s: a reload must show within this.
 const RELOAD_DEADLINE: Duration = Duration::from_secs(20);
-
-/// A private CA.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        Ca {
-            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A leaf certificate: (certificate PEM, key PEM, certificate DER).
-    fn leaf(&self, cn: &str, client: bool) -> (String, String, Vec<u8>) {
-        let names = if client {
-            vec![]
-        } else {
-            vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
-        };
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
-}
 
 /// A directory with the server's certificate and key and the CA (`ca.crt`).
 struct Pki {

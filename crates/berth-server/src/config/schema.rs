@@ -930,10 +930,7 @@ impl Default for Catalog {
 impl Catalog {
     /// The limit in force (distribution replaces `0` or less by its default).
     pub fn max_entries(&self) -> usize {
-        usize::try_from(self.maxentries)
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or(DEFAULT_PAGE_LIMIT)
+        page_limit(self.maxentries)
     }
 }
 
@@ -956,9 +953,14 @@ impl Default for Tags {
 impl Tags {
     /// The limit in force.
     pub fn max_tags(&self) -> usize {
-        usize::try_from(self.maxtags)
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or(DEFAULT_PAGE_LIMIT)
+        page_limit(self.maxtags)
     }
+}
+
+/// A configured page limit, with distribution's default in place of `0` or less.
+fn page_limit(configured: i64) -> usize {
+    usize::try_from(configured)
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_PAGE_LIMIT)
 }

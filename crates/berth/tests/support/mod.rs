@@ -1,5 +1,7 @@
 //! The test harness of the `berth` crate's integration tests: `berth-testkit`'s processes,
-//! with `Berth` constructors that start this crate's own binary.
+//! with `Berth` constructors that start this crate's own binary, and the helpers several test
+//! files share (commands that must succeed, pulls checked byte for byte, distribution's
+//! collector, a private CA).
 #![allow(
     dead_code,
     unused_imports,
@@ -11,9 +13,16 @@
 pub mod raw;
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
+use berth_conformance::client::Client;
+use berth_conformance::fixtures::{digest, Image};
 pub use berth_testkit::{free_port, Distribution, Moto, Redis, DISTRIBUTION_BIN};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 
 /// The binary under test.
 pub fn bin() -> &'static Path {
@@ -65,5 +74,136 @@ impl Berth {
             storage_extra,
             extra,
         ))
+    }
+}
+
+/// Runs `cmd`, which must succeed; what it printed is in the failure message.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} {:?}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Pulls `repo:tag` through `c`: the manifest and every blob of `img` are served (200) with
+/// their bytes.
+pub fn pull_checked(c: &Client, repo: &str, tag: &str, img: &Image) {
+    let r = c.get(&format!("/v2/{repo}/manifests/{tag}"), &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.body, img.manifest);
+    for b in img.blobs() {
+        let r = c
+            .get(&format!("/v2/{repo}/blobs/{}", digest(b)), &[])
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert!(&r.body == b, "blob differs");
+    }
+}
+
+/// distribution 2.8's `garbage-collect` with `args` over the configuration file `config`
+/// (REGISTRY_* variables unset: distribution refuses the ones that name no key).
+pub fn distribution_gc_config(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(DISTRIBUTION_BIN);
+    cmd.arg("garbage-collect").args(args).arg(config);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGISTRY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().unwrap()
+}
+
+/// distribution 2.8's `garbage-collect` with `args` over the filesystem `root`: its exit
+/// status and output (stdout, then stderr).
+pub fn distribution_gc(root: &Path, args: &[&str]) -> (bool, String) {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("config.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = distribution_gc_config(&path, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A filesystem storage root put out of service: a file stands where the directory was (moved
+/// aside), so every storage operation fails until [`restore`](Self::restore).
+pub struct BrokenRoot {
+    root: PathBuf,
+    aside: PathBuf,
+}
+
+impl BrokenRoot {
+    pub fn new(root: &Path) -> BrokenRoot {
+        let mut aside = root.as_os_str().to_owned();
+        aside.push(".aside");
+        let aside = PathBuf::from(aside);
+        std::fs::rename(root, &aside).unwrap();
+        std::fs::write(root, "not a directory").unwrap();
+        BrokenRoot {
+            root: root.to_path_buf(),
+            aside,
+        }
+    }
+
+    /// Puts the directory back.
+    pub fn restore(self) {
+        std::fs::remove_file(&self.root).unwrap();
+        std::fs::rename(&self.aside, &self.root).unwrap();
+    }
+}
+
+/// A private CA (rcgen).
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ca {
+            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf certificate, for `localhost` and `127.0.0.1` unless it is a client's:
+    /// (certificate PEM, key PEM, certificate DER).
+    pub fn leaf(&self, cn: &str, client: bool) -> (String, String, Vec<u8>) {
+        let names = if client {
+            vec![]
+        } else {
+            vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+        };
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
 }

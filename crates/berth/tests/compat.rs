@@ -188,6 +188,18 @@ fn serves(mut cmd: Command, port: u16, tls: bool, out: &Path) -> (bool, String) 
         if child.try_wait().unwrap().is_some() {
             break false;
         }
+        // Only this process's own answer counts: another test may briefly hold a port that
+        // was free when it was chosen, and answer /v2/ before this server even logs.
+        if !std::fs::read_to_string(out)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         if tls {
             // The handshake is the server's business; a listener is the sign it started.
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

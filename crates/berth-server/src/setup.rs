@@ -90,8 +90,8 @@ pub fn state_with_driver(
     }
 }
 
-/// Access control from `auth`: `token` (with Berth's `issuer` and `jwksurl`), `htpasswd`, or
-/// nothing. Reads every file it names; an unreadable one is an error at start-up, not at the
+/// Access control from `auth`: `token` (with Berth's `issuer` and `jwksurl`), `htpasswd`,
+/// `silly`, or nothing. Reads every file it names; an unreadable one is an error at start-up, not at the
 /// first request.
 pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, String> {
     use crate::auth::{Auth, HtpasswdFile, Mode};
@@ -156,6 +156,14 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
             realm: h.realm.clone().unwrap_or_else(|| "Registry Realm".into()),
             users: HtpasswdFile::load(&path, Vec::new())
                 .map_err(|e| format!("auth.htpasswd: {e}"))?,
+        }
+    } else if let Some(s) = &a.silly {
+        tracing::warn!(
+            "auth.silly: every request with an Authorization header is admitted, whatever the header holds (distribution's development stub: never use it in production)"
+        );
+        Mode::Silly {
+            realm: s.realm.clone().unwrap_or_default(),
+            service: s.service.clone().unwrap_or_default(),
         }
     } else {
         Mode::Open

@@ -1056,6 +1056,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             ),
         }
     }
+    if let Err(e) = c.manifest_classes() {
+        bad("policy.repository.classes", e);
+    }
     if let Some(auth) = &c.auth {
         let kinds = [
             auth.silly.is_some(),
@@ -1063,13 +1066,13 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             auth.htpasswd.is_some(),
             auth.none.is_some(),
         ];
-        if auth.silly.is_some() {
-            bad(
-                "auth.silly",
-                "the silly access controller (a development stub in distribution) is not available; \
-                 Berth refuses rather than run without the authentication the file asks for"
-                    .to_owned(),
-            );
+        if let Some(s) = &auth.silly {
+            // distribution refuses a silly controller without both strings.
+            for (key, v) in [("realm", &s.realm), ("service", &s.service)] {
+                if v.is_none() {
+                    bad(&format!("auth.silly.{key}"), "required".to_owned());
+                }
+            }
         }
         if kinds.iter().filter(|k| **k).count() > 1 {
             bad(
@@ -1203,9 +1206,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
     if c.reporting.as_ref().is_some_and(|r| !r.is_null()) {
         add("reporting: Bugsnag and New Relic reporting (nothing is reported to them)");
     }
-    if c.policy.as_ref().is_some_and(|p| !p.is_null()) {
-        add("policy.repository.classes: manifests of every class are accepted");
-    }
     if c.compatibility
         .as_ref()
         .and_then(|v| v.get("schema1"))
@@ -1247,6 +1247,29 @@ const SECRET_KEYS: [&str; 8] = [
 ];
 
 impl Config {
+    /// `policy.repository.classes`: the manifest classes pushes may have (empty: any). A value
+    /// that is not a list of strings is reported by [`check`].
+    pub fn manifest_classes(&self) -> Result<Vec<String>, String> {
+        let Some(classes) = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.get("repository"))
+            .and_then(|r| r.get("classes"))
+            .filter(|v| !v.is_null())
+        else {
+            return Ok(Vec::new());
+        };
+        let list = classes
+            .as_sequence()
+            .ok_or("expected a list of class names")?;
+        list.iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(format!("{other:?} is not a class name")),
+            })
+            .collect()
+    }
+
     /// The effective configuration as YAML, secrets replaced by `<redacted>`.
     pub fn redacted_yaml(&self) -> String {
         let mut v = serde_yaml::to_value(self).unwrap_or(Value::Null);

@@ -180,7 +180,10 @@ fn class_claim(claims: &Value) -> Vec<(String, String)> {
         .iter()
         .filter_map(|e| {
             let name = e["name"].as_str()?.to_owned();
-            let class = e["class"].as_str().filter(|c| !c.is_empty()).unwrap_or("image");
+            let class = e["class"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .unwrap_or("image");
             Some((name, class.to_owned()))
         })
         .collect()

@@ -904,11 +904,24 @@ mod tests {
             )
         };
         let class = |body: String, ct: &str| ok(&body, Some(ct)).class().map_err(str::to_owned);
-        assert_eq!(class(docker(DOCKER_IMAGE_CONFIG), DOCKER_MANIFEST), Ok(Some("image")));
-        assert_eq!(class(docker(DOCKER_PLUGIN_CONFIG), DOCKER_MANIFEST), Ok(Some("plugin")));
-        assert_eq!(class(oci(OCI_IMAGE_CONFIG), OCI_MANIFEST), Ok(Some("image")));
+        assert_eq!(
+            class(docker(DOCKER_IMAGE_CONFIG), DOCKER_MANIFEST),
+            Ok(Some("image"))
+        );
+        assert_eq!(
+            class(docker(DOCKER_PLUGIN_CONFIG), DOCKER_MANIFEST),
+            Ok(Some("plugin"))
+        );
+        assert_eq!(
+            class(oci(OCI_IMAGE_CONFIG), OCI_MANIFEST),
+            Ok(Some("image"))
+        );
         // distribution's switch: a plugin or Docker config in an OCI manifest has no class.
-        for config in [DOCKER_PLUGIN_CONFIG, DOCKER_IMAGE_CONFIG, "application/x-helm"] {
+        for config in [
+            DOCKER_PLUGIN_CONFIG,
+            DOCKER_IMAGE_CONFIG,
+            "application/x-helm",
+        ] {
             assert_eq!(class(oci(config), OCI_MANIFEST), Err(config.to_owned()));
         }
         assert_eq!(class(index(&[]), OCI_INDEX), Ok(None));

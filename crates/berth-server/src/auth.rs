@@ -181,7 +181,10 @@ pub enum Mode {
         jwks: Option<Arc<crate::jwks::Refresher>>,
     },
     /// `auth.silly`: the header's presence is all that is checked.
-    Silly { realm: String, service: String },
+    Silly {
+        realm: String,
+        service: String,
+    },
 }
 
 /// Access control and, optionally, Berth's token issuer.

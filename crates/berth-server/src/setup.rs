@@ -490,6 +490,32 @@ pub fn redis_options(
     })
 }
 
+/// `proxy.exec` for `remoteurl`. As in distribution, it replaces `username`/`password`.
+fn proxy_exec(
+    p: &crate::config::schema::Proxy,
+) -> Result<Option<berth_proxy::credentials::ExecHelper>, String> {
+    let Some(e) = &p.exec else {
+        return Ok(None);
+    };
+    let lifetime = match e.lifetime.as_deref().map(str::trim) {
+        None => None,
+        // Go's negative duration: like zero, the helper runs for every use.
+        Some(l) if l.starts_with('-') => Some(std::time::Duration::ZERO),
+        Some(l) => Some(
+            crate::config::parse_duration(l).map_err(|e| format!("proxy.exec.lifetime: {e}"))?,
+        ),
+    };
+    if p.username.as_deref().is_some_and(|u| !u.is_empty()) {
+        tracing::warn!(
+            "proxy.username/password are not used: proxy.exec gives the upstream's credentials"
+        );
+    }
+    Ok(Some(berth_proxy::credentials::ExecHelper {
+        command: e.command.clone().unwrap_or_default(),
+        lifetime,
+    }))
+}
+
 /// distribution's default `proxy.ttl`: a week.
 pub const DEFAULT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(168 * 3600);
 
@@ -533,6 +559,7 @@ pub async fn proxy(
             url: url.to_owned(),
             username: p.username.clone(),
             password: p.password.clone(),
+            exec: proxy_exec(p)?,
             ttl: tag_ttl(&p.tagttl, 0)?,
             cache_ttl: proxy_ttl,
             allow: Vec::new(),
@@ -553,6 +580,7 @@ pub async fn proxy(
             url: u.remoteurl.clone(),
             username: u.username.clone(),
             password: u.password.clone(),
+            exec: None,
             ttl: tag_ttl(&u.ttl, 24 * 3600)?,
             cache_ttl: cache,
             allow: u.allow.clone().unwrap_or_default(),

@@ -898,6 +898,12 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     if let Some(p) = &c.proxy {
         durations.push(("proxy.tagttl", p.tagttl.as_ref()));
         durations.push(("proxy.cachewritetimeout", p.cachewritetimeout.as_ref()));
+        // Go's duration: a negative lifetime acts as zero.
+        let lifetime = p.exec.as_ref().and_then(|e| e.lifetime.as_ref());
+        durations.push((
+            "proxy.exec.lifetime",
+            lifetime.filter(|l| !l.trim().starts_with('-')),
+        ));
     }
     if let Some(r) = &c.redis {
         let pool = r.pool.as_ref();
@@ -1214,9 +1220,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         == Some(true)
     {
         add("compatibility.schema1: schema 1 manifests are not accepted (distribution 3 dropped them too)");
-    }
-    if c.proxy.as_ref().is_some_and(|p| p.exec.is_some()) {
-        add("proxy.exec: no credential helper is run; the upstream is reached with proxy.username/password, if set");
     }
     out
 }

@@ -490,11 +490,14 @@ pub fn redis_options(
     })
 }
 
-/// `proxy.exec` for `remoteurl`. As in distribution, it replaces `username`/`password`.
+/// `exec` of `proxy` (for `remoteurl`) or of one of its `upstreams` (`at` says which). As in
+/// distribution, it replaces `username`/`password`.
 fn proxy_exec(
-    p: &crate::config::schema::Proxy,
+    exec: &Option<crate::config::schema::ProxyExec>,
+    username: &Option<String>,
+    at: &str,
 ) -> Result<Option<berth_proxy::credentials::ExecHelper>, String> {
-    let Some(e) = &p.exec else {
+    let Some(e) = exec else {
         return Ok(None);
     };
     let lifetime = match e.lifetime.as_deref().map(str::trim) {
@@ -502,12 +505,12 @@ fn proxy_exec(
         // Go's negative duration: like zero, the helper runs for every use.
         Some(l) if l.starts_with('-') => Some(std::time::Duration::ZERO),
         Some(l) => Some(
-            crate::config::parse_duration(l).map_err(|e| format!("proxy.exec.lifetime: {e}"))?,
+            crate::config::parse_duration(l).map_err(|e| format!("{at}: exec.lifetime: {e}"))?,
         ),
     };
-    if p.username.as_deref().is_some_and(|u| !u.is_empty()) {
+    if username.as_deref().is_some_and(|u| !u.is_empty()) {
         tracing::warn!(
-            "proxy.username/password are not used: proxy.exec gives the upstream's credentials"
+            "{at}: username/password are not used: exec gives the upstream's credentials"
         );
     }
     Ok(Some(berth_proxy::credentials::ExecHelper {
@@ -559,7 +562,7 @@ pub async fn proxy(
             url: url.to_owned(),
             username: p.username.clone(),
             password: p.password.clone(),
-            exec: proxy_exec(p)?,
+            exec: proxy_exec(&p.exec, &p.username, "proxy")?,
             ttl: tag_ttl(&p.tagttl, 0)?,
             cache_ttl: proxy_ttl,
             allow: Vec::new(),
@@ -580,7 +583,7 @@ pub async fn proxy(
             url: u.remoteurl.clone(),
             username: u.username.clone(),
             password: u.password.clone(),
-            exec: None,
+            exec: proxy_exec(&u.exec, &u.username, &format!("proxy.upstreams {}", u.name))?,
             ttl: tag_ttl(&u.ttl, 24 * 3600)?,
             cache_ttl: cache,
             allow: u.allow.clone().unwrap_or_default(),

@@ -374,7 +374,7 @@ fn proxy_exec_replaces_the_configured_password() {
         &script,
         "  username: puller\n  password: pull-pw\n",
     );
-    assert!(m.log().contains("proxy.username/password are not used"));
+    assert!(m.log().contains("proxy: username/password are not used"));
     assert_ne!(pull(&m, "team/app", "1", &img), 200);
     assert!(!runs(d, "wrong").is_empty());
     // Credentials, once given, are kept (no lifetime); with lifetime 0 the corrected
@@ -399,4 +399,31 @@ fn proxy_exec_replaces_the_configured_password() {
     mf.wait_log("the helper's failure", |l| {
         l.contains("credential helper gave no credentials") && l.contains("native keychain")
     });
+}
+
+#[test]
+fn proxy_exec_works_for_each_of_berths_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let up = htpasswd_upstream(d);
+    let img = Image::oci("exec-upstreams", 1, "");
+    Client::new(&up.url, Some(basic("admin", "admin-pw")))
+        .push_image("team/app", "1", &img)
+        .unwrap();
+    let (script, _) = helper(d, "named");
+    let yaml = format!(
+        "proxy:\n  spooldir: {}\n  upstreams:\n    - name: up.test\n      remoteurl: {}\n      exec:\n        command: {}\n",
+        d.join("spool").display(),
+        up.url,
+        script.display()
+    );
+    let m = Berth::start_on(&d.join("mirror"), &yaml);
+    assert_eq!(pull(&m, "up.test/team/app", "1", &img), 200, "{}", m.log());
+    assert_eq!(runs(d, "named"), vec![up.host.clone()]);
+    // A hosted name is not the upstream's: nothing is asked of the helper for it.
+    let r = Client::new(&m.url, None)
+        .get("/v2/team/app/manifests/1", &[])
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(runs(d, "named").len(), 1);
 }

@@ -899,11 +899,15 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         durations.push(("proxy.tagttl", p.tagttl.as_ref()));
         durations.push(("proxy.cachewritetimeout", p.cachewritetimeout.as_ref()));
         // Go's duration: a negative lifetime acts as zero.
-        let lifetime = p.exec.as_ref().and_then(|e| e.lifetime.as_ref());
-        durations.push((
-            "proxy.exec.lifetime",
-            lifetime.filter(|l| !l.trim().starts_with('-')),
-        ));
+        fn lifetime(e: &Option<schema::ProxyExec>) -> Option<&String> {
+            e.as_ref()
+                .and_then(|e| e.lifetime.as_ref())
+                .filter(|l| !l.trim().starts_with('-'))
+        }
+        durations.push(("proxy.exec.lifetime", lifetime(&p.exec)));
+        for u in p.upstreams.iter().flatten() {
+            durations.push(("proxy.upstreams[].exec.lifetime", lifetime(&u.exec)));
+        }
     }
     if let Some(r) = &c.redis {
         let pool = r.pool.as_ref();

@@ -730,6 +730,10 @@ pub struct ProxyUpstream {
     /// Docker Hub's rule that `alpine` means `library/alpine` (default: on for docker.io).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub library: Option<bool>,
+    /// distribution 3's `proxy.exec` for this upstream: a credential helper instead of
+    /// `username`/`password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ProxyExec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -116,6 +116,9 @@ pub struct VerifierConfig {
 pub struct Verified {
     pub subject: String,
     pub access: Vec<Scope>,
+    /// The resource class of each `access` entry's name (`image` when the entry has no
+    /// `class`), for `policy.repository.classes`.
+    pub classes: Vec<(String, String)>,
     pub expires: i64,
 }
 
@@ -165,6 +168,25 @@ fn audiences(claims: &Value) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// `(name, class)` of every `access` entry; a missing or empty `class` is distribution's
+/// default, `image`.
+fn class_claim(claims: &Value) -> Vec<(String, String)> {
+    let Some(entries) = claims["access"].as_array() else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| {
+            let name = e["name"].as_str()?.to_owned();
+            let class = e["class"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .unwrap_or("image");
+            Some((name, class.to_owned()))
+        })
+        .collect()
 }
 
 fn access_claim(claims: &Value) -> Vec<Scope> {
@@ -437,6 +459,7 @@ impl Verifier {
         Ok(Verified {
             subject: d.claims["sub"].as_str().unwrap_or("").to_owned(),
             access: access_claim(&d.claims),
+            classes: class_claim(&d.claims),
             expires: exp.unwrap_or(now),
         })
     }

@@ -139,6 +139,32 @@ pub struct ManifestInfo {
     pub url_layers: Vec<UrlLayer>,
     /// An index's entries.
     pub children: Vec<Child>,
+    /// An image manifest's config media type (for [`ManifestInfo::class`]).
+    pub config_media_type: Option<String>,
+}
+
+/// Docker's image config, the `image` class in both manifest formats' terms.
+const DOCKER_IMAGE_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Docker's plugin config: the `plugin` class (Docker manifests only).
+const DOCKER_PLUGIN_CONFIG: &str = "application/vnd.docker.plugin.v1+json";
+const OCI_IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+impl ManifestInfo {
+    /// distribution's resource class (`policy.repository.classes`): `image` or `plugin` by the
+    /// config's media type; `None` for an index (no class). `Err` carries a config type
+    /// with no class, which distribution refuses when classes are configured. As in
+    /// distribution, a Docker image config inside an OCI manifest has no class.
+    pub fn class(&self) -> Result<Option<&'static str>, &str> {
+        let Some(config) = self.config_media_type.as_deref() else {
+            return Ok(None);
+        };
+        match (self.media_type, config) {
+            (MediaType::DockerManifest, DOCKER_IMAGE_CONFIG) => Ok(Some("image")),
+            (MediaType::DockerManifest, DOCKER_PLUGIN_CONFIG) => Ok(Some("plugin")),
+            (MediaType::OciManifest, OCI_IMAGE_CONFIG) => Ok(Some("image")),
+            _ => Err(config),
+        }
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> OciError {
@@ -309,6 +335,7 @@ fn read(body: &[u8], media_type: MediaType, h: &Head) -> Result<ManifestInfo, Oc
         blobs: Vec::new(),
         url_layers: Vec::new(),
         children: Vec::new(),
+        config_media_type: None,
     };
     if media_type.is_index() {
         if h.config.is_some() || h.layers.is_some() {
@@ -350,6 +377,7 @@ fn read(body: &[u8], media_type: MediaType, h: &Head) -> Result<ManifestInfo, Oc
     );
     info.subject = subject_of(m.subject())?;
     info.annotations = m.annotations().clone().map(|a| a.into_iter().collect());
+    info.config_media_type = Some(m.config().media_type().to_string());
     info.blobs.push(digest_of(m.config().digest())?);
     for layer in m.layers() {
         let digest = digest_of(layer.digest())?;
@@ -858,5 +886,41 @@ mod tests {
             required(IndexPolicy::Platforms(vec![amd64])),
             vec![D1.to_owned()]
         );
+    }
+
+    #[test]
+    fn resource_classes_follow_the_config_media_type() {
+        let docker = |config: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"{config}","digest":"{D1}","size":2}},"layers":[]}}"#
+            )
+        };
+        let oci = |config: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{config}","digest":"{D1}","size":2}},"layers":[]}}"#
+            )
+        };
+        let class = |body: String, ct: &str| ok(&body, Some(ct)).class().map_err(str::to_owned);
+        assert_eq!(
+            class(docker(DOCKER_IMAGE_CONFIG), DOCKER_MANIFEST),
+            Ok(Some("image"))
+        );
+        assert_eq!(
+            class(docker(DOCKER_PLUGIN_CONFIG), DOCKER_MANIFEST),
+            Ok(Some("plugin"))
+        );
+        assert_eq!(
+            class(oci(OCI_IMAGE_CONFIG), OCI_MANIFEST),
+            Ok(Some("image"))
+        );
+        // distribution's switch: a plugin or Docker config in an OCI manifest has no class.
+        for config in [
+            DOCKER_PLUGIN_CONFIG,
+            DOCKER_IMAGE_CONFIG,
+            "application/x-helm",
+        ] {
+            assert_eq!(class(oci(config), OCI_MANIFEST), Err(config.to_owned()));
+        }
+        assert_eq!(class(index(&[]), OCI_INDEX), Ok(None));
     }
 }

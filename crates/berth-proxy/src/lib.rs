@@ -25,6 +25,7 @@ use berth_registry::{Registry, RegistryError};
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
+pub mod credentials;
 pub mod expiry;
 pub mod fetch;
 pub mod policy;

@@ -26,6 +26,8 @@ pub struct UpstreamConfig {
     pub url: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `proxy.exec`: a credential helper instead of `username`/`password`.
+    pub exec: Option<crate::credentials::ExecHelper>,
     /// How long a tag is trusted before upstream is asked again (with a HEAD).
     pub ttl: Duration,
     /// How long cached content is kept before it is removed (distribution's `proxy.ttl`);
@@ -181,6 +183,7 @@ mod tests {
             url: format!("https://{name}"),
             username: None,
             password: None,
+            exec: None,
             ttl: Duration::from_secs(60),
             cache_ttl: None,
             allow: allow.iter().map(|s| s.to_string()).collect(),

@@ -3,7 +3,8 @@
 //! (anonymous, or with this upstream's credentials) for the challenge's scope, cached per scope
 //! until it expires; on a `Basic` challenge, this upstream's credentials. Credentials go only
 //! to this upstream and its token realm; redirects to other hosts (blob storage) never carry
-//! them.
+//! them. The credentials are `username`/`password`, or with `proxy.exec` a credential
+//! helper's answer (see [`crate::credentials`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -53,6 +54,8 @@ pub struct Upstream {
     http: reqwest::Client,
     /// Bearer tokens by scope, with when they expire.
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// `proxy.exec`: replaces `username`/`password`.
+    exec: Option<crate::credentials::ExecCredentials>,
     pub rate_limit: RateLimit,
     /// Requests sent, for the metrics.
     pub requests: RequestCounts,
@@ -138,6 +141,10 @@ impl Upstream {
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Upstream {
+            exec: config
+                .exec
+                .clone()
+                .map(crate::credentials::ExecCredentials::new),
             config,
             http,
             tokens: Mutex::new(HashMap::new()),
@@ -153,9 +160,29 @@ impl Upstream {
         format!("{}{path}", self.config.url.trim_end_matches('/'))
     }
 
-    fn basic(&self) -> Option<String> {
-        let u = self.config.username.as_deref().filter(|u| !u.is_empty())?;
-        let p = self.config.password.as_deref().unwrap_or("");
+    /// The `Basic` header for a request to `url`, when there are credentials: the configured
+    /// ones, or the credential helper's for `url`'s host (as distribution asks it: the token
+    /// realm's host for a token, the upstream's for Basic).
+    async fn basic(&self, url: &str) -> Option<String> {
+        let (u, p) = match &self.exec {
+            Some(exec) => {
+                let host = reqwest::Url::parse(url).ok().map(|u| {
+                    let host = u.host_str().unwrap_or("").to_owned();
+                    match u.port() {
+                        Some(port) => format!("{host}:{port}"),
+                        None => host,
+                    }
+                })?;
+                exec.get(&host).await?
+            }
+            None => (
+                self.config.username.clone().unwrap_or_default(),
+                self.config.password.clone().unwrap_or_default(),
+            ),
+        };
+        if u.is_empty() {
+            return None;
+        }
         Some(format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
@@ -190,7 +217,9 @@ impl Upstream {
             query.push(("scope", s));
         }
         req = req.query(&query);
-        if let Some(b) = self.basic() {
+        let basic = self.basic(realm).await;
+        let with_credentials = basic.is_some();
+        if let Some(b) = basic {
             req = req.header(header::AUTHORIZATION, b);
         }
         let sent = req.send().await;
@@ -206,7 +235,7 @@ impl Upstream {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 return Err(UpstreamError::Unauthorized(format!(
                     "the token realm {realm} refused {}",
-                    if self.basic().is_some() {
+                    if with_credentials {
                         "proxy credentials"
                     } else {
                         "an anonymous request"
@@ -313,7 +342,7 @@ impl Upstream {
         let (scheme, params) = challenge_params(&challenge);
         let auth = match scheme.as_str() {
             "bearer" => format!("Bearer {}", self.token(&params, scope).await?),
-            "basic" => self.basic().ok_or_else(|| {
+            "basic" => self.basic(&self.url(path)).await.ok_or_else(|| {
                 UpstreamError::Unauthorized(
                     "upstream wants Basic credentials and none are configured".into(),
                 )

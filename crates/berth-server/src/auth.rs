@@ -5,6 +5,8 @@
 //! - **Token** (`auth.token`): a bearer token verified by [`berth_auth::token::Verifier`] must
 //!   cover every [`Access`] the request needs; `GET /v2/` needs only a valid token.
 //! - **Basic** (`auth.htpasswd`): any valid account may do anything, as in distribution.
+//! - **Silly** (`auth.silly`): distribution's development stub: any non-empty `Authorization`
+//!   header is admitted; without one, a `Bearer` challenge as distribution's stub writes it.
 //! - **None**: everything is allowed.
 //!
 //! Every refused token or credential logs one WARN line with the reason and a hint (never the
@@ -178,6 +180,11 @@ pub enum Mode {
         service: String,
         jwks: Option<Arc<crate::jwks::Refresher>>,
     },
+    /// `auth.silly`: the header's presence is all that is checked.
+    Silly {
+        realm: String,
+        service: String,
+    },
 }
 
 /// Access control and, optionally, Berth's token issuer.
@@ -274,6 +281,28 @@ fn quote(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+/// distribution's silly challenge: one `type:name:action` per needed access (not grouped by
+/// resource as a token challenge is), space-separated.
+fn silly_challenge(realm: &str, service: &str, needed: &[Access]) -> Challenge {
+    let mut h = format!(
+        "Bearer realm=\"{}\",service=\"{}\"",
+        quote(realm),
+        quote(service)
+    );
+    if !needed.is_empty() {
+        let scope: Vec<String> = needed
+            .iter()
+            .map(|a| format!("{}:{}:{}", a.typ, a.name, a.action))
+            .collect();
+        h.push_str(&format!(",scope=\"{}\"", quote(&scope.join(" "))));
+    }
+    Challenge {
+        www_authenticate: h,
+        message: "authentication required".to_owned(),
+        needed: needed.to_vec(),
+    }
+}
+
 impl Auth {
     /// Decides a request. `base` is the external base URL of the request (for the default
     /// realm).
@@ -285,6 +314,15 @@ impl Auth {
     ) -> Result<Principal, Challenge> {
         match &self.mode {
             Mode::Open => Ok(Principal::Open),
+            Mode::Silly { realm, service } => {
+                let present = headers
+                    .get(http::header::AUTHORIZATION)
+                    .is_some_and(|v| !v.is_empty());
+                if present {
+                    return Ok(Principal::Account("silly".to_owned()));
+                }
+                Err(silly_challenge(realm, service, needed))
+            }
             Mode::Basic { realm, users } => {
                 let challenge = |message: &str| Challenge {
                     www_authenticate: format!("Basic realm=\"{}\"", quote(realm)),

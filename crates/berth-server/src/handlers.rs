@@ -78,7 +78,7 @@ pub async fn handle(
             get_manifest(state, &name, &r).await
         }
         (Endpoint::Manifest(name, r), Method::PUT) => {
-            put_manifest(state, &name, &r, req, body.take()).await
+            put_manifest(state, &name, &r, req, body.take(), principal).await
         }
         (Endpoint::ManifestBadTag(_, why), Method::GET | Method::HEAD | Method::DELETE) => {
             Err(ApiError::msg(
@@ -504,10 +504,19 @@ async fn put_manifest(
     reference: &Reference,
     req: &Parts,
     body: Body,
+    principal: &Principal,
 ) -> Result<Response> {
     let headers = &req.headers;
     let extra_tags = tag_params(&query(&req.uri))?;
     let body = read_manifest_body(body).await?;
+    check_class(
+        &state.options.manifest_classes,
+        name,
+        reference,
+        &body,
+        header_str(headers, header::CONTENT_TYPE),
+        principal,
+    )?;
     let put = state
         .registry
         .put_manifest(
@@ -538,6 +547,48 @@ async fn put_manifest(
         set(&mut r, "oci-tag", list.join(", "));
     }
     Ok(r)
+}
+
+/// distribution's `policy.repository.classes`: with classes configured, a pushed manifest's
+/// class (by its config media type) must be one of them, and a token that names the
+/// repository must grant it for that class (`repository(plugin):name:push`; no class is
+/// `image`). A body the store refuses anyway (invalid, or not matching its digest) gets the
+/// store's error: distribution applies the policy after those checks.
+fn check_class(
+    allowed: &[String],
+    name: &RepoName,
+    reference: &Reference,
+    body: &[u8],
+    content_type: Option<&str>,
+    principal: &Principal,
+) -> Result<()> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Ok(info) = berth_core::manifest::parse_put(body, content_type) else {
+        return Ok(());
+    };
+    if let Reference::Digest(d) = reference {
+        if Digest::compute(d.algorithm(), body) != *d {
+            return Ok(());
+        }
+    }
+    let denied = |m: String| Err(ApiError::msg(ErrorCode::Denied, m));
+    let class = match info.class() {
+        Ok(None) => return Ok(()),
+        Ok(Some(c)) => c,
+        Err(config) => return denied(format!("unknown manifest class for {config}")),
+    };
+    if !allowed.iter().any(|a| a == class) {
+        return denied(format!("registry does not allow {class} manifest"));
+    }
+    if let Principal::Token(t) = principal {
+        let mut granted = t.classes.iter().filter(|(n, _)| n == name.as_str());
+        if granted.clone().next().is_some() && !granted.any(|(_, c)| c == class) {
+            return denied(format!("repository not authorized for {class} manifest"));
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- listings

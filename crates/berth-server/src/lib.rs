@@ -62,6 +62,8 @@ pub struct ServerOptions {
     pub https: bool,
     /// `http.limits`: connection timeouts and header limits (see [`limits`]).
     pub limits: Limits,
+    /// `policy.repository.classes`: the manifest classes a push may have; empty: any.
+    pub manifest_classes: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -77,6 +79,7 @@ impl Default for ServerOptions {
             extra_headers: http::HeaderMap::new(),
             https: false,
             limits: Limits::default(),
+            manifest_classes: Vec::new(),
         }
     }
 }

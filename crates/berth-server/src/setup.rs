@@ -90,8 +90,8 @@ pub fn state_with_driver(
     }
 }
 
-/// Access control from `auth`: `token` (with Berth's `issuer` and `jwksurl`), `htpasswd`, or
-/// nothing. Reads every file it names; an unreadable one is an error at start-up, not at the
+/// Access control from `auth`: `token` (with Berth's `issuer` and `jwksurl`), `htpasswd`,
+/// `silly`, or nothing. Reads every file it names; an unreadable one is an error at start-up, not at the
 /// first request.
 pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, String> {
     use crate::auth::{Auth, HtpasswdFile, Mode};
@@ -156,6 +156,14 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
             realm: h.realm.clone().unwrap_or_else(|| "Registry Realm".into()),
             users: HtpasswdFile::load(&path, Vec::new())
                 .map_err(|e| format!("auth.htpasswd: {e}"))?,
+        }
+    } else if let Some(s) = &a.silly {
+        tracing::warn!(
+            "auth.silly: every request with an Authorization header is admitted, whatever the header holds (distribution's development stub: never use it in production)"
+        );
+        Mode::Silly {
+            realm: s.realm.clone().unwrap_or_default(),
+            service: s.service.clone().unwrap_or_default(),
         }
     } else {
         Mode::Open
@@ -482,6 +490,35 @@ pub fn redis_options(
     })
 }
 
+/// `exec` of `proxy` (for `remoteurl`) or of one of its `upstreams` (`at` says which). As in
+/// distribution, it replaces `username`/`password`.
+fn proxy_exec(
+    exec: &Option<crate::config::schema::ProxyExec>,
+    username: &Option<String>,
+    at: &str,
+) -> Result<Option<berth_proxy::credentials::ExecHelper>, String> {
+    let Some(e) = exec else {
+        return Ok(None);
+    };
+    let lifetime = match e.lifetime.as_deref().map(str::trim) {
+        None => None,
+        // Go's negative duration: like zero, the helper runs for every use.
+        Some(l) if l.starts_with('-') => Some(std::time::Duration::ZERO),
+        Some(l) => Some(
+            crate::config::parse_duration(l).map_err(|e| format!("{at}: exec.lifetime: {e}"))?,
+        ),
+    };
+    if username.as_deref().is_some_and(|u| !u.is_empty()) {
+        tracing::warn!(
+            "{at}: username/password are not used: exec gives the upstream's credentials"
+        );
+    }
+    Ok(Some(berth_proxy::credentials::ExecHelper {
+        command: e.command.clone().unwrap_or_default(),
+        lifetime,
+    }))
+}
+
 /// distribution's default `proxy.ttl`: a week.
 pub const DEFAULT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(168 * 3600);
 
@@ -525,6 +562,7 @@ pub async fn proxy(
             url: url.to_owned(),
             username: p.username.clone(),
             password: p.password.clone(),
+            exec: proxy_exec(&p.exec, &p.username, "proxy")?,
             ttl: tag_ttl(&p.tagttl, 0)?,
             cache_ttl: proxy_ttl,
             allow: Vec::new(),
@@ -545,6 +583,7 @@ pub async fn proxy(
             url: u.remoteurl.clone(),
             username: u.username.clone(),
             password: u.password.clone(),
+            exec: proxy_exec(&u.exec, &u.username, &format!("proxy.upstreams {}", u.name))?,
             ttl: tag_ttl(&u.ttl, 24 * 3600)?,
             cache_ttl: cache,
             allow: u.allow.clone().unwrap_or_default(),

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use berth_server::config::{self, Config, StorageDriver};
 use berth_server::setup::{self, DriverChoice};
 use berth_server::ServerOptions;
@@ -33,7 +33,6 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     for u in &loaded.unsupported {
         tracing::warn!("not supported yet, ignored: {u}");
     }
-    refuse_unsafe_gaps(&loaded.config)?;
 
     let cfg = &loaded.config;
     let driver = match cfg.storage.driver() {
@@ -98,6 +97,9 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         extra_headers: extra_headers(cfg)?,
         https: tls.is_some(),
         limits: berth_server::Limits::from_config(cfg),
+        manifest_classes: cfg
+            .manifest_classes()
+            .map_err(|e| anyhow::anyhow!("policy.repository.classes: {e}"))?,
     };
     let registry = berth_registry::Options {
         delete_enabled: cfg.storage.delete.enabled,
@@ -262,21 +264,6 @@ fn listen_addr(addr: &str) -> String {
     } else {
         addr.to_owned()
     }
-}
-
-/// Features whose absence would make Berth less safe than the operator asked for stop the
-/// start-up instead of being ignored: serving without the auth the config demands.
-fn refuse_unsafe_gaps(cfg: &Config) -> anyhow::Result<()> {
-    let mut refused = Vec::new();
-    if cfg.auth.as_ref().is_some_and(|a| a.silly.is_some()) {
-        refused.push(
-            "auth.silly (the registry would run without the authentication the config asks for)",
-        );
-    }
-    if !refused.is_empty() {
-        bail!("these configured features are not supported yet and Berth will not start without them: {}", refused.join("; "));
-    }
-    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -898,6 +898,16 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     if let Some(p) = &c.proxy {
         durations.push(("proxy.tagttl", p.tagttl.as_ref()));
         durations.push(("proxy.cachewritetimeout", p.cachewritetimeout.as_ref()));
+        // Go's duration: a negative lifetime acts as zero.
+        fn lifetime(e: &Option<schema::ProxyExec>) -> Option<&String> {
+            e.as_ref()
+                .and_then(|e| e.lifetime.as_ref())
+                .filter(|l| !l.trim().starts_with('-'))
+        }
+        durations.push(("proxy.exec.lifetime", lifetime(&p.exec)));
+        for u in p.upstreams.iter().flatten() {
+            durations.push(("proxy.upstreams[].exec.lifetime", lifetime(&u.exec)));
+        }
     }
     if let Some(r) = &c.redis {
         let pool = r.pool.as_ref();
@@ -1056,6 +1066,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             ),
         }
     }
+    if let Err(e) = c.manifest_classes() {
+        bad("policy.repository.classes", e);
+    }
     if let Some(auth) = &c.auth {
         let kinds = [
             auth.silly.is_some(),
@@ -1063,13 +1076,13 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             auth.htpasswd.is_some(),
             auth.none.is_some(),
         ];
-        if auth.silly.is_some() {
-            bad(
-                "auth.silly",
-                "the silly access controller (a development stub in distribution) is not available; \
-                 Berth refuses rather than run without the authentication the file asks for"
-                    .to_owned(),
-            );
+        if let Some(s) = &auth.silly {
+            // distribution refuses a silly controller without both strings.
+            for (key, v) in [("realm", &s.realm), ("service", &s.service)] {
+                if v.is_none() {
+                    bad(&format!("auth.silly.{key}"), "required".to_owned());
+                }
+            }
         }
         if kinds.iter().filter(|k| **k).count() > 1 {
             bad(
@@ -1203,9 +1216,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
     if c.reporting.as_ref().is_some_and(|r| !r.is_null()) {
         add("reporting: Bugsnag and New Relic reporting (nothing is reported to them)");
     }
-    if c.policy.as_ref().is_some_and(|p| !p.is_null()) {
-        add("policy.repository.classes: manifests of every class are accepted");
-    }
     if c.compatibility
         .as_ref()
         .and_then(|v| v.get("schema1"))
@@ -1214,9 +1224,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         == Some(true)
     {
         add("compatibility.schema1: schema 1 manifests are not accepted (distribution 3 dropped them too)");
-    }
-    if c.proxy.as_ref().is_some_and(|p| p.exec.is_some()) {
-        add("proxy.exec: no credential helper is run; the upstream is reached with proxy.username/password, if set");
     }
     out
 }
@@ -1247,6 +1254,29 @@ const SECRET_KEYS: [&str; 8] = [
 ];
 
 impl Config {
+    /// `policy.repository.classes`: the manifest classes pushes may have (empty: any). A value
+    /// that is not a list of strings is reported by [`check`].
+    pub fn manifest_classes(&self) -> Result<Vec<String>, String> {
+        let Some(classes) = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.get("repository"))
+            .and_then(|r| r.get("classes"))
+            .filter(|v| !v.is_null())
+        else {
+            return Ok(Vec::new());
+        };
+        let list = classes
+            .as_sequence()
+            .ok_or("expected a list of class names")?;
+        list.iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(format!("{other:?} is not a class name")),
+            })
+            .collect()
+    }
+
     /// The effective configuration as YAML, secrets replaced by `<redacted>`.
     pub fn redacted_yaml(&self) -> String {
         let mut v = serde_yaml::to_value(self).unwrap_or(Value::Null);

@@ -679,12 +679,25 @@ pub struct Proxy {
     /// (default: the system's temporary directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spooldir: Option<String>,
-    /// distribution 3: a credential helper command (`command`, `lifetime`).
+    /// distribution 3: a credential helper that gives the upstream's credentials instead of
+    /// `username`/`password`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exec: Option<Value>,
+    pub exec: Option<ProxyExec>,
     /// distribution 3: how long a blob may take to reach the cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cachewritetimeout: Option<String>,
+}
+
+/// `proxy.exec`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyExec {
+    /// The helper program, run with the argument `get`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// How long its answer is reused: absent, for good; 0, not at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<String>,
 }
 
 /// One of Berth's `proxy.upstreams`.
@@ -717,6 +730,10 @@ pub struct ProxyUpstream {
     /// Docker Hub's rule that `alpine` means `library/alpine` (default: on for docker.io).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub library: Option<bool>,
+    /// distribution 3's `proxy.exec` for this upstream: a credential helper instead of
+    /// `username`/`password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ProxyExec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

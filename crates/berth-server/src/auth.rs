@@ -127,6 +127,36 @@ impl HtpasswdFile {
         })
     }
 
+    /// `auth.htpasswd` as distribution opens it: both versions start when the file cannot be
+    /// read (Debian's packaged config names the directory `/etc/docker/registry`; 3.x writes
+    /// a missing file with a generated password it logs, which Berth never does) and refuse
+    /// the credentials of every request until it can. Berth says so once at start, refuses
+    /// with 401, and reads the file as soon as it appears or changes.
+    pub fn load_or_refuse_all(path: &str) -> HtpasswdFile {
+        match Self::read(path, &[]) {
+            Ok((mtime, users)) => HtpasswdFile {
+                path: path.to_owned(),
+                extra: Vec::new(),
+                state: Mutex::new((Instant::now(), mtime, Arc::new(users))),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    "auth.htpasswd: cannot read {e}; every credential is refused until the file can be read (it is read again when it changes); hint: create it with `htpasswd -Bc {path} USER`"
+                );
+                // No modification time: the file's next appearance or change is a change.
+                let mtime = std::fs::metadata(path)
+                    .ok()
+                    .filter(|m| m.is_dir())
+                    .and_then(|m| m.modified().ok());
+                HtpasswdFile {
+                    path: path.to_owned(),
+                    extra: Vec::new(),
+                    state: Mutex::new((Instant::now(), mtime, Arc::new(Users::default()))),
+                }
+            }
+        }
+    }
+
     fn read(path: &str, extra: &[(String, String)]) -> Result<(Option<SystemTime>, Users), String> {
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;

@@ -154,8 +154,7 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         let path = h.path.clone().unwrap_or_default();
         Mode::Basic {
             realm: h.realm.clone().unwrap_or_else(|| "Registry Realm".into()),
-            users: HtpasswdFile::load(&path, Vec::new())
-                .map_err(|e| format!("auth.htpasswd: {e}"))?,
+            users: HtpasswdFile::load_or_refuse_all(&path),
         }
     } else if let Some(s) = &a.silly {
         tracing::warn!(

@@ -164,21 +164,63 @@ fn closed_stdout_is_not_a_panic() {
     assert!(out.status.success(), "{:?} {err}", out.status);
 }
 
+/// Debian's packaged `/etc/docker/registry/config.yml` names a directory as the htpasswd
+/// file. distribution 2.8 (and 3.x) start with it and refuse every credential; Berth starts
+/// too, says why once, answers 401 (distribution: 400), and takes the file once it is one.
 #[test]
-fn unreadable_htpasswd_file_refuses_to_start() {
+fn unreadable_htpasswd_file_starts_and_refuses_every_credential() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.yml");
-    std::fs::write(
-        &path,
-        "version: 0.1\nstorage:\n  inmemory: {}\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  htpasswd:\n    realm: r\n    path: /nonexistent/htpasswd\n",
-    )
-    .unwrap();
-    let out = berth().arg("serve").arg(&path).output().unwrap();
-    assert!(
-        !out.status.success(),
-        "must not serve without the auth the config asks for"
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::create_dir(&htpasswd).unwrap();
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+        htpasswd.display()
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/htpasswd"));
+    let berth = support::Berth::start_on(&dir.path().join("data"), &auth);
+    let dist = support::Distribution::start_with_extra(&dir.path().join("dist"), &auth);
+    let status = |url: &str, user: Option<(&str, &str)>| {
+        let mut req = ureq::get(&format!("{url}/v2/"));
+        if let Some((u, p)) = user {
+            let b64 = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{u}:{p}"),
+            );
+            req = req.set("Authorization", &format!("Basic {b64}"));
+        }
+        match req.call() {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{url}: {e}"),
+        }
+    };
+    // Both started; without credentials both challenge.
+    assert_eq!(status(&dist.url, None), 401);
+    assert_eq!(status(&berth.url, None), 401);
+    // With credentials: distribution fails the read (400), Berth refuses them (401).
+    assert_eq!(status(&dist.url, Some(("admin", "pw"))), 400);
+    assert_eq!(status(&berth.url, Some(("admin", "pw"))), 401);
+    let log = berth.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("auth.htpasswd: cannot read"))
+        .count();
+    assert_eq!(warned, 1, "one WARN at start naming the file:\n{log}");
+    assert!(log.contains(&htpasswd.display().to_string()), "{log}");
+
+    // The operator fixes it: the directory becomes the file; Berth reads it (checked every 5 s).
+    std::fs::remove_dir(&htpasswd).unwrap();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    std::fs::write(&htpasswd, format!("admin:{hash}\n")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status(&berth.url, Some(("admin", "pw"))) != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new htpasswd file was not read:\n{}",
+            berth.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(status(&berth.url, Some(("admin", "wrong"))), 401);
 }
 
 #[test]

@@ -253,7 +253,7 @@ pub fn parse(
 
     apply_env(&mut root, env, &mut warnings, &mut problems);
     normalize(&mut root);
-    strings_only(&root, file_label, &mut problems);
+    parameter_maps(&mut root, file_label, &mut warnings, &mut problems);
 
     let mut ignored: Vec<Vec<String>> = Vec::new();
     let config: Result<Config, yaml::Error> =
@@ -327,30 +327,157 @@ pub fn parse(
     })
 }
 
-/// Keys distribution reads from a parameter map and refuses unless they are strings (its
-/// upload purger panics on "age is not a string"), where Berth's duration reading would
-/// accept a number.
-fn strings_only(root: &Node, file_label: &str, problems: &mut Vec<Problem>) {
-    let purging = root
-        .get("storage")
-        .and_then(|s| s.get("maintenance"))
-        .and_then(|m| m.get("uploadpurging"));
-    for key in ["age", "interval"] {
-        let Some(n) = purging.and_then(|p| p.get(key)) else {
-            continue;
+/// distribution reads `storage.maintenance`, `storage.redirect`, `storage.tag` and
+/// `storage.delete` as untyped parameter maps and checks each value's YAML type itself
+/// (registry/handlers/app.go, the same in 2.8 and 3.x): it refuses a number for the purger's
+/// `age`, a quoted `"true"` for `redirect.disable`, a missing `dryrun`, and reads a quoted
+/// `"false"` as "not the boolean false". Berth's typed reading would accept all of these, so the
+/// same rules run here on the tree, before it is read.
+fn parameter_maps(
+    root: &mut Node,
+    file_label: &str,
+    warnings: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
+) {
+    fn boolean(n: &Node) -> Option<bool> {
+        match &n.kind {
+            yaml::Kind::Scalar { text, plain } => match yaml::resolve(text, *plain) {
+                yaml::Resolved::Bool(b) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn set_bool(n: &mut Node, b: bool) {
+        n.kind = yaml::Kind::Scalar {
+            text: b.to_string(),
+            plain: true,
         };
-        if let yaml::Kind::Scalar { text, plain } = &n.kind {
-            if !n.is_null() && !matches!(yaml::resolve(text, *plain), yaml::Resolved::Str(_)) {
-                problems.push(Problem {
-                    location: n.origin.describe(file_label),
-                    message: format!(
-                        "storage.maintenance.uploadpurging.{key} must be a duration such as 168h, \
-                         not a number (distribution refuses a number here too)"
+    }
+    let Some(storage) = root.get_mut("storage") else {
+        return;
+    };
+    let mut bad = |n: &Node, message: String| {
+        problems.push(Problem {
+            location: n.origin.describe(file_label),
+            message,
+        });
+    };
+    if let Some(m) = storage.get_mut("maintenance") {
+        if let Some(p) = m.get_mut("uploadpurging") {
+            if p.entries().is_none() {
+                bad(
+                    p,
+                    "storage.maintenance.uploadpurging must be a section (enabled, age, interval, \
+                     dryrun), as in distribution"
+                        .to_owned(),
+                );
+            } else if p.get("enabled").and_then(boolean) != Some(false) {
+                // The purger is off only for the boolean false; anything else turns it on, and
+                // then age, interval and dryrun are required.
+                if let Some(e) = p.get_mut("enabled").filter(|e| boolean(e).is_none()) {
+                    warnings.push(format!(
+                        "{}: storage.maintenance.uploadpurging.enabled is not a boolean; upload \
+                         purging runs, as in distribution (write true or false without quotes)",
+                        e.origin.describe(file_label)
+                    ));
+                    set_bool(e, true);
+                }
+                for key in ["age", "interval"] {
+                    match p.get(key) {
+                        None => bad(
+                            p,
+                            format!(
+                                "storage.maintenance.uploadpurging.{key} is missing (distribution \
+                                 requires age, interval and dryrun unless `enabled: false`)"
+                            ),
+                        ),
+                        Some(n) if !is_string(n) => bad(
+                            n,
+                            format!(
+                                "storage.maintenance.uploadpurging.{key} must be a duration such \
+                                 as 168h, not a number (distribution refuses a number here too)"
+                            ),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                match p.get("dryrun") {
+                    None => bad(
+                        p,
+                        "storage.maintenance.uploadpurging.dryrun is missing (distribution \
+                         requires age, interval and dryrun unless `enabled: false`)"
+                            .to_owned(),
                     ),
-                });
+                    Some(n) if boolean(n).is_none() => bad(
+                        n,
+                        "storage.maintenance.uploadpurging.dryrun must be true or false, without \
+                         quotes (distribution refuses anything else)"
+                            .to_owned(),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(r) = m.get("readonly") {
+            if r.entries().is_none() {
+                bad(
+                    r,
+                    "storage.maintenance.readonly must be a section with `enabled`, as in \
+                     distribution"
+                        .to_owned(),
+                );
+            } else if let Some(e) = r.get("enabled").filter(|e| boolean(e).is_none()) {
+                bad(
+                    e,
+                    "storage.maintenance.readonly.enabled must be true or false, without quotes \
+                     (distribution refuses anything else)"
+                        .to_owned(),
+                );
             }
         }
     }
+    if let Some(r) = storage.get("redirect") {
+        if r.get("disable").and_then(boolean).is_none() {
+            bad(
+                r.get("disable").unwrap_or(r),
+                "storage.redirect needs `disable: true` or `disable: false`, without quotes \
+                 (distribution refuses the section otherwise)"
+                    .to_owned(),
+            );
+        }
+    }
+    if let Some(l) = storage.get("tag").and_then(|t| t.get("concurrencylimit")) {
+        let ok = matches!(&l.kind, yaml::Kind::Scalar { text, plain }
+            if matches!(yaml::resolve(text, *plain), yaml::Resolved::Int(i) if i >= 0));
+        if !ok {
+            bad(
+                l,
+                "storage.tag.concurrencylimit must be a whole number of 0 or more, without quotes \
+                 (distribution refuses anything else)"
+                    .to_owned(),
+            );
+        }
+    }
+    if let Some(e) = storage
+        .get_mut("delete")
+        .and_then(|d| d.get_mut("enabled"))
+        .filter(|e| !e.is_null() && boolean(e).is_none())
+    {
+        warnings.push(format!(
+            "{}: storage.delete.enabled is not a boolean; deletes stay off, as in distribution \
+             (write true without quotes to enable them)",
+            e.origin.describe(file_label)
+        ));
+        set_bool(e, false);
+    }
+}
+
+/// A scalar that distribution's YAML reader gives as a string (quoted, or plain but not a
+/// null, boolean or number).
+fn is_string(n: &Node) -> bool {
+    matches!(&n.kind, yaml::Kind::Scalar { text, plain }
+        if matches!(yaml::resolve(text, *plain), yaml::Resolved::Str(_)))
 }
 
 /// Where the key `health.http[0].uri` (a check's location) or its nearest written ancestor
@@ -831,14 +958,15 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         }
     }
     if let Some(level) = c.log.level.as_deref().or(c.loglevel.as_deref()) {
-        if ![
-            "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace",
-        ]
-        .contains(&level)
-        {
+        // distribution lowercases the level and knows these four only (2.8 and 3.x alike):
+        // `INFO` starts it, `warning` or `trace` refuse.
+        if !["error", "warn", "info", "debug"].contains(&level.to_ascii_lowercase().as_str()) {
             bad(
                 "log.level",
-                format!("unknown level {level:?} (error, warn, info, debug, trace)"),
+                format!(
+                    "unknown level {level:?} (error, warn, info, debug, as in distribution; \
+                     RUST_LOG=trace gives more)"
+                ),
             );
         }
     }

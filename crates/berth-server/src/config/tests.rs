@@ -170,10 +170,24 @@ fn unknown_keys_are_warnings_with_line_and_hint() {
 #[test]
 fn type_errors_carry_their_line() {
     let p = problems(
-        "version: 0.1\nstorage:\n  inmemory:\n  delete:\n    enabled: maybe\n",
+        "version: 0.1\nstorage:\n  inmemory:\nhttp:\n  relativeurls: maybe\n",
         &[],
     );
     assert!(p[0].location.starts_with("config.yml:5"), "{p:?}");
+    // `storage.delete` is one of distribution's untyped parameter maps: a word there is not an
+    // error, it leaves deletes off (with a warning).
+    let l = ok(
+        "version: 0.1\nstorage:\n  inmemory:\n  delete:\n    enabled: maybe\n",
+        &[],
+    );
+    assert!(!l.config.storage.delete.enabled);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.starts_with("config.yml:5:14:") && w.contains("deletes stay off")),
+        "{:?}",
+        l.warnings
+    );
 }
 
 #[test]

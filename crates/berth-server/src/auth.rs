@@ -117,7 +117,26 @@ const RELOAD_CHECK: Duration = Duration::from_secs(5);
 
 impl HtpasswdFile {
     pub fn load(path: &str, extra: Vec<(String, String)>) -> Result<HtpasswdFile, String> {
-        let (mtime, users) = Self::read(path, &extra)?;
+        let missing =
+            std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        let (mtime, users) = if missing {
+            // distribution starts here too, after creating the file with a user `docker` and a
+            // random password that it writes to its log. Berth writes no passwords to logs: it
+            // starts with no accounts from the file and reads it once it appears.
+            tracing::warn!(
+                path,
+                "the htpasswd file does not exist: no account from it can log in until it is \
+                 created (it is read when it appears); distribution would create it with a user \
+                 `docker` whose password it logs, which Berth does not do"
+            );
+            let mut users = Users::parse("", path)?;
+            for (name, hash) in &extra {
+                users.add(name, hash)?;
+            }
+            (None, users)
+        } else {
+            Self::read(path, &extra)?
+        };
         Ok(HtpasswdFile {
             path: path.to_owned(),
             extra,

@@ -254,6 +254,7 @@ pub fn parse(
     apply_env(&mut root, env, &mut warnings, &mut problems);
     normalize(&mut root);
     parameter_maps(&mut root, file_label, &mut warnings, &mut problems);
+    unused_as_in_distribution(&mut root, file_label, &mut warnings);
 
     let mut ignored: Vec<Vec<String>> = Vec::new();
     let config: Result<Config, yaml::Error> =
@@ -470,6 +471,52 @@ fn parameter_maps(
             e.origin.describe(file_label)
         ));
         set_bool(e, false);
+    }
+}
+
+/// Sections distribution reads and then leaves unused, with a warning or silently: Berth
+/// drops them from the tree, with a warning, instead of refusing the file.
+/// - `storage.cache.blobdescriptor` (or `layerinfo`) naming no cache: "unknown cache type,
+///   caching disabled";
+/// - `proxy` without `remoteurl`: not a pull-through cache (Berth's own `upstreams` aside).
+fn unused_as_in_distribution(root: &mut Node, file_label: &str, warnings: &mut Vec<String>) {
+    if let Some(cache) = root
+        .get_mut("storage")
+        .and_then(|s| s.get_mut("cache"))
+        .and_then(Node::entries_mut)
+    {
+        if let Some(i) = cache.iter().position(|e| {
+            e.key == "blobdescriptor"
+                && !e.value.is_null()
+                && !matches!(&e.value.kind, yaml::Kind::Scalar { text, .. }
+                    if ["inmemory", "redis", ""].contains(&text.as_str()))
+        }) {
+            let e = cache.remove(i);
+            warnings.push(format!(
+                "{}: storage.cache.blobdescriptor: unknown cache type (inmemory, redis); caching \
+                 is disabled, as in distribution",
+                e.value.origin.describe(file_label)
+            ));
+        }
+    }
+    let no_remote = root.get("proxy").is_some_and(|p| {
+        !p.is_null()
+            && p.get("remoteurl").is_none_or(|u| {
+                u.is_null() || matches!(&u.kind, yaml::Kind::Scalar { text, .. } if text.is_empty())
+            })
+            && p.get("upstreams").is_none_or(Node::is_null)
+    });
+    if no_remote {
+        if let Some(entries) = root.entries_mut() {
+            if let Some(i) = entries.iter().position(|e| e.key == "proxy") {
+                let e = entries.remove(i);
+                warnings.push(format!(
+                    "{}: proxy has no remoteurl, so this registry is not a pull-through cache \
+                     (as in distribution); the section is ignored",
+                    e.key_origin.describe(file_label)
+                ));
+            }
+        }
     }
 }
 

@@ -258,7 +258,9 @@ pub fn parse(
 
     let mut ignored: Vec<Vec<String>> = Vec::new();
     let config: Result<Config, yaml::Error> =
-        serde_ignored::deserialize(yaml::De(&root), |p| ignored.push(path_components(&p)));
+        serde_ignored::deserialize(yaml::De(&root, yaml::Typing::Root), |p| {
+            ignored.push(path_components(&p))
+        });
     let config = match config {
         Ok(c) => Some(c),
         Err(e) => {
@@ -328,11 +330,11 @@ pub fn parse(
     })
 }
 
-/// distribution reads `storage.maintenance`, `storage.redirect`, `storage.tag` and
-/// `storage.delete` as untyped parameter maps and checks each value's YAML type itself
-/// (registry/handlers/app.go, the same in 2.8 and 3.x): it refuses a number for the purger's
-/// `age`, a quoted `"true"` for `redirect.disable`, a missing `dryrun`, and reads a quoted
-/// `"false"` as "not the boolean false". Berth's typed reading would accept all of these, so the
+/// distribution reads `storage.maintenance`, `storage.redirect`, `storage.tag`,
+/// `storage.delete` and `auth.token` as untyped parameter maps and checks each value's YAML
+/// type itself (registry/handlers/app.go and auth/token, the same in 2.8 and 3.x): it refuses
+/// a number for the purger's `age`, a quoted `"true"` for `redirect.disable`, a missing
+/// `dryrun`, and reads a quoted `"false"` as "not the boolean false". Berth's typed reading would accept all of these, so the
 /// same rules run here on the tree, before it is read.
 fn parameter_maps(
     root: &mut Node,
@@ -354,6 +356,20 @@ fn parameter_maps(
             text: b.to_string(),
             plain: true,
         };
+    }
+    // The token access controller reads `autoredirect` from its options and wants a boolean.
+    if let Some(a) = root
+        .get("auth")
+        .and_then(|a| a.get("token"))
+        .and_then(|t| t.get("autoredirect"))
+        .filter(|a| !a.is_null() && boolean(a).is_none())
+    {
+        problems.push(Problem {
+            location: a.origin.describe(file_label),
+            message: "auth.token.autoredirect must be true or false, without quotes \
+                      (distribution refuses anything else)"
+                .to_owned(),
+        });
     }
     let Some(storage) = root.get_mut("storage") else {
         return;
@@ -586,9 +602,10 @@ fn path_components(p: &serde_ignored::Path<'_>) -> Vec<String> {
 /// Keys the schema ignores in `root`, or the deserialization error.
 fn ignored_keys(root: &Node) -> Result<BTreeSet<String>, yaml::Error> {
     let mut out = BTreeSet::new();
-    let res: Result<Config, _> = serde_ignored::deserialize(yaml::De(root), |p| {
-        out.insert(path_components(&p).join("."));
-    });
+    let res: Result<Config, _> =
+        serde_ignored::deserialize(yaml::De(root, yaml::Typing::Root), |p| {
+            out.insert(path_components(&p).join("."));
+        });
     res.map(|_| out)
 }
 

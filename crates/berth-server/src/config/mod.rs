@@ -494,8 +494,27 @@ fn parameter_maps(
 /// drops them from the tree, with a warning, instead of refusing the file.
 /// - `storage.cache.blobdescriptor` (or `layerinfo`) naming no cache: "unknown cache type,
 ///   caching disabled";
-/// - `proxy` without `remoteurl`: not a pull-through cache (Berth's own `upstreams` aside).
+/// - `proxy` without `remoteurl`: not a pull-through cache (Berth's own `upstreams` aside);
+/// - `http.debug.prometheus` without `http.debug.addr`: there is no listener to serve it on.
 fn unused_as_in_distribution(root: &mut Node, file_label: &str, warnings: &mut Vec<String>) {
+    if let Some(debug) = root.get("http").and_then(|h| h.get("debug")) {
+        let no_addr = debug.get("addr").is_none_or(|a| {
+            a.is_null() || matches!(&a.kind, yaml::Kind::Scalar { text, .. } if text.is_empty())
+        });
+        let enabled = |p: &&Node| {
+            p.get("enabled").is_some_and(|e| {
+                matches!(&e.kind, yaml::Kind::Scalar { text, plain }
+                    if matches!(yaml::resolve(text, *plain), yaml::Resolved::Bool(true)))
+            })
+        };
+        if let Some(p) = debug.get("prometheus").filter(enabled).filter(|_| no_addr) {
+            warnings.push(format!(
+                "{}: http.debug.prometheus without http.debug.addr: no metrics are served, as in \
+                 distribution (they are served on the debug listener)",
+                p.origin.describe(file_label)
+            ));
+        }
+    }
     if let Some(cache) = root
         .get_mut("storage")
         .and_then(|s| s.get_mut("cache"))
@@ -1209,13 +1228,6 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                     format!("{p:?} must start with /"),
                 );
             }
-        }
-        if d.prometheus.as_ref().is_some_and(|p| p.enabled) && d.addr.is_none() {
-            bad(
-                "http.debug.addr",
-                "required for http.debug.prometheus (metrics are served on the debug listener)"
-                    .to_owned(),
-            );
         }
     }
     for (key, value) in durations

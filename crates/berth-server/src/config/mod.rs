@@ -703,6 +703,14 @@ fn apply_env(
             .map(str::to_ascii_lowercase)
             .collect();
         let dotted = path.join(".");
+        if path == ["version"] {
+            // distribution checks the file's version before applying variables, and the
+            // variable then changes nothing.
+            warnings.push(format!(
+                "{name} is ignored: the version is the file's, as in distribution"
+            ));
+            continue;
+        }
         let outcome = if path.iter().any(String::is_empty) {
             Override::NamesNoKey
         } else {

@@ -580,6 +580,61 @@ fn key_path_origin<'a>(root: &'a Node, key_path: &str) -> Option<&'a Origin> {
         .find_map(|n| root.key_origin(&path[..n]))
 }
 
+/// The AWS regions distribution 3.1's S3 driver accepts without `regionendpoint` (the partitions
+/// of the aws-sdk-go v1 it vendors; 2.8's list is a subset).
+const S3_REGIONS: [&str; 37] = [
+    "af-south-1",
+    "ap-east-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-isoe-west-1",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-iso-east-1",
+    "us-iso-west-1",
+    "us-isob-east-1",
+    "us-west-1",
+    "us-west-2",
+];
+
+/// The storage classes distribution 3.1 accepts (case-insensitively; 2.8's are a subset).
+const S3_STORAGE_CLASSES: [&str; 9] = [
+    "NONE",
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "OUTPOSTS",
+    "GLACIER_IR",
+    "EXPRESS_ONEZONE",
+];
+
 /// Storage drivers distribution has and Berth does not.
 const OTHER_DRIVERS: [&str; 4] = ["azure", "gcs", "swift", "oss"];
 
@@ -1025,9 +1080,37 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         bad(&at, e);
     }
     if let Some(s3) = &c.storage.s3 {
-        for (key, v) in [("region", &s3.region), ("bucket", &s3.bucket)] {
-            if v.as_deref().unwrap_or("").is_empty() {
-                bad(&format!("storage.s3.{key}"), "required".to_owned());
+        if s3.bucket.as_deref().unwrap_or("").is_empty() {
+            bad("storage.s3.bucket", "required".to_owned());
+        }
+        // As distribution's driver: the region is checked only without a custom endpoint.
+        let region = s3.region.as_deref().unwrap_or("");
+        if s3.regionendpoint.as_deref().unwrap_or("").is_empty() {
+            if region.is_empty() {
+                bad(
+                    "storage.s3.region",
+                    "required (unless regionendpoint is set)".to_owned(),
+                );
+            } else if !S3_REGIONS.contains(&region) {
+                bad(
+                    "storage.s3.region",
+                    format!(
+                        "{region:?} is not an AWS region distribution's S3 driver knows, and it \
+                         refuses it too; for a newer region or an S3-compatible service set \
+                         regionendpoint (e.g. https://s3.{region}.amazonaws.com)"
+                    ),
+                );
+            }
+        }
+        if let Some(class) = s3.storageclass.as_deref().filter(|c| !c.is_empty()) {
+            if !S3_STORAGE_CLASSES.contains(&class.to_ascii_uppercase().as_str()) {
+                bad(
+                    "storage.s3.storageclass",
+                    format!(
+                        "{class:?} is not one of {} (distribution refuses it too)",
+                        S3_STORAGE_CLASSES.join(", ")
+                    ),
+                );
             }
         }
         if let Some(cs) = s3.chunksize {

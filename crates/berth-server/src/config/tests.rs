@@ -762,9 +762,18 @@ fn s3_region_and_storage_class_as_distribution() {
     let p = problems(&s3(""), &[]);
     assert_eq!(p[0].location, "storage.s3.region", "{p:?}");
     ok(&s3("    regionendpoint: http://minio:9000\n"), &[]);
-    ok(&s3("    region: garage\n    regionendpoint: http://garage:3900\n"), &[]);
-    ok(&s3("    region: us-east-1\n    storageclass: standard_ia\n"), &[]);
-    let p = problems(&s3("    region: us-east-1\n    storageclass: GLACIER\n"), &[]);
+    ok(
+        &s3("    region: garage\n    regionendpoint: http://garage:3900\n"),
+        &[],
+    );
+    ok(
+        &s3("    region: us-east-1\n    storageclass: standard_ia\n"),
+        &[],
+    );
+    let p = problems(
+        &s3("    region: us-east-1\n    storageclass: GLACIER\n"),
+        &[],
+    );
     assert!(p[0].message.contains("GLACIER"), "{p:?}");
 }
 

@@ -119,7 +119,26 @@ const RELOAD_CHECK: Duration = Duration::from_secs(5);
 
 impl HtpasswdFile {
     pub fn load(path: &str, extra: Vec<(String, String)>) -> Result<HtpasswdFile, String> {
-        let (mtime, users) = Self::read(path, &extra)?;
+        let missing =
+            std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        let (mtime, users) = if missing {
+            // distribution starts here too, after creating the file with a user `docker` and a
+            // random password that it writes to its log. Berth writes no passwords to logs: it
+            // starts with no accounts from the file and reads it once it appears.
+            tracing::warn!(
+                path,
+                "the htpasswd file does not exist: no account from it can log in until it is \
+                 created (it is read when it appears); distribution would create it with a user \
+                 `docker` whose password it logs, which Berth does not do"
+            );
+            let mut users = Users::parse("", path)?;
+            for (name, hash) in &extra {
+                users.add(name, hash)?;
+            }
+            (None, users)
+        } else {
+            Self::read(path, &extra)?
+        };
         Ok(HtpasswdFile {
             path: path.to_owned(),
             extra,
@@ -127,34 +146,27 @@ impl HtpasswdFile {
         })
     }
 
-    /// `auth.htpasswd` as distribution opens it: both versions start when the file cannot be
-    /// read (Debian's packaged config names the directory `/etc/docker/registry`; 3.x writes
-    /// a missing file with a generated password it logs, which Berth never does) and refuse
-    /// the credentials of every request until it can. Berth says so once at start, refuses
-    /// with 401, and reads the file as soon as it appears or changes.
+    /// `auth.htpasswd` as distribution opens it: both versions also start when the file exists
+    /// but cannot be read (Debian's packaged config names the directory
+    /// `/etc/docker/registry`) and refuse the credentials of every request until it can.
+    /// Berth says so once at start, refuses with 401, and reads the file as soon as it changes.
     pub fn load_or_refuse_all(path: &str) -> HtpasswdFile {
-        match Self::read(path, &[]) {
-            Ok((mtime, users)) => HtpasswdFile {
+        Self::load(path, Vec::new()).unwrap_or_else(|e| {
+            tracing::warn!(
+                "auth.htpasswd: cannot read {e}; every credential is refused until the file can be read (it is read again when it changes); hint: create it with `htpasswd -Bc {path} USER`"
+            );
+            // A directory keeps its time (it is not re-read until it changes); an unreadable
+            // file gets none, so it is tried again at the next check.
+            let mtime = std::fs::metadata(path)
+                .ok()
+                .filter(|m| m.is_dir())
+                .and_then(|m| m.modified().ok());
+            HtpasswdFile {
                 path: path.to_owned(),
                 extra: Vec::new(),
-                state: Mutex::new((Instant::now(), mtime, Arc::new(users))),
-            },
-            Err(e) => {
-                tracing::warn!(
-                    "auth.htpasswd: cannot read {e}; every credential is refused until the file can be read (it is read again when it changes); hint: create it with `htpasswd -Bc {path} USER`"
-                );
-                // No modification time: the file's next appearance or change is a change.
-                let mtime = std::fs::metadata(path)
-                    .ok()
-                    .filter(|m| m.is_dir())
-                    .and_then(|m| m.modified().ok());
-                HtpasswdFile {
-                    path: path.to_owned(),
-                    extra: Vec::new(),
-                    state: Mutex::new((Instant::now(), mtime, Arc::new(Users::default()))),
-                }
+                state: Mutex::new((Instant::now(), mtime, Arc::new(Users::default()))),
             }
-        }
+        })
     }
 
     fn read(path: &str, extra: &[(String, String)]) -> Result<(Option<SystemTime>, Users), String> {

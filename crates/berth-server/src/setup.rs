@@ -42,7 +42,7 @@ pub fn s3_config(s3: &crate::config::schema::S3, redirect: bool) -> berth_storag
     let d = berth_storage::S3Config::default();
     let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
     berth_storage::S3Config {
-        region: s3.region.clone().unwrap_or(d.region),
+        region: nonempty(&s3.region).unwrap_or(d.region),
         region_endpoint: nonempty(&s3.regionendpoint),
         bucket: s3.bucket.clone().unwrap_or_default(),
         root_directory: s3.rootdirectory.clone().unwrap_or_default(),
@@ -62,7 +62,8 @@ pub fn s3_config(s3: &crate::config::schema::S3, redirect: bool) -> berth_storag
         multipart_copy_threshold_size: s3
             .multipartcopythresholdsize
             .unwrap_or(d.multipart_copy_threshold_size),
-        storage_class: nonempty(&s3.storageclass),
+        // distribution uppercases it (`standard_ia` is `STANDARD_IA`).
+        storage_class: nonempty(&s3.storageclass).map(|c| c.to_ascii_uppercase()),
         encrypt: s3.encrypt.unwrap_or(false),
         key_id: nonempty(&s3.keyid),
         redirect,

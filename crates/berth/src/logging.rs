@@ -20,17 +20,18 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// The log level directive of the configuration.
 fn level(cfg: &Config) -> &'static str {
-    match cfg
+    // Case as distribution reads it: `DEBUG` is `debug`.
+    let level = cfg
         .log
         .level
         .as_deref()
         .or(cfg.loglevel.as_deref())
         .unwrap_or("info")
-    {
-        "panic" | "fatal" | "error" => "error",
-        "warn" | "warning" => "warn",
+        .to_ascii_lowercase();
+    match level.as_str() {
+        "error" => "error",
+        "warn" => "warn",
         "debug" => "debug",
-        "trace" => "trace",
         _ => "info",
     }
 }

@@ -575,6 +575,40 @@ fn htpasswd_basic_auth() {
     assert_eq!(r.status, 200);
 }
 
+/// distribution starts when the htpasswd file is missing (creating it with a user whose
+/// password goes to its log); Berth starts with no account, says so, and lets in the file's
+/// accounts once the file appears.
+#[test]
+fn htpasswd_file_missing_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth/htpasswd");
+    let yaml = format!(
+        "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+        file.display()
+    );
+    let berth = Berth::start_on(&dir.path().join("data"), &yaml);
+    berth.wait_log("the missing-file WARN", |l| {
+        l.contains("the htpasswd file does not exist")
+    });
+    assert!(!file.exists(), "Berth must not create the file");
+    let c = Client::new(&berth.url, Some(basic("ci", "ci-pw")));
+    assert_eq!(c.get("/v2/", &[]).unwrap().status, 401);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, format!("ci:{}\n", hash("ci-pw"))).unwrap();
+    // The file is re-checked every few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if c.get("/v2/", &[]).unwrap().status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new file's account is still refused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// A tiny JWKS server: serves whatever `doc` holds and counts requests.
 fn jwks_server(doc: Arc<Mutex<String>>, hits: Arc<AtomicUsize>) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -15,12 +15,26 @@
 //! - `args: none` — no path argument (the file is found through the environment).
 //! - `serve: no <reason>` — `config check` only (the file needs a remote service).
 //! - `distribution: starts | refuses | skip <reason>` — what distribution 2.8 does with it.
+//! - `distribution3: starts | refuses | skip <reason>` — what distribution 3.x does with it
+//!   (measured with v3.1.1).
+//! - `deliberate: <reason>` — Berth knowingly differs from distribution on this file (the
+//!   `distribution*` lines still state, and check, what distribution does).
+//!
+//! Berth must agree with each version it is run against, except that where the two versions
+//! differ (v3 no longer reads 2.8's `redis.addr`, say), Berth starts: the rule is that what
+//! starts either version starts Berth.
+//!
+//! The 2.8 cross-check always runs (CI installs Debian's `docker-registry`). Debian packages no
+//! distribution 3.x, so the 3.x cross-check is an interop check run by hand: set
+//! `BERTH_COMPAT_DISTRIBUTION3` to a v3 `registry` binary (built from distribution's source) and
+//! each file with a `distribution3` header also goes through `registry serve FILE`, with the
+//! same assertions as for 2.8. Without the variable the `distribution3` lines are not checked.
 //!
 //! Placeholders: `${PORT}` (the HTTP port), `${DEBUGPORT}`, `${ROOT}` (an empty storage
 //! root), `${DIR}` (a scratch directory), `${CONFIG}` (the file itself), `${HTPASSWD}` (an
 //! htpasswd file with user `admin`), `${CERT}`/`${KEY}` (a self-signed pair), `${REDIS}` (the
 //! address of a `redis-server` started for the file), `${UPSTREAM}` (the URL of another Berth,
-//! for proxies: distribution 2.8 contacts its upstream at start).
+//! for proxies: distribution contacts its upstream at start; 3.x also pings Redis at start).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -42,6 +56,17 @@ struct Header {
     serve: bool,
     tls: bool,
     distribution: Option<bool>,
+    distribution3: Option<bool>,
+    deliberate: bool,
+}
+
+/// `starts` / `refuses` / `skip <reason>` of a `distribution*` header line.
+fn outcome(value: &str) -> Option<bool> {
+    match value.split_whitespace().next() {
+        Some("starts") => Some(true),
+        Some("refuses") => Some(false),
+        _ => None,
+    }
 }
 
 fn header(text: &str, file: &str) -> Header {
@@ -66,13 +91,9 @@ fn header(text: &str, file: &str) -> Header {
             "args" => h.no_args = value == "none",
             "tls" => h.tls = value == "yes",
             "serve" => h.serve = !value.starts_with("no"),
-            "distribution" => {
-                h.distribution = match value.split_whitespace().next() {
-                    Some("starts") => Some(true),
-                    Some("refuses") => Some(false),
-                    _ => None,
-                }
-            }
+            "distribution" => h.distribution = outcome(&value),
+            "distribution3" => h.distribution3 = outcome(&value),
+            "deliberate" => h.deliberate = true,
             _ => {}
         }
     }
@@ -300,32 +321,63 @@ fn run_file(path: &Path) -> Result<(), String> {
         }
     }
 
-    // distribution 2.8 on the same file
+    // distribution on the same file: Debian's 2.8 always, a v3 binary when one is named
     if let Some(expected) = h.distribution {
-        let inst = instantiate(&text, &h);
-        let log = inst.config.with_extension("distribution.log");
-        let (started, log) = serves(
-            command(DISTRIBUTION_BIN, &["serve"], &inst, &h),
-            inst.port,
-            h.tls,
-            &log,
+        let other = h.distribution3;
+        cross_check(
+            DISTRIBUTION_BIN,
+            "2.8",
+            expected,
+            other,
+            &text,
+            &h,
+            &mut failures,
         );
-        if started != expected {
-            failures.push(format!(
-                "distribution 2.8 {} this file, the header says it {}:\n{log}",
-                if started { "starts with" } else { "refuses" },
-                if expected { "starts" } else { "refuses" }
-            ));
-        }
-        if started != h.expect_refuse.is_none() {
-            failures.push("Berth and distribution 2.8 disagree on this file".to_owned());
-        }
+    }
+    if let (Some(expected), Ok(bin)) =
+        (h.distribution3, std::env::var("BERTH_COMPAT_DISTRIBUTION3"))
+    {
+        let other = h.distribution;
+        cross_check(&bin, "3", expected, other, &text, &h, &mut failures);
     }
 
     if failures.is_empty() {
         Ok(())
     } else {
         Err(format!("{name}:\n  {}", failures.join("\n  ")))
+    }
+}
+
+/// Runs distribution `version` (binary `bin`) on the file: it must do what the header says
+/// (`expected`: starts), and agree with Berth's expectation — unless the difference is
+/// deliberate, or this version refuses where the other one (`other`) starts.
+fn cross_check(
+    bin: &str,
+    version: &str,
+    expected: bool,
+    other: Option<bool>,
+    text: &str,
+    h: &Header,
+    failures: &mut Vec<String>,
+) {
+    let inst = instantiate(text, h);
+    let log = inst
+        .config
+        .with_extension(format!("distribution{version}.log"));
+    let (started, log) = serves(command(bin, &["serve"], &inst, h), inst.port, h.tls, &log);
+    if started != expected {
+        failures.push(format!(
+            "distribution {version} {} this file, the header says it {}:\n{log}",
+            if started { "starts with" } else { "refuses" },
+            if expected { "starts" } else { "refuses" }
+        ));
+    }
+    let berth_starts = h.expect_refuse.is_none();
+    let other_starts = !started && berth_starts && other == Some(true);
+    if started != berth_starts && !h.deliberate && !other_starts {
+        failures.push(format!(
+            "Berth and distribution {version} disagree on this file"
+        ));
     }
 }
 

@@ -253,11 +253,14 @@ pub fn parse(
 
     apply_env(&mut root, env, &mut warnings, &mut problems);
     normalize(&mut root);
-    strings_only(&root, file_label, &mut problems);
+    parameter_maps(&mut root, file_label, &mut warnings, &mut problems);
+    unused_as_in_distribution(&mut root, file_label, &mut warnings);
 
     let mut ignored: Vec<Vec<String>> = Vec::new();
     let config: Result<Config, yaml::Error> =
-        serde_ignored::deserialize(yaml::De(&root), |p| ignored.push(path_components(&p)));
+        serde_ignored::deserialize(yaml::De(&root, yaml::Typing::Root), |p| {
+            ignored.push(path_components(&p))
+        });
     let config = match config {
         Ok(c) => Some(c),
         Err(e) => {
@@ -327,30 +330,236 @@ pub fn parse(
     })
 }
 
-/// Keys distribution reads from a parameter map and refuses unless they are strings (its
-/// upload purger panics on "age is not a string"), where Berth's duration reading would
-/// accept a number.
-fn strings_only(root: &Node, file_label: &str, problems: &mut Vec<Problem>) {
-    let purging = root
-        .get("storage")
-        .and_then(|s| s.get("maintenance"))
-        .and_then(|m| m.get("uploadpurging"));
-    for key in ["age", "interval"] {
-        let Some(n) = purging.and_then(|p| p.get(key)) else {
-            continue;
+/// distribution reads `storage.maintenance`, `storage.redirect`, `storage.tag`,
+/// `storage.delete` and `auth.token` as untyped parameter maps and checks each value's YAML
+/// type itself (registry/handlers/app.go and auth/token, the same in 2.8 and 3.x): it refuses
+/// a number for the purger's `age`, a quoted `"true"` for `redirect.disable`, a missing
+/// `dryrun`, and reads a quoted `"false"` as "not the boolean false". Berth's typed reading would accept all of these, so the
+/// same rules run here on the tree, before it is read.
+fn parameter_maps(
+    root: &mut Node,
+    file_label: &str,
+    warnings: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
+) {
+    fn boolean(n: &Node) -> Option<bool> {
+        match &n.kind {
+            yaml::Kind::Scalar { text, plain } => match yaml::resolve(text, *plain) {
+                yaml::Resolved::Bool(b) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn set_bool(n: &mut Node, b: bool) {
+        n.kind = yaml::Kind::Scalar {
+            text: b.to_string(),
+            plain: true,
         };
-        if let yaml::Kind::Scalar { text, plain } = &n.kind {
-            if !n.is_null() && !matches!(yaml::resolve(text, *plain), yaml::Resolved::Str(_)) {
-                problems.push(Problem {
-                    location: n.origin.describe(file_label),
-                    message: format!(
-                        "storage.maintenance.uploadpurging.{key} must be a duration such as 168h, \
-                         not a number (distribution refuses a number here too)"
+    }
+    // The token access controller reads `autoredirect` from its options and wants a boolean.
+    if let Some(a) = root
+        .get("auth")
+        .and_then(|a| a.get("token"))
+        .and_then(|t| t.get("autoredirect"))
+        .filter(|a| !a.is_null() && boolean(a).is_none())
+    {
+        problems.push(Problem {
+            location: a.origin.describe(file_label),
+            message: "auth.token.autoredirect must be true or false, without quotes \
+                      (distribution refuses anything else)"
+                .to_owned(),
+        });
+    }
+    let Some(storage) = root.get_mut("storage") else {
+        return;
+    };
+    let mut bad = |n: &Node, message: String| {
+        problems.push(Problem {
+            location: n.origin.describe(file_label),
+            message,
+        });
+    };
+    if let Some(m) = storage.get_mut("maintenance") {
+        if let Some(p) = m.get_mut("uploadpurging") {
+            if p.entries().is_none() {
+                bad(
+                    p,
+                    "storage.maintenance.uploadpurging must be a section (enabled, age, interval, \
+                     dryrun), as in distribution"
+                        .to_owned(),
+                );
+            } else if p.get("enabled").and_then(boolean) != Some(false) {
+                // The purger is off only for the boolean false; anything else turns it on, and
+                // then age, interval and dryrun are required.
+                if let Some(e) = p.get_mut("enabled").filter(|e| boolean(e).is_none()) {
+                    warnings.push(format!(
+                        "{}: storage.maintenance.uploadpurging.enabled is not a boolean; upload \
+                         purging runs, as in distribution (write true or false without quotes)",
+                        e.origin.describe(file_label)
+                    ));
+                    set_bool(e, true);
+                }
+                for key in ["age", "interval"] {
+                    match p.get(key) {
+                        None => bad(
+                            p,
+                            format!(
+                                "storage.maintenance.uploadpurging.{key} is missing (distribution \
+                                 requires age, interval and dryrun unless `enabled: false`)"
+                            ),
+                        ),
+                        Some(n) if !is_string(n) => bad(
+                            n,
+                            format!(
+                                "storage.maintenance.uploadpurging.{key} must be a duration such \
+                                 as 168h, not a number (distribution refuses a number here too)"
+                            ),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                match p.get("dryrun") {
+                    None => bad(
+                        p,
+                        "storage.maintenance.uploadpurging.dryrun is missing (distribution \
+                         requires age, interval and dryrun unless `enabled: false`)"
+                            .to_owned(),
                     ),
-                });
+                    Some(n) if boolean(n).is_none() => bad(
+                        n,
+                        "storage.maintenance.uploadpurging.dryrun must be true or false, without \
+                         quotes (distribution refuses anything else)"
+                            .to_owned(),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(r) = m.get("readonly") {
+            if r.entries().is_none() {
+                bad(
+                    r,
+                    "storage.maintenance.readonly must be a section with `enabled`, as in \
+                     distribution"
+                        .to_owned(),
+                );
+            } else if let Some(e) = r.get("enabled").filter(|e| boolean(e).is_none()) {
+                bad(
+                    e,
+                    "storage.maintenance.readonly.enabled must be true or false, without quotes \
+                     (distribution refuses anything else)"
+                        .to_owned(),
+                );
             }
         }
     }
+    if let Some(r) = storage.get("redirect") {
+        if r.get("disable").and_then(boolean).is_none() {
+            bad(
+                r.get("disable").unwrap_or(r),
+                "storage.redirect needs `disable: true` or `disable: false`, without quotes \
+                 (distribution refuses the section otherwise)"
+                    .to_owned(),
+            );
+        }
+    }
+    if let Some(l) = storage.get("tag").and_then(|t| t.get("concurrencylimit")) {
+        let ok = matches!(&l.kind, yaml::Kind::Scalar { text, plain }
+            if matches!(yaml::resolve(text, *plain), yaml::Resolved::Int(i) if i >= 0));
+        if !ok {
+            bad(
+                l,
+                "storage.tag.concurrencylimit must be a whole number of 0 or more, without quotes \
+                 (distribution refuses anything else)"
+                    .to_owned(),
+            );
+        }
+    }
+    if let Some(e) = storage
+        .get_mut("delete")
+        .and_then(|d| d.get_mut("enabled"))
+        .filter(|e| !e.is_null() && boolean(e).is_none())
+    {
+        warnings.push(format!(
+            "{}: storage.delete.enabled is not a boolean; deletes stay off, as in distribution \
+             (write true without quotes to enable them)",
+            e.origin.describe(file_label)
+        ));
+        set_bool(e, false);
+    }
+}
+
+/// Sections distribution reads and then leaves unused, with a warning or silently: Berth
+/// drops them from the tree, with a warning, instead of refusing the file.
+/// - `storage.cache.blobdescriptor` (or `layerinfo`) naming no cache: "unknown cache type,
+///   caching disabled";
+/// - `proxy` without `remoteurl`: not a pull-through cache (Berth's own `upstreams` aside);
+/// - `http.debug.prometheus` without `http.debug.addr`: there is no listener to serve it on.
+fn unused_as_in_distribution(root: &mut Node, file_label: &str, warnings: &mut Vec<String>) {
+    if let Some(debug) = root.get("http").and_then(|h| h.get("debug")) {
+        let no_addr = debug.get("addr").is_none_or(|a| {
+            a.is_null() || matches!(&a.kind, yaml::Kind::Scalar { text, .. } if text.is_empty())
+        });
+        let enabled = |p: &&Node| {
+            p.get("enabled").is_some_and(|e| {
+                matches!(&e.kind, yaml::Kind::Scalar { text, plain }
+                    if matches!(yaml::resolve(text, *plain), yaml::Resolved::Bool(true)))
+            })
+        };
+        if let Some(p) = debug.get("prometheus").filter(enabled).filter(|_| no_addr) {
+            warnings.push(format!(
+                "{}: http.debug.prometheus without http.debug.addr: no metrics are served, as in \
+                 distribution (they are served on the debug listener)",
+                p.origin.describe(file_label)
+            ));
+        }
+    }
+    if let Some(cache) = root
+        .get_mut("storage")
+        .and_then(|s| s.get_mut("cache"))
+        .and_then(Node::entries_mut)
+    {
+        if let Some(i) = cache.iter().position(|e| {
+            e.key == "blobdescriptor"
+                && !e.value.is_null()
+                && !matches!(&e.value.kind, yaml::Kind::Scalar { text, .. }
+                    if ["inmemory", "redis", ""].contains(&text.as_str()))
+        }) {
+            let e = cache.remove(i);
+            warnings.push(format!(
+                "{}: storage.cache.blobdescriptor: unknown cache type (inmemory, redis); caching \
+                 is disabled, as in distribution",
+                e.value.origin.describe(file_label)
+            ));
+        }
+    }
+    let no_remote = root.get("proxy").is_some_and(|p| {
+        !p.is_null()
+            && p.get("remoteurl").is_none_or(|u| {
+                u.is_null() || matches!(&u.kind, yaml::Kind::Scalar { text, .. } if text.is_empty())
+            })
+            && p.get("upstreams").is_none_or(Node::is_null)
+    });
+    if no_remote {
+        if let Some(entries) = root.entries_mut() {
+            if let Some(i) = entries.iter().position(|e| e.key == "proxy") {
+                let e = entries.remove(i);
+                warnings.push(format!(
+                    "{}: proxy has no remoteurl, so this registry is not a pull-through cache \
+                     (as in distribution); the section is ignored",
+                    e.key_origin.describe(file_label)
+                ));
+            }
+        }
+    }
+}
+
+/// A scalar that distribution's YAML reader gives as a string (quoted, or plain but not a
+/// null, boolean or number).
+fn is_string(n: &Node) -> bool {
+    matches!(&n.kind, yaml::Kind::Scalar { text, plain }
+        if matches!(yaml::resolve(text, *plain), yaml::Resolved::Str(_)))
 }
 
 /// Where the key `health.http[0].uri` (a check's location) or its nearest written ancestor
@@ -370,6 +579,61 @@ fn key_path_origin<'a>(root: &'a Node, key_path: &str) -> Option<&'a Origin> {
         .rev()
         .find_map(|n| root.key_origin(&path[..n]))
 }
+
+/// The AWS regions distribution 3.1's S3 driver accepts without `regionendpoint` (the partitions
+/// of the aws-sdk-go v1 it vendors; 2.8's list is a subset).
+const S3_REGIONS: [&str; 37] = [
+    "af-south-1",
+    "ap-east-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-isoe-west-1",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-iso-east-1",
+    "us-iso-west-1",
+    "us-isob-east-1",
+    "us-west-1",
+    "us-west-2",
+];
+
+/// The storage classes distribution 3.1 accepts (case-insensitively; 2.8's are a subset).
+const S3_STORAGE_CLASSES: [&str; 9] = [
+    "NONE",
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "OUTPOSTS",
+    "GLACIER_IR",
+    "EXPRESS_ONEZONE",
+];
 
 /// Storage drivers distribution has and Berth does not.
 const OTHER_DRIVERS: [&str; 4] = ["azure", "gcs", "swift", "oss"];
@@ -412,9 +676,10 @@ fn path_components(p: &serde_ignored::Path<'_>) -> Vec<String> {
 /// Keys the schema ignores in `root`, or the deserialization error.
 fn ignored_keys(root: &Node) -> Result<BTreeSet<String>, yaml::Error> {
     let mut out = BTreeSet::new();
-    let res: Result<Config, _> = serde_ignored::deserialize(yaml::De(root), |p| {
-        out.insert(path_components(&p).join("."));
-    });
+    let res: Result<Config, _> =
+        serde_ignored::deserialize(yaml::De(root, yaml::Typing::Root), |p| {
+            out.insert(path_components(&p).join("."));
+        });
     res.map(|_| out)
 }
 
@@ -493,6 +758,14 @@ fn apply_env(
             .map(str::to_ascii_lowercase)
             .collect();
         let dotted = path.join(".");
+        if path == ["version"] {
+            // distribution checks the file's version before applying variables, and the
+            // variable then changes nothing.
+            warnings.push(format!(
+                "{name} is ignored: the version is the file's, as in distribution"
+            ));
+            continue;
+        }
         let outcome = if path.iter().any(String::is_empty) {
             Override::NamesNoKey
         } else {
@@ -807,9 +1080,37 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         bad(&at, e);
     }
     if let Some(s3) = &c.storage.s3 {
-        for (key, v) in [("region", &s3.region), ("bucket", &s3.bucket)] {
-            if v.as_deref().unwrap_or("").is_empty() {
-                bad(&format!("storage.s3.{key}"), "required".to_owned());
+        if s3.bucket.as_deref().unwrap_or("").is_empty() {
+            bad("storage.s3.bucket", "required".to_owned());
+        }
+        // As distribution's driver: the region is checked only without a custom endpoint.
+        let region = s3.region.as_deref().unwrap_or("");
+        if s3.regionendpoint.as_deref().unwrap_or("").is_empty() {
+            if region.is_empty() {
+                bad(
+                    "storage.s3.region",
+                    "required (unless regionendpoint is set)".to_owned(),
+                );
+            } else if !S3_REGIONS.contains(&region) {
+                bad(
+                    "storage.s3.region",
+                    format!(
+                        "{region:?} is not an AWS region distribution's S3 driver knows, and it \
+                         refuses it too; for a newer region or an S3-compatible service set \
+                         regionendpoint (e.g. https://s3.{region}.amazonaws.com)"
+                    ),
+                );
+            }
+        }
+        if let Some(class) = s3.storageclass.as_deref().filter(|c| !c.is_empty()) {
+            if !S3_STORAGE_CLASSES.contains(&class.to_ascii_uppercase().as_str()) {
+                bad(
+                    "storage.s3.storageclass",
+                    format!(
+                        "{class:?} is not one of {} (distribution refuses it too)",
+                        S3_STORAGE_CLASSES.join(", ")
+                    ),
+                );
             }
         }
         if let Some(cs) = s3.chunksize {
@@ -831,14 +1132,15 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         }
     }
     if let Some(level) = c.log.level.as_deref().or(c.loglevel.as_deref()) {
-        if ![
-            "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace",
-        ]
-        .contains(&level)
-        {
+        // distribution lowercases the level and knows these four only (2.8 and 3.x alike):
+        // `INFO` starts it, `warning` or `trace` refuse.
+        if !["error", "warn", "info", "debug"].contains(&level.to_ascii_lowercase().as_str()) {
             bad(
                 "log.level",
-                format!("unknown level {level:?} (error, warn, info, debug, trace)"),
+                format!(
+                    "unknown level {level:?} (error, warn, info, debug, as in distribution; \
+                     RUST_LOG=trace gives more)"
+                ),
             );
         }
     }
@@ -1027,13 +1329,6 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                     format!("{p:?} must start with /"),
                 );
             }
-        }
-        if d.prometheus.as_ref().is_some_and(|p| p.enabled) && d.addr.is_none() {
-            bad(
-                "http.debug.addr",
-                "required for http.debug.prometheus (metrics are served on the debug listener)"
-                    .to_owned(),
-            );
         }
     }
     for (key, value) in durations

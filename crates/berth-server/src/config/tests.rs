@@ -170,10 +170,24 @@ fn unknown_keys_are_warnings_with_line_and_hint() {
 #[test]
 fn type_errors_carry_their_line() {
     let p = problems(
-        "version: 0.1\nstorage:\n  inmemory:\n  delete:\n    enabled: maybe\n",
+        "version: 0.1\nstorage:\n  inmemory:\nhttp:\n  relativeurls: maybe\n",
         &[],
     );
     assert!(p[0].location.starts_with("config.yml:5"), "{p:?}");
+    // `storage.delete` is one of distribution's untyped parameter maps: a word there is not an
+    // error, it leaves deletes off (with a warning).
+    let l = ok(
+        "version: 0.1\nstorage:\n  inmemory:\n  delete:\n    enabled: maybe\n",
+        &[],
+    );
+    assert!(!l.config.storage.delete.enabled);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.starts_with("config.yml:5:14:") && w.contains("deletes stay off")),
+        "{:?}",
+        l.warnings
+    );
 }
 
 #[test]
@@ -738,10 +752,35 @@ fn drivers_berth_lacks_refuse_never_fall_back() {
     );
 }
 
+/// distribution's S3 driver checks the region against the AWS SDK's list, and not at all when
+/// a custom endpoint is set; it uppercases the storage class and refuses unknown ones.
+#[test]
+fn s3_region_and_storage_class_as_distribution() {
+    let s3 = |extra: &str| format!("version: 0.1\nstorage:\n  s3:\n    bucket: b\n{extra}");
+    let p = problems(&s3("    region: moon-1\n"), &[]);
+    assert!(p[0].message.contains("regionendpoint"), "{p:?}");
+    let p = problems(&s3(""), &[]);
+    assert_eq!(p[0].location, "storage.s3.region", "{p:?}");
+    ok(&s3("    regionendpoint: http://minio:9000\n"), &[]);
+    ok(
+        &s3("    region: garage\n    regionendpoint: http://garage:3900\n"),
+        &[],
+    );
+    ok(
+        &s3("    region: us-east-1\n    storageclass: standard_ia\n"),
+        &[],
+    );
+    let p = problems(
+        &s3("    region: us-east-1\n    storageclass: GLACIER\n"),
+        &[],
+    );
+    assert!(p[0].message.contains("GLACIER"), "{p:?}");
+}
+
 #[test]
 fn old_and_other_names() {
     let l = ok(
-        "version: 0.1\nstorage:\n  s3aws:\n    bucket: b\n    region: r\n    usefipsendpoint: false\n  cache:\n    layerinfo: inmemory\n",
+        "version: 0.1\nstorage:\n  s3aws:\n    bucket: b\n    region: eu-west-1\n    usefipsendpoint: false\n  cache:\n    layerinfo: inmemory\n",
         &[],
     );
     assert!(matches!(l.config.storage.driver(), StorageDriver::S3(_)));

@@ -4,8 +4,9 @@
 //! - plain scalars resolve as YAML 1.1 does in `yaml.v2`: `yes`/`no`/`on`/`off`/`y`/`n` are
 //!   booleans, `0x1f`, `017` and `1_000` are integers; quoted scalars are strings;
 //! - any scalar read into a string field is its text (`secret: 12345`, `version: 0.1`);
-//!   numeric and boolean fields also take a quoted number or `"true"`/`"false"`, as
-//!   distribution's storage drivers do for their parameters;
+//!   numeric and boolean fields take a quoted number or `"true"`/`"false"` only under
+//!   `storage`, `auth` and `middleware`, parameter maps whose consumers parse strings (as
+//!   distribution's drivers do); elsewhere a quoted value is refused, as Go's typed fields do;
 //! - a key repeated in one mapping: the last one wins (each repetition is reported);
 //! - anchors, aliases and `<<` merge keys work;
 //! - an empty value (`inmemory:`) is null, read as an empty section.
@@ -504,7 +505,29 @@ impl de::Error for Error {
 }
 
 /// A serde deserializer over a [`Node`] with `yaml.v2`'s reading rules.
-pub struct De<'a>(pub &'a Node);
+pub struct De<'a>(pub &'a Node, pub Typing);
+
+/// How strictly a number or boolean is read from a quoted scalar. distribution reads its
+/// sections into Go structs, where `yaml.v2` refuses `"5"` for an integer and `"true"` for a
+/// boolean; but `storage`, `auth` and `middleware` are parameter maps whose consumers (storage
+/// drivers, access controllers, middleware) parse strings themselves and take both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Typing {
+    /// The whole file: its `storage`, `auth` and `middleware` are lenient, the rest strict.
+    Root,
+    Strict,
+    Lenient,
+}
+
+impl Typing {
+    fn child(self, key: &str) -> Typing {
+        match self {
+            Typing::Root if ["storage", "auth", "middleware"].contains(&key) => Typing::Lenient,
+            Typing::Root => Typing::Strict,
+            other => other,
+        }
+    }
+}
 
 impl<'a> De<'a> {
     fn err(&self, message: String) -> Error {
@@ -539,10 +562,22 @@ impl<'a> De<'a> {
         }
     }
 
+    /// A quoted scalar where distribution's Go struct wants a number or boolean.
+    fn quoted(&self, wanted: &str) -> Error {
+        self.err(format!(
+            "expected {wanted}, found the quoted {} (distribution refuses a quoted value here \
+             too: write it without quotes)",
+            self.shown()
+        ))
+    }
+
     fn visit_int<'de, V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         let origin = &self.0.origin;
         let n = match self.scalar() {
-            // A quoted number is read too, as distribution's drivers read their parameters.
+            // A quoted number is read too where distribution's consumers parse strings.
+            Some((_, false)) if self.1 != Typing::Lenient => {
+                return Err(self.quoted("an integer"));
+            }
             Some((t, plain)) => match resolve(t, true) {
                 Resolved::Int(n) => Some(n),
                 // yaml.v2 truncates a float read into an integer field.
@@ -586,10 +621,11 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                 Resolved::Float(f) => v.visit_f64(f),
                 Resolved::Str(s) => v.visit_str(s),
             },
-            Kind::Seq(items) => v.visit_seq(SeqDe(items.iter())),
+            Kind::Seq(items) => v.visit_seq(SeqDe(items.iter(), self.1)),
             Kind::Map(entries) => v.visit_map(MapDe {
                 iter: entries.iter(),
                 value: None,
+                typing: self.1,
             }),
         }
         .map_err(|e: Error| e.at(origin))
@@ -597,6 +633,9 @@ impl<'de> de::Deserializer<'de> for De<'_> {
 
     fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         let b = match self.scalar() {
+            Some((_, false)) if self.1 != Typing::Lenient => {
+                return Err(self.quoted("true or false"));
+            }
             Some((t, plain)) => match (resolve(t, plain), t) {
                 (Resolved::Bool(b), _) => Some(b),
                 (_, "true") => Some(true),
@@ -629,6 +668,9 @@ impl<'de> de::Deserializer<'de> for De<'_> {
     }
 
     fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
+        if matches!(self.scalar(), Some((_, false))) && self.1 != Typing::Lenient {
+            return Err(self.quoted("a number"));
+        }
         let f = self.scalar().and_then(|(t, _)| match resolve(t, true) {
             Resolved::Int(n) => Some(n as f64),
             Resolved::Float(f) => Some(f),
@@ -673,7 +715,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         if self.0.is_null() {
             v.visit_none()
         } else {
-            v.visit_some(De(self.0))
+            v.visit_some(De(self.0, self.1))
         }
         .map_err(|e: Error| e.at(&self.0.origin))
     }
@@ -695,13 +737,13 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         _name: &'static str,
         v: V,
     ) -> Result<V::Value, Error> {
-        v.visit_newtype_struct(De(self.0))
+        v.visit_newtype_struct(De(self.0, self.1))
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         match &self.0.kind {
-            Kind::Seq(items) => v.visit_seq(SeqDe(items.iter())),
-            _ if self.0.is_null() => v.visit_seq(SeqDe([].iter())),
+            Kind::Seq(items) => v.visit_seq(SeqDe(items.iter(), self.1)),
+            _ if self.0.is_null() => v.visit_seq(SeqDe([].iter(), self.1)),
             _ => return Err(self.err(format!("expected a list, found {}", self.what()))),
         }
         .map_err(|e: Error| e.at(&self.0.origin))
@@ -725,10 +767,12 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             Kind::Map(entries) => v.visit_map(MapDe {
                 iter: entries.iter(),
                 value: None,
+                typing: self.1,
             }),
             _ if self.0.is_null() => v.visit_map(MapDe {
                 iter: [].iter(),
                 value: None,
+                typing: self.1,
             }),
             _ => {
                 return Err(self.err(format!(
@@ -771,7 +815,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
     }
 }
 
-struct SeqDe<'a>(std::slice::Iter<'a, Node>);
+struct SeqDe<'a>(std::slice::Iter<'a, Node>, Typing);
 
 impl<'de> SeqAccess<'de> for SeqDe<'_> {
     type Error = Error;
@@ -781,7 +825,7 @@ impl<'de> SeqAccess<'de> for SeqDe<'_> {
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
         match self.0.next() {
-            Some(n) => seed.deserialize(De(n)).map(Some),
+            Some(n) => seed.deserialize(De(n, self.1)).map(Some),
             None => Ok(None),
         }
     }
@@ -793,7 +837,8 @@ impl<'de> SeqAccess<'de> for SeqDe<'_> {
 
 struct MapDe<'a> {
     iter: std::slice::Iter<'a, Entry>,
-    value: Option<&'a Node>,
+    value: Option<(&'a Node, Typing)>,
+    typing: Typing,
 }
 
 impl<'de> MapAccess<'de> for MapDe<'_> {
@@ -805,7 +850,7 @@ impl<'de> MapAccess<'de> for MapDe<'_> {
     ) -> Result<Option<K::Value>, Error> {
         match self.iter.next() {
             Some(e) => {
-                self.value = Some(&e.value);
+                self.value = Some((&e.value, self.typing.child(&e.key)));
                 let key: de::value::StrDeserializer<'_, Error> = e.key.as_str().into_deserializer();
                 seed.deserialize(key)
                     .map(Some)
@@ -817,7 +862,7 @@ impl<'de> MapAccess<'de> for MapDe<'_> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
         match self.value.take() {
-            Some(n) => seed.deserialize(De(n)),
+            Some((n, typing)) => seed.deserialize(De(n, typing)),
             None => Err(de::Error::custom("a value without its key")),
         }
     }

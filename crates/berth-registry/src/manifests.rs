@@ -3,6 +3,10 @@
 //! tagged, and indexed by subject for the referrers API.
 
 use berth_core::manifest::{self, ManifestInfo};
+
+/// A check of a pushed manifest beyond its validity (the handler's repository-class policy).
+pub type ManifestPolicy<'a> =
+    dyn Fn(&ManifestInfo) -> std::result::Result<(), OciError> + Sync + 'a;
 use berth_core::{Digest, ErrorCode, OciError, Reference, RepoName, Tag};
 use bytes::Bytes;
 
@@ -37,8 +41,30 @@ impl Registry {
         body: Bytes,
         content_type: Option<&str>,
     ) -> Result<PutManifest> {
-        self.store_manifest(name, reference, extra_tags, body, content_type, true)
+        self.put_manifest_with(name, reference, extra_tags, body, content_type, &|_| Ok(()))
             .await
+    }
+
+    /// [`put_manifest`](Self::put_manifest) with a policy (`policy.repository.classes`) that
+    /// sees the parsed manifest once its digest is checked and before anything is stored.
+    pub async fn put_manifest_with(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        extra_tags: &[Tag],
+        body: Bytes,
+        content_type: Option<&str>,
+        policy: &ManifestPolicy<'_>,
+    ) -> Result<PutManifest> {
+        self.store_manifest(
+            name,
+            reference,
+            extra_tags,
+            body,
+            content_type,
+            Some(policy),
+        )
+        .await
     }
 
     /// Stores a manifest fetched from an upstream registry (the pull-through cache): validated
@@ -50,7 +76,7 @@ impl Registry {
         body: Bytes,
         content_type: Option<&str>,
     ) -> Result<PutManifest> {
-        self.store_manifest(name, reference, &[], body, content_type, false)
+        self.store_manifest(name, reference, &[], body, content_type, None)
             .await
     }
 
@@ -61,8 +87,11 @@ impl Registry {
         extra_tags: &[Tag],
         body: Bytes,
         content_type: Option<&str>,
-        check_references: bool,
+        // A client's push (references and URL rules checked, and its policy); `None`: content
+        // from an upstream.
+        push: Option<&ManifestPolicy<'_>>,
     ) -> Result<PutManifest> {
+        let check_references = push.is_some();
         // A push follows distribution's rules for the Content-Type; content from an upstream
         // is taken as the upstream serves it.
         let info = if check_references {
@@ -83,7 +112,8 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&body),
         };
-        if check_references {
+        if let Some(policy) = push {
+            policy(&info)?;
             self.manifest_rules.check_urls(&info)?;
             self.check_references(name, &info).await?;
         }

@@ -4,8 +4,9 @@
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use berth_core::manifest::ManifestInfo;
 use berth_core::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
-use berth_core::{Digest, ErrorCode, Reference, RepoName, Tag};
+use berth_core::{Digest, ErrorCode, OciError, Reference, RepoName, Tag};
 use berth_registry::{UploadId, UploadStatus};
 use bytes::Bytes;
 use http::request::Parts;
@@ -509,22 +510,17 @@ async fn put_manifest(
     let headers = &req.headers;
     let extra_tags = tag_params(&query(&req.uri))?;
     let body = read_manifest_body(body).await?;
-    check_class(
-        &state.options.manifest_classes,
-        name,
-        reference,
-        &body,
-        header_str(headers, header::CONTENT_TYPE),
-        principal,
-    )?;
+    let allowed = &state.options.manifest_classes;
+    let policy = |info: &ManifestInfo| check_class(allowed, name, info, principal);
     let put = state
         .registry
-        .put_manifest(
+        .put_manifest_with(
             name,
             reference,
             &extra_tags,
             body,
             header_str(headers, header::CONTENT_TYPE),
+            &policy,
         )
         .await?;
     let mut r = empty(StatusCode::CREATED);
@@ -557,23 +553,13 @@ async fn put_manifest(
 fn check_class(
     allowed: &[String],
     name: &RepoName,
-    reference: &Reference,
-    body: &[u8],
-    content_type: Option<&str>,
+    info: &ManifestInfo,
     principal: &Principal,
-) -> Result<()> {
+) -> std::result::Result<(), OciError> {
     if allowed.is_empty() {
         return Ok(());
     }
-    let Ok(info) = berth_core::manifest::parse_put(body, content_type) else {
-        return Ok(());
-    };
-    if let Reference::Digest(d) = reference {
-        if Digest::compute(d.algorithm(), body) != *d {
-            return Ok(());
-        }
-    }
-    let denied = |m: String| Err(ApiError::msg(ErrorCode::Denied, m));
+    let denied = |m: String| Err(OciError::with_message(ErrorCode::Denied, m));
     let class = match info.class() {
         Ok(None) => return Ok(()),
         Ok(Some(c)) => c,

@@ -1064,6 +1064,9 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                     bad(&format!("{at}.ttl"), e);
                 }
             }
+            if let Some(Err(e)) = exec_lifetime(&u.exec).map(|l| parse_duration(l)) {
+                bad(&format!("{at}.exec.lifetime"), e);
+            }
             if let Some(Err(e)) = u.cachettl.as_deref().map(crate::setup::cache_ttl) {
                 bad(&format!("{at}.cachettl"), e);
             }
@@ -1200,23 +1203,11 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
     if let Some(p) = &c.proxy {
         durations.push(("proxy.tagttl", p.tagttl.as_ref()));
         durations.push(("proxy.cachewritetimeout", p.cachewritetimeout.as_ref()));
-        // Go's duration: a negative lifetime acts as zero.
-        fn lifetime(e: &Option<schema::ProxyExec>) -> Option<&String> {
-            e.as_ref()
-                .and_then(|e| e.lifetime.as_ref())
-                .filter(|l| !l.trim().starts_with('-'))
-        }
-        durations.push(("proxy.exec.lifetime", lifetime(&p.exec)));
-        for u in p.upstreams.iter().flatten() {
-            durations.push(("proxy.upstreams[].exec.lifetime", lifetime(&u.exec)));
-        }
+        durations.push(("proxy.exec.lifetime", exec_lifetime(&p.exec)));
     }
     if let Some(r) = &c.redis {
         let pool = r.pool.as_ref();
         // go-redis reads a negative duration as "off" (no timeout, no pause).
-        fn unsigned(v: &Option<String>) -> Option<&String> {
-            v.as_ref().filter(|s| !s.trim().starts_with('-'))
-        }
         for (key, v) in [
             ("redis.dialtimeout", &r.dialtimeout),
             ("redis.readtimeout", &r.readtimeout),
@@ -1227,11 +1218,11 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             ("redis.connmaxidletime", &r.connmaxidletime),
             ("redis.connmaxlifetime", &r.connmaxlifetime),
         ] {
-            durations.push((key, unsigned(v)));
+            durations.push((key, non_negative(v)));
         }
         if let Some(p) = pool {
-            durations.push(("redis.pool.idletimeout", unsigned(&p.idletimeout)));
-            durations.push(("redis.pool.maxlifetime", unsigned(&p.maxlifetime)));
+            durations.push(("redis.pool.idletimeout", non_negative(&p.idletimeout)));
+            durations.push(("redis.pool.maxlifetime", non_negative(&p.maxlifetime)));
         }
     }
     if let Some(u) = &c.storage.maintenance.uploadpurging {
@@ -1349,7 +1340,7 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
         .and_then(|c| c.blobdescriptor.as_deref())
     {
         match cache {
-            "inmemory" => {}
+            "" | "inmemory" => {}
             "redis" if c.redis.is_none() => bad(
                 "storage.cache.blobdescriptor",
                 "redis needs a redis section".to_owned(),
@@ -1453,6 +1444,16 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             }
         }
     }
+}
+
+/// A duration that is checked only when it is not negative: Go reads a negative one as "off"
+/// (go-redis's timeouts) or as zero (`proxy.exec.lifetime`).
+fn non_negative(v: &Option<String>) -> Option<&String> {
+    v.as_ref().filter(|s| !s.trim().starts_with('-'))
+}
+
+fn exec_lifetime(e: &Option<schema::ProxyExec>) -> Option<&String> {
+    e.as_ref().and_then(|e| non_negative(&e.lifetime))
 }
 
 /// `host:port`, `:port` or `[v6]:port`.

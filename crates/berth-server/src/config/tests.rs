@@ -885,3 +885,20 @@ fn semantic_problems_name_the_line_or_variable() {
     );
     assert!(p[0].message.ends_with("(config.yml:5:3)"), "{p:?}");
 }
+
+/// distribution starts with an empty `blobdescriptor` (no cache), and so does Berth.
+#[test]
+fn empty_blob_descriptor_cache_means_none() {
+    let l = ok(
+        "version: 0.1\nstorage:\n  inmemory: {}\n  cache:\n    blobdescriptor: \"\"\n",
+        &[],
+    );
+    assert_eq!(
+        l.config
+            .storage
+            .cache
+            .as_ref()
+            .and_then(|c| c.blobdescriptor.as_deref()),
+        Some("")
+    );
+}

@@ -54,8 +54,10 @@ pub fn head_size<B>(req: &http::Request<B>) -> u64 {
     let headers: usize = req
         .headers()
         .iter()
+        .filter(|(k, _)| *k != http::header::HOST)
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
+    // Go keeps Host out of the header map and distribution adds it once.
     let host = req.headers().get(http::header::HOST).map_or(0, |h| h.len());
     let url = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     (url + req.method().as_str().len() + proto + headers + host) as u64

@@ -131,11 +131,7 @@ impl HtpasswdFile {
                  created (it is read when it appears); distribution would create it with a user \
                  `docker` whose password it logs, which Berth does not do"
             );
-            let mut users = Users::parse("", path)?;
-            for (name, hash) in &extra {
-                users.add(name, hash)?;
-            }
-            (None, users)
+            (None, Self::users_from("", path, &extra)?)
         } else {
             Self::read(path, &extra)?
         };
@@ -172,11 +168,16 @@ impl HtpasswdFile {
     fn read(path: &str, extra: &[(String, String)]) -> Result<(Option<SystemTime>, Users), String> {
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-        let mut users = Users::parse(&text, path)?;
+        Ok((mtime, Self::users_from(&text, path, extra)?))
+    }
+
+    /// The file's accounts plus those of the configuration.
+    fn users_from(text: &str, path: &str, extra: &[(String, String)]) -> Result<Users, String> {
+        let mut users = Users::parse(text, path)?;
         for (name, hash) in extra {
             users.add(name, hash)?;
         }
-        Ok((mtime, users))
+        Ok(users)
     }
 
     /// The current users (re-read if the file changed; a broken new version keeps the old).
@@ -288,19 +289,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// `X-Forwarded-Proto` when present, else `https` (2.8 always said `https`); the host is the
 /// request's `Host`; the path is `autoredirectpath` (default `/auth/token`).
 pub fn auto_realm(headers: &HeaderMap, path: &str) -> String {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-    };
     // The first of a proxy chain's list (distribution would put the whole list in the URL).
-    let scheme = text(http::HeaderName::from_static("x-forwarded-proto"))
-        .and_then(|p| p.split(',').next())
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .unwrap_or("https");
-    let host = text(http::header::HOST).unwrap_or("");
+    let scheme = crate::http_util::forwarded_proto(headers).unwrap_or("https");
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let slash = if path.starts_with('/') || path.is_empty() {
         ""
     } else {

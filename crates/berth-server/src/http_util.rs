@@ -181,6 +181,15 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     (end >= start).then_some((start, end))
 }
 
+/// The scheme a proxy says the client used: the first entry of `X-Forwarded-Proto` (a chain
+/// of proxies sends a list).
+pub fn forwarded_proto(headers: &HeaderMap) -> Option<&str> {
+    header_str(headers, "x-forwarded-proto")
+        .and_then(|p| p.split(',').next())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
 /// The base of the API's URLs (`/v2/` follows): `http.host` as configured (as in
 /// distribution, it names the prefix itself when there is one), or the scheme and host the
 /// client used followed by `http.prefix`, or only the prefix with `http.relativeurls`.
@@ -191,10 +200,7 @@ pub fn base_url(opts: &ServerOptions, headers: &HeaderMap) -> String {
     if opts.relative_urls {
         return opts.prefix.clone();
     }
-    let proto = header_str(headers, "x-forwarded-proto")
-        .and_then(|p| p.split(',').next())
-        .map(str::trim)
-        .unwrap_or(if opts.https { "https" } else { "http" });
+    let proto = forwarded_proto(headers).unwrap_or(if opts.https { "https" } else { "http" });
     let host = header_str(headers, "x-forwarded-host")
         .and_then(|h| h.split(',').next())
         .map(str::trim)

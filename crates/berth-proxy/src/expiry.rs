@@ -112,18 +112,14 @@ impl Expiry {
         tracing::debug!(%key, ttl_s = ttl.as_secs(), "cache entry scheduled for expiry");
         let mut st = self.lock();
         st.live.insert(key, (when, kind));
-        st.dirty = true;
+        // Only the first change since the last save wakes the loop: while the state is dirty
+        // it wakes within `SAVE_AFTER` anyway and then sees every new date (no scan of the
+        // whole schedule per cached item on a busy mirror).
+        let was_dirty = std::mem::replace(&mut st.dirty, true);
         drop(st);
-        self.wake.notify_one();
-    }
-
-    /// How many entries are scheduled.
-    pub fn len(&self) -> usize {
-        self.lock().live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        if !was_dirty {
+            self.wake.notify_one();
+        }
     }
 
     async fn run(self: Arc<Self>) {
@@ -145,7 +141,9 @@ impl Expiry {
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = self.wake.notified() => continue,
             }
-            self.expire_due().await;
+            if next.is_some_and(|t| t <= SystemTime::now()) {
+                self.expire_due().await;
+            }
             let dirty = self.lock().dirty;
             if tokio::time::Instant::now()
                 >= last_sync + if dirty { SAVE_AFTER } else { RELOAD_EVERY }

@@ -111,10 +111,6 @@ impl Proxy {
         self
     }
 
-    pub fn expiry(&self) -> Option<&Arc<expiry::Expiry>> {
-        self.expiry.as_ref()
-    }
-
     /// Schedules the expiry of something just stored for `upstream`, if its content expires.
     fn schedule(&self, upstream: usize, local: &RepoName, digest: &Digest, kind: expiry::Kind) {
         if let (Some(e), Some(ttl)) = (&self.expiry, self.upstreams[upstream].config.cache_ttl) {

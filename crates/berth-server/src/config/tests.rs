@@ -858,6 +858,16 @@ fn hostile_yaml_is_refused_not_a_crash() {
     }
     let p = problems(&laughs, &[]);
     assert!(p[0].message.contains("aliases"), "{p:?}");
+    // Aliases stacked on aliases, each level within the limit, the whole far deeper.
+    let wrap = |inner: &str| format!("{}{inner}{}", "[".repeat(30), "]".repeat(30));
+    let tall = format!(
+        "version: 0.1\na0: &a0 {}\na1: &a1 {}\na2: {}\n",
+        wrap("x"),
+        wrap("*a0"),
+        wrap("*a1")
+    );
+    let p = problems(&tall, &[]);
+    assert!(p[0].message.contains("levels deep"), "{p:?}");
 }
 
 #[test]

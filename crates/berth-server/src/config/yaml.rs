@@ -205,10 +205,20 @@ pub fn parse(text: &str) -> Result<(Node, Vec<Duplicate>), SyntaxError> {
                 )?;
             }
             Event::Alias(id) => {
-                let (node, size) = b.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
-                    message: "alias to an unknown anchor".to_owned(),
-                    origin: origin.clone(),
-                })?;
+                let (node, size, height) =
+                    b.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
+                        message: "alias to an unknown anchor".to_owned(),
+                        origin: origin.clone(),
+                    })?;
+                // An alias puts a whole subtree where it stands: its height counts too.
+                if b.stack.len() + height > MAX_DEPTH {
+                    return Err(SyntaxError {
+                        message: format!(
+                            "nested more than {MAX_DEPTH} levels deep (through aliases)"
+                        ),
+                        origin,
+                    });
+                }
                 // Aliases of aliases grow exponentially ("billion laughs").
                 b.expanded += size;
                 if b.expanded > MAX_EXPANDED {
@@ -301,6 +311,15 @@ const MAX_DEPTH: usize = 64;
 /// Nodes that aliases may add in total.
 const MAX_EXPANDED: usize = 100_000;
 
+/// Levels of collections in `n` (a scalar has none).
+fn height(n: &Node) -> usize {
+    match &n.kind {
+        Kind::Scalar { .. } => 0,
+        Kind::Seq(items) => 1 + items.iter().map(height).max().unwrap_or(0),
+        Kind::Map(entries) => 1 + entries.iter().map(|e| height(&e.value)).max().unwrap_or(0),
+    }
+}
+
 fn size(n: &Node) -> usize {
     1 + match &n.kind {
         Kind::Scalar { .. } => 0,
@@ -312,7 +331,7 @@ fn size(n: &Node) -> usize {
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, (Node, usize)>,
+    anchors: HashMap<usize, (Node, usize, usize)>,
     expanded: usize,
     root: Option<Node>,
     duplicates: Vec<Duplicate>,
@@ -337,7 +356,8 @@ impl Builder {
     fn complete(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
             let n = size(&node);
-            self.anchors.insert(anchor, (node.clone(), n));
+            self.anchors
+                .insert(anchor, (node.clone(), n, height(&node)));
         }
         let Some(frame) = self.stack.last_mut() else {
             self.root.get_or_insert(node);

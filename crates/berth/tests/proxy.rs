@@ -318,6 +318,13 @@ fn cached_images_pull_while_the_upstream_is_down_and_ttl_costs_one_head() {
     let pull = |c: &Client| support::pull_checked(c, "library/ttl", "v1", &img);
     pull(&c);
     let manifest_path = "/v2/library/ttl/manifests/v1";
+    // The upstream writes its access line when a response has been sent, which can be after
+    // the mirror answered its client: count only once the first pull's GET is logged (its
+    // HEAD, if any, came before it).
+    up.wait_log("the first pull's manifest GET", |l| {
+        l.lines()
+            .any(|x| x.contains("request method=GET ") && x.contains(manifest_path))
+    });
     let gets = upstream_requests(&up, "GET", manifest_path);
     let heads = upstream_requests(&up, "HEAD", manifest_path);
     // Within the TTL: nothing upstream.

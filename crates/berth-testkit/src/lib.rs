@@ -3,7 +3,8 @@
 //! ephemeral loopback port with temporary data, each stopped on drop. No fixed ports, no
 //! sleep-and-hope: readiness is Berth's listening line, moto's "Running on" line, or an
 //! answer to a request. The processes get a controlled environment (no stray `AWS_*`,
-//! `REGISTRY_*` or proxy variables).
+//! `REGISTRY_*` or proxy variables). [`Webhook`] is a notification listener that records what it
+//! receives.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -531,5 +532,355 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One HTTP request a [`Webhook`] received.
+#[derive(Clone, Debug)]
+pub struct WebhookRequest {
+    pub method: String,
+    /// The request target as sent (path and query).
+    pub path: String,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The status the webhook answered with.
+    pub status: u16,
+}
+
+impl WebhookRequest {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (any case), in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The `events` of the body's envelope (empty when the body is not one).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("events").and_then(|e| e.as_array()).cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// What the listener threads and the test share.
+struct WebhookShared {
+    requests: std::sync::Mutex<Vec<WebhookRequest>>,
+    /// Signalled on every recorded request.
+    arrived: std::sync::Condvar,
+    status: std::sync::atomic::AtomicU16,
+}
+
+/// A running accept loop and the connections it opened, so `stop` can close them all.
+struct WebhookServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// A notification listener: a real HTTP/1.1 server on an ephemeral loopback port (keep-alive,
+/// `Content-Length` and chunked bodies) that records every request and answers each with a
+/// settable status (200 unless told otherwise). [`stop`](Self::stop) closes the port and every
+/// open connection (clients then get "connection refused"); [`restart`](Self::restart) listens
+/// on the same port again, keeping what was recorded.
+pub struct Webhook {
+    port: u16,
+    shared: std::sync::Arc<WebhookShared>,
+    server: Option<WebhookServer>,
+}
+
+impl Webhook {
+    pub fn start() -> Webhook {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut w = Webhook {
+            port,
+            shared: std::sync::Arc::new(WebhookShared {
+                requests: std::sync::Mutex::new(Vec::new()),
+                arrived: std::sync::Condvar::new(),
+                status: std::sync::atomic::AtomicU16::new(200),
+            }),
+            server: None,
+        };
+        w.serve(listener);
+        w
+    }
+
+    /// A webhook whose port is reserved but closed: started, then stopped.
+    pub fn start_stopped() -> Webhook {
+        let mut w = Webhook::start();
+        w.stop();
+        w
+    }
+
+    /// `http://127.0.0.1:PORT/events`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/events", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The status every following request is answered with (200, 503, ...).
+    pub fn set_status(&self, status: u16) {
+        self.shared
+            .status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every request received so far, whatever it was answered.
+    pub fn requests(&self) -> Vec<WebhookRequest> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The events of every envelope accepted (answered 2xx) so far, in arrival order.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        accepted_events(&self.shared.requests.lock().unwrap())
+    }
+
+    /// Waits until at least `n` events were accepted and returns all accepted so far; fails
+    /// the test with what did arrive when `timeout` passes first.
+    pub fn wait_events(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        let mut reqs = self.shared.requests.lock().unwrap();
+        loop {
+            let events = accepted_events(&reqs);
+            if events.len() >= n {
+                return events;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "the webhook accepted {} events within {timeout:?}, {n} expected; requests: {}",
+                    events.len(),
+                    describe_requests(&reqs)
+                );
+            }
+            reqs = self.shared.arrived.wait_timeout(reqs, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` requests arrived (whatever the answer); false on timeout.
+    pub fn wait_requests(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut reqs = self.shared.requests.lock().unwrap();
+        while reqs.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            reqs = self.shared.arrived.wait_timeout(reqs, deadline - now).unwrap().0;
+        }
+        true
+    }
+
+    /// Closes the port and every open connection; returns once nothing listens.
+    pub fn stop(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        server.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the blocking accept, which then sees the flag and drops the listener.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        server.thread.join().unwrap();
+        for c in server.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Listens on the same port again (after [`stop`](Self::stop)).
+    pub fn restart(&mut self) {
+        assert!(self.server.is_none(), "the webhook is running");
+        // The port can be held for a moment by a connecting client's socket; retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("cannot listen on 127.0.0.1:{} again: {e}", self.port)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, conns2, shared) = (stop.clone(), conns.clone(), self.shared.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                if let Ok(c) = stream.try_clone() {
+                    conns2.lock().unwrap().push(c);
+                }
+                let shared = shared.clone();
+                std::thread::spawn(move || serve_connection(stream, &shared));
+            }
+        });
+        self.server = Some(WebhookServer {
+            stop,
+            conns,
+            thread,
+        });
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accepted_events(reqs: &[WebhookRequest]) -> Vec<serde_json::Value> {
+    reqs.iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .flat_map(|r| r.events())
+        .collect()
+}
+
+fn describe_requests(reqs: &[WebhookRequest]) -> String {
+    let mut s = String::new();
+    for r in reqs {
+        s.push_str(&format!(
+            "\n{} {} -> {}: {}",
+            r.method,
+            r.path,
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        ));
+    }
+    s
+}
+
+/// Serves requests on one connection until the client closes it, asks to, or sends something
+/// that is not HTTP/1.1.
+fn serve_connection(stream: std::net::TcpStream, shared: &WebhookShared) {
+    use std::io::{Read, Write};
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let (method, path) = (method.to_owned(), path.to_owned());
+        let mut close = version == "HTTP/1.0";
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end_matches(['\r', '\n']);
+            if h.is_empty() {
+                break;
+            }
+            let Some((k, v)) = h.split_once(':') else {
+                return;
+            };
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_ascii_lowercase())
+        };
+        if get("connection").is_some_and(|v| v.contains("close")) {
+            close = true;
+        }
+        if get("expect").is_some_and(|v| v == "100-continue")
+            && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+        {
+            return;
+        }
+        let mut body = Vec::new();
+        if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let hex = size.trim().split(';').next().unwrap_or("");
+                let Ok(n) = usize::from_str_radix(hex, 16) else {
+                    return;
+                };
+                let mut chunk = vec![0u8; n + 2];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    // The chunk was only the final CRLF (no trailers are sent by the clients
+                    // this serves).
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = get("content-length") {
+            let Ok(n) = n.parse::<usize>() else {
+                return;
+            };
+            body = vec![0u8; n];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        let status = shared.status.load(std::sync::atomic::Ordering::SeqCst);
+        {
+            let mut reqs = shared.requests.lock().unwrap();
+            reqs.push(WebhookRequest {
+                method,
+                path,
+                headers,
+                body,
+                status,
+            });
+            shared.arrived.notify_all();
+        }
+        let reason = match status {
+            200 => "OK",
+            202 => "Accepted",
+            204 => "No Content",
+            400 => "Bad Request",
+            404 => "Not Found",
+            500 => "Internal Server Error",
+            502 => "Bad Gateway",
+            503 => "Service Unavailable",
+            _ => "Status",
+        };
+        let conn = if close { "close" } else { "keep-alive" };
+        let head = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: {conn}\r\n\r\n"
+        );
+        if out.write_all(head.as_bytes()).is_err() || out.flush().is_err() || close {
+            return;
+        }
     }
 }

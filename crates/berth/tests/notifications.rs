@@ -89,9 +89,8 @@ impl Clients {
     }
 
     /// An OCI layout `NAME` holding one image tagged `tag` (config + one uncompressed tar layer
-    /// holding `content`), written by hand; returns (manifest digest, config digest, layer
-    /// digest).
-    fn layout(&self, name: &str, tag: &str, content: &str) -> (String, String, String) {
+    /// holding `content`), written by hand.
+    fn layout(&self, name: &str, tag: &str, content: &str) {
         let dir = self.path(name);
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
@@ -137,7 +136,6 @@ impl Clients {
             .unwrap(),
         )
         .unwrap();
-        (manifest_d, config_d, layer_d)
     }
 }
 
@@ -199,17 +197,57 @@ fn push_blob(base: &str, repo: &str, bytes: &[u8]) -> String {
     d
 }
 
-/// Pushes a one-layer OCI image (config + layer + manifest, plain HTTP) as `repo:tag`;
-/// returns the manifest digest. Three events: push, push, push.
-fn push_image(base: &str, repo: &str, tag: &str, seed: &str) -> String {
-    let layer = push_blob(base, repo, format!("layer {seed}").as_bytes());
-    let config_bytes = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":\"{seed}\"}}");
+/// What [`push_image`] pushed.
+struct Pushed {
+    repo: String,
+    tag: String,
+    layer: String,
+    config: String,
+    manifest: String,
+}
+
+impl Pushed {
+    /// The events the push gives, in order: (action, repository, digest, tag).
+    fn events(&self) -> Vec<Key> {
+        vec![
+            key("push", &self.repo, &self.layer, ""),
+            key("push", &self.repo, &self.config, ""),
+            key("push", &self.repo, &self.manifest, &self.tag),
+        ]
+    }
+}
+
+/// What identifies an event in these tests: (action, repository, digest, tag).
+type Key = (String, String, String, String);
+
+fn key(action: &str, repo: &str, digest: &str, tag: &str) -> Key {
+    (action.into(), repo.into(), digest.into(), tag.into())
+}
+
+/// The [`Key`] of an event.
+fn key_of(e: &Value) -> Key {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    (
+        s(&e["action"]),
+        s(&e["target"]["repository"]),
+        s(&e["target"]["digest"]),
+        s(&e["target"]["tag"]),
+    )
+}
+
+/// Pushes a one-layer OCI image (layer, config, manifest, plain HTTP) as `repo:tag`: three
+/// push events.
+fn push_image(base: &str, repo: &str, tag: &str, seed: &str) -> Pushed {
+    let layer_bytes = format!("layer {seed}");
+    let layer = push_blob(base, repo, layer_bytes.as_bytes());
+    let config_bytes =
+        format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":\"{seed}\"}}");
     let config = push_blob(base, repo, config_bytes.as_bytes());
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config, "size": config_bytes.len()},
-        "layers": [{"mediaType": OCI_LAYER, "digest": layer, "size": format!("layer {seed}").len()}],
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer, "size": layer_bytes.len()}],
     }))
     .unwrap();
     let (status, _) = http(
@@ -219,7 +257,13 @@ fn push_image(base: &str, repo: &str, tag: &str, seed: &str) -> String {
         &manifest,
     );
     assert_eq!(status, 201, "PUT manifest {repo}:{tag}");
-    sha256(&manifest)
+    Pushed {
+        repo: repo.into(),
+        tag: tag.into(),
+        layer,
+        config,
+        manifest: sha256(&manifest),
+    }
 }
 
 /// The repository whose events separate the phases of a scenario.
@@ -258,11 +302,9 @@ fn end_phase(base: &str, hook: &Webhook, marker: &str, markers_so_far: &mut usiz
 }
 
 /// The events of one registry for the scenario below, split into phases (the marker events
-/// left out), and what was pushed.
+/// left out).
 struct Stream {
     phases: Vec<(&'static str, Vec<Value>)>,
-    manifest: String,
-    layer: String,
 }
 
 /// The same client actions against the registry at `base` (`host` = `127.0.0.1:PORT`), whose
@@ -375,11 +417,7 @@ fn scenario(base: &str, host: &str, hook: &Webhook) -> Stream {
         }
     }
     assert!(current.is_empty(), "events after the last marker: {current:#?}");
-    Stream {
-        phases,
-        manifest,
-        layer,
-    }
+    Stream { phases }
 }
 
 /// An event without what differs between two registries or two runs: `id`, `timestamp`,
@@ -447,25 +485,258 @@ fn notifications_yaml(hook: &Webhook, extra: &str) -> String {
     )
 }
 
+
+/// A whole Berth configuration: `storage` (a `storage:` section), the debug listener with
+/// Prometheus metrics, and `extra` top-level sections.
+fn config(storage: &str, extra: &str) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\n{extra}"
+    )
+}
+
+/// A filesystem `storage:` section with deletes enabled.
+fn fs_storage(root: &Path) -> String {
+    format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
+        root.display()
+    )
+}
+
+/// Berth on `root` with the debug listener and `extra` sections.
+fn berth_on(root: &Path, extra: &str) -> Berth {
+    Berth::start_with_config(&config(&fs_storage(root), extra), root)
+}
+
+/// The debug listener's address, from its start-up line.
+fn debug_url(b: &Berth) -> String {
+    let log = b.wait_log("the debug listener", |l| {
+        l.contains("debug listener on http://")
+    });
+    let rest = log.split("debug listener on http://").nth(1).unwrap();
+    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    format!("http://{addr}")
+}
+
+fn get(url: &str) -> (u16, String) {
+    match ureq::get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+/// One Prometheus sample: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// The samples of `{debug}/metrics`.
+fn scrape(debug: &str) -> Vec<Sample> {
+    let (status, text) = get(&format!("{debug}/metrics"));
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            let (name, labels) = match k.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (k, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (lk, lv) = p.split_once('=').unwrap();
+                    (lk.trim().to_owned(), lv.trim_matches('"').to_owned())
+                })
+                .collect();
+            (name.to_owned(), labels, v.parse::<f64>().unwrap())
+        })
+        .collect()
+}
+
+/// The value of the sample `name` whose labels include `labels`; `None` when there is none.
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.2)
+}
+
+/// As [`sample`], failing with the samples of that name when there is none.
+fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(samples, name, labels).unwrap_or_else(|| {
+        let near: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.0.starts_with("berth_notifications") || s.0.starts_with(name))
+            .collect();
+        panic!("no {name}{labels:?}; have {near:#?}")
+    })
+}
+
+/// Polls the metrics until `pred` holds for the value of `name{labels}` (30 s).
+fn wait_metric(debug: &str, name: &str, labels: &[(&str, &str)], pred: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let samples = scrape(debug);
+        if sample(&samples, name, labels).is_some_and(&pred) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} never satisfied the condition; now {:?}",
+            sample(&samples, name, labels)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until Berth has nothing pending for endpoint `listener`.
+fn wait_drained(debug: &str) {
+    wait_metric(
+        debug,
+        "berth_notifications_pending_events",
+        &[("endpoint", "listener")],
+        |v| v == 0.0,
+    );
+}
+
+/// SIGTERM, and the exit.
+fn sigterm(b: &mut Berth) {
+    let st = Command::new("/bin/kill")
+        .args(["-TERM", &b.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    b.wait();
+}
+
+/// Fails unless every event id is distinct.
+fn assert_unique_ids(events: &[Value]) {
+    let mut seen = BTreeMap::new();
+    for e in events {
+        let id = e["id"].as_str().unwrap_or_else(|| panic!("no id: {e}"));
+        assert!(!id.is_empty(), "empty id: {e}");
+        if let Some(first) = seen.insert(id.to_owned(), e.clone()) {
+            panic!("event id {id} delivered twice:\n{first}\n{e}");
+        }
+    }
+}
+
+/// The keys of `events` of repository `repo`, in order.
+fn keys_of_repo(events: &[Value], repo: &str) -> Vec<Key> {
+    events
+        .iter()
+        .map(key_of)
+        .filter(|k| k.1 == repo)
+        .collect()
+}
+
 #[test]
-fn distribution_28_stream() {
-    let hook = Webhook::start();
+fn same_event_stream_as_distribution_28() {
+    let headers = "      headers:\n        X-Test: [parity]\n        X-Multi: [one, two]\n";
+    let dist_hook = Webhook::start();
     let dir = tempfile::tempdir().unwrap();
     let dist = Distribution::start_with_extra(
-        &dir.path().join("data"),
-        &notifications_yaml(&hook, "      headers:\n        X-Test: [parity]\n"),
+        &dir.path().join("dist"),
+        &notifications_yaml(&dist_hook, headers),
     );
-    let stream = scenario(&dist.url, &dist.host, &hook);
-    let text = dump(&stream, "distribution 2.8");
+    let dist_stream = scenario(&dist.url, &dist.host, &dist_hook);
+    drop(dist);
+
+    let berth_hook = Webhook::start();
+    let berth = berth_on(
+        &dir.path().join("berth"),
+        &notifications_yaml(&berth_hook, headers),
+    );
+    let berth_stream = scenario(&berth.url, &berth.host, &berth_hook);
     if let Ok(path) = std::env::var("NOTIFY_DUMP") {
-        let mut full = text.clone();
-        for r in hook.requests().iter().take(5) {
-            full.push_str(&format!("\n{} {} {:?}\n{}\n", r.method, r.path, r.headers, String::from_utf8_lossy(&r.body)));
-        }
-        std::fs::write(path, full).unwrap();
+        let text = format!(
+            "{}\n{}",
+            dump(&dist_stream, "distribution 2.8"),
+            dump(&berth_stream, "berth")
+        );
+        std::fs::write(path, text).unwrap();
     }
-    println!("{text}");
-    let _ = (&stream.manifest, &stream.layer);
+
+    // The scenario does what it says on distribution: a mount, HEADs as pulls, a manifest
+    // delete that also reports the tag.
+    let phase = |s: &Stream, name: &str| -> Vec<Key> {
+        s.phases
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .iter()
+            .map(key_of)
+            .collect()
+    };
+    let copy = &dist_stream
+        .phases
+        .iter()
+        .find(|(n, _)| *n == "skopeo copy to another repository")
+        .unwrap()
+        .1;
+    assert!(
+        copy.iter().any(|e| e["action"] == "mount"
+            && e["target"]["fromRepository"] == "notify/app"
+            && e["target"]["repository"] == "notify/copy"),
+        "distribution gave no mount: {copy:#?}"
+    );
+    for name in ["HEAD manifest by tag", "HEAD manifest by digest", "HEAD blob"] {
+        let p = phase(&dist_stream, name);
+        assert!(p.len() == 1 && p[0].0 == "pull", "{name}: {p:?}");
+    }
+    assert_eq!(
+        phase(&dist_stream, "tags list, catalog, missing manifest and blob"),
+        vec![]
+    );
+    assert_eq!(phase(&dist_stream, "DELETE manifest by digest").len(), 2);
+
+    // Berth: the same phases, each with the same events (as multisets: skopeo may do the
+    // requests of one step in parallel).
+    let names = |s: &Stream| s.phases.iter().map(|p| p.0).collect::<Vec<_>>();
+    assert_eq!(names(&berth_stream), names(&dist_stream));
+    let mut differences = String::new();
+    for ((name, d), (_, b)) in dist_stream.phases.iter().zip(&berth_stream.phases) {
+        let (d, b) = (multiset(d), multiset(b));
+        if d != b {
+            differences.push_str(&format!(
+                "\n## {name}\n-- distribution 2.8:\n{}\n-- berth:\n{}\n",
+                d.join("\n"),
+                b.join("\n")
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "the event streams differ:{differences}"
+    );
+
+    // The envelope: one event per POST, distribution 2.8 as v1+json, Berth as v2+json (as
+    // distribution 3), the configured headers on every request.
+    for (who, hook, media_type) in [
+        ("distribution 2.8", &dist_hook, EVENTS_V1),
+        ("berth", &berth_hook, EVENTS_V2),
+    ] {
+        let reqs = hook.requests();
+        assert!(!reqs.is_empty());
+        for r in &reqs {
+            let what = format!("{who}: {} {}", r.method, r.path);
+            assert_eq!(r.method, "POST", "{what}");
+            assert_eq!(r.path, "/events", "{what}");
+            assert_eq!(r.header("content-type"), Some(media_type), "{what}");
+            assert_eq!(r.header("x-test"), Some("parity"), "{what}");
+            assert_eq!(r.header_all("x-multi").join(", "), "one, two", "{what}");
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            let obj = body.as_object().unwrap();
+            assert_eq!(obj.keys().collect::<Vec<_>>(), ["events"], "{what}");
+            assert_eq!(obj["events"].as_array().unwrap().len(), 1, "{what}");
+        }
+    }
 }
 
 /// Three endpoints with distribution's ignore rules, each to its own listener.
@@ -478,45 +749,510 @@ fn ignore_yaml(a: &Webhook, b: &Webhook, c: &Webhook) -> String {
     )
 }
 
-/// Push (3 blobs... 2 blobs and a manifest), pull the manifest and a blob, delete the
-/// manifest; then a marker blob push in `notify/end` that every endpoint keeps (a push of
-/// type application/octet-stream is kept by `actions-only` and `manifest-type`; for
-/// `actions-and-types` the last manifest delete is the end).
-fn ignore_ops(base: &str) -> String {
-    let m = push_image(base, "notify/ign", "v1", "ignore");
+/// Push an image, pull its manifest and its layer, delete the manifest; then the end
+/// marker, which every endpoint keeps: a blob pushed to `notify/end` and deleted (a delete
+/// has no media type and is not a pull).
+fn ignore_ops(base: &str, hooks: &[&Webhook]) {
+    let p = push_image(base, "notify/ign", "v1", "ignore");
     let accept = [("Accept", OCI_MANIFEST)];
     let url = format!("{base}/v2/notify/ign/manifests/v1");
     assert_eq!(http("GET", &url, &accept, b"").0, 200);
-    let blob = format!(
-        "{base}/v2/notify/ign/blobs/{}",
-        sha256(b"layer ignore")
-    );
+    let blob = format!("{base}/v2/notify/ign/blobs/{}", p.layer);
     assert_eq!(http("GET", &blob, &[], b"").0, 200);
-    let url = format!("{base}/v2/notify/ign/manifests/{m}");
+    let url = format!("{base}/v2/notify/ign/manifests/{}", p.manifest);
     assert_eq!(http("DELETE", &url, &[], b"").0, 202);
-    m
+    let end = push_blob(base, "notify/end", b"end");
+    let url = format!("{base}/v2/notify/end/blobs/{end}");
+    assert_eq!(http("DELETE", &url, &[], b"").0, 202);
+    for h in hooks {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !h
+            .events()
+            .iter()
+            .any(|e| e["action"] == "delete" && e["target"]["repository"] == "notify/end")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no end marker at {}: {:#?}",
+                h.url(),
+                h.events()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
-/// (action, mediaType or "", tag or "") of each event, in order.
-fn summary(events: &[Value]) -> Vec<(String, String, String)> {
+/// (action, mediaType, tag) of each event of `notify/ign`, in order.
+fn summary(events: &[Value]) -> Vec<String> {
     events
         .iter()
+        .filter(|e| e["target"]["repository"] == "notify/ign")
         .map(|e| {
-            (
-                e["action"].as_str().unwrap_or("").to_owned(),
-                e["target"]["mediaType"].as_str().unwrap_or("").to_owned(),
-                e["target"]["tag"].as_str().unwrap_or("").to_owned(),
+            format!(
+                "{} {} {}",
+                e["action"].as_str().unwrap_or(""),
+                e["target"]["mediaType"].as_str().unwrap_or("-"),
+                e["target"]["tag"].as_str().unwrap_or("-"),
             )
         })
         .collect()
 }
 
+/// `ignore.actions`, `ignore.mediatypes` and `ignoredmediatypes` filter as distribution's
+/// do; with only `ignore.actions`, distribution 2.8 still sends the pulls (its filter is
+/// skipped when no media type is ignored, fixed in 3.0): Berth does as 3.x.
 #[test]
-fn distribution_28_ignore_rules() {
-    let (a, b, c) = (Webhook::start(), Webhook::start(), Webhook::start());
+fn ignore_rules_as_distribution() {
+    let run = |start: &dyn Fn(&str) -> (String, Box<dyn std::any::Any>)| {
+        let (a, b, c) = (Webhook::start(), Webhook::start(), Webhook::start());
+        let (url, _registry) = start(&ignore_yaml(&a, &b, &c));
+        ignore_ops(&url, &[&a, &b, &c]);
+        (
+            summary(&a.events()),
+            summary(&b.events()),
+            summary(&c.events()),
+        )
+    };
     let dir = tempfile::tempdir().unwrap();
-    let dist = Distribution::start_with_extra(&dir.path().join("data"), &ignore_yaml(&a, &b, &c));
-    ignore_ops(&dist.url);
-    std::thread::sleep(Duration::from_secs(2));
-    println!("A {:#?}\nB {:#?}\nC {:#?}", summary(&a.events()), summary(&b.events()), summary(&c.events()));
+    let dist = run(&|yaml| {
+        let d = Distribution::start_with_extra(&dir.path().join("dist"), yaml);
+        (d.url.clone(), Box::new(d))
+    });
+    let berth = run(&|yaml| {
+        let b = berth_on(&dir.path().join("berth"), yaml);
+        (b.url.clone(), Box::new(b))
+    });
+    let octet = "application/octet-stream";
+    let all = vec![
+        format!("push {octet} -"),
+        format!("push {octet} -"),
+        format!("push {OCI_MANIFEST} v1"),
+        format!("pull {OCI_MANIFEST} v1"),
+        format!("pull {octet} -"),
+        "delete - -".to_owned(),
+        "delete - v1".to_owned(),
+    ];
+    assert_eq!(dist.0, all, "distribution 2.8 ignores ignore.actions alone");
+    let no_pulls: Vec<String> = all
+        .iter()
+        .filter(|s| !s.starts_with("pull"))
+        .cloned()
+        .collect();
+    assert_eq!(berth.0, no_pulls, "berth: ignore.actions [pull] alone");
+    assert_eq!(
+        dist.1,
+        vec![
+            format!("push {OCI_MANIFEST} v1"),
+            "delete - -".to_owned(),
+            "delete - v1".to_owned()
+        ]
+    );
+    assert_eq!(berth.1, dist.1, "ignoredmediatypes + ignore.actions");
+    assert_eq!(
+        dist.2,
+        vec![
+            format!("push {octet} -"),
+            format!("push {octet} -"),
+            format!("pull {octet} -"),
+            "delete - -".to_owned(),
+            "delete - v1".to_owned()
+        ]
+    );
+    assert_eq!(berth.2, dist.2, "ignore.mediatypes");
+}
+
+/// Every field of Berth's events: ids unique, RFC 3339 UTC timestamps, the request id of
+/// the access log (the client's X-Request-Id), the request's addresses, the instance, URLs
+/// on the registry's address; the configured Authorization header sent and never logged.
+#[test]
+fn event_fields_and_headers() {
+    let hook = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_on(
+        &dir.path().join("data"),
+        &notifications_yaml(
+            &hook,
+            "      headers:\n        Authorization: [Bearer notify-secret-token]\n",
+        ),
+    );
+    let p = push_image(&berth.url, "notify/fields", "v1", "fields");
+    let url = format!("{}/v2/notify/fields/manifests/v1", berth.url);
+    let (status, _) = http(
+        "GET",
+        &url,
+        &[("Accept", OCI_MANIFEST), ("X-Request-Id", "notify-req-42")],
+        b"",
+    );
+    assert_eq!(status, 200);
+    let events = hook.wait_events(4, Duration::from_secs(30));
+    assert_eq!(events.len(), 4, "{events:#?}");
+    let mut want = p.events();
+    want.push(key("pull", "notify/fields", &p.manifest, "v1"));
+    assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), want);
+    assert_unique_ids(&events);
+
+    let port = berth.host.rsplit(':').next().unwrap().to_owned();
+    let instance = events[0]["source"]["instanceID"].as_str().unwrap().to_owned();
+    assert!(!instance.is_empty());
+    for e in &events {
+        let ts = e["timestamp"].as_str().unwrap();
+        assert!(
+            ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "timestamp {ts}"
+        );
+        assert_eq!(e["source"]["instanceID"], instance.as_str(), "{e}");
+        let addr = e["source"]["addr"].as_str().unwrap();
+        assert!(addr.ends_with(&format!(":{port}")), "source.addr {addr}");
+        assert_eq!(e["request"]["host"], berth.host.as_str(), "{e}");
+        assert!(
+            e["request"]["addr"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{e}"
+        );
+        assert_eq!(e["request"]["useragent"], "ureq/2.12.1", "{e}");
+        assert_eq!(e["actor"], json!({}), "{e}");
+        let target_url = e["target"]["url"].as_str().unwrap();
+        assert!(target_url.starts_with(&berth.url), "{target_url}");
+        assert!(!e["request"]["id"].as_str().unwrap().is_empty(), "{e}");
+    }
+    let pull = &events[3];
+    assert_eq!(pull["request"]["id"], "notify-req-42");
+    assert_eq!(pull["request"]["method"], "GET");
+    assert_eq!(
+        pull["target"]["url"],
+        format!("{}/v2/notify/fields/manifests/{}", berth.url, p.manifest)
+    );
+    assert_eq!(pull["target"]["references"].as_array().unwrap().len(), 2);
+    let log = berth.wait_log("the request id", |l| l.contains("notify-req-42"));
+    for r in hook.requests() {
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer notify-secret-token")
+        );
+        assert!(r.header("user-agent").is_some());
+    }
+    assert!(
+        !log.contains("notify-secret-token"),
+        "the endpoint's Authorization header is in the log:\n{log}"
+    );
+}
+
+/// The listener is down while two images are pushed; Berth stops (`signal`) and starts
+/// again on the same root; the listener comes up: all six events arrive, each once, in order
+/// per repository.
+fn survives_restart(kill: bool) {
+    let mut hook = Webhook::start_stopped();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let yaml = format!(
+        "{}  queue:\n    orphanafter: 2s\n",
+        notifications_yaml(&hook, "")
+    );
+    let mut berth = berth_on(&root, &yaml);
+    let a = push_image(&berth.url, "notify/one", "v1", "one");
+    let b = push_image(&berth.url, "notify/two", "v1", "two");
+    // Attempts fail while the listener is down (connection refused).
+    wait_metric(
+        &debug_url(&berth),
+        "berth_notifications_pending_events",
+        &[("endpoint", "listener")],
+        |v| v == 6.0,
+    );
+    if kill {
+        berth.kill();
+    } else {
+        sigterm(&mut berth);
+    }
+    let berth = berth_on(&root, &yaml);
+    hook.restart();
+    let events = hook.wait_events(6, Duration::from_secs(30));
+    wait_drained(&debug_url(&berth));
+    let events_now = hook.events();
+    assert_eq!(events_now.len(), 6, "{events_now:#?}");
+    assert_unique_ids(&events_now);
+    assert_eq!(keys_of_repo(&events, "notify/one"), a.events());
+    assert_eq!(keys_of_repo(&events, "notify/two"), b.events());
+}
+
+#[test]
+fn listener_down_across_sigterm_restart() {
+    survives_restart(false);
+}
+
+#[test]
+fn listener_down_across_sigkill_restart() {
+    survives_restart(true);
+}
+
+/// The listener answers 503 for a while, then 200: every event arrives once, in order per
+/// repository.
+#[test]
+fn failing_listener_gets_everything_once_in_order() {
+    let hook = Webhook::start();
+    hook.set_status(503);
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_on(&dir.path().join("data"), &notifications_yaml(&hook, ""));
+    let a1 = push_image(&berth.url, "notify/a", "v1", "a1");
+    let b1 = push_image(&berth.url, "notify/b", "v1", "b1");
+    let a2 = push_image(&berth.url, "notify/a", "v2", "a2");
+    assert!(
+        hook.wait_requests(5, Duration::from_secs(30)),
+        "Berth did not retry: {:?}",
+        hook.requests().len()
+    );
+    hook.set_status(200);
+    hook.wait_events(9, Duration::from_secs(30));
+    wait_drained(&debug_url(&berth));
+    let events = hook.events();
+    assert_eq!(events.len(), 9, "{events:#?}");
+    assert_unique_ids(&events);
+    let mut want_a = a1.events();
+    want_a.extend(a2.events());
+    assert_eq!(keys_of_repo(&events, "notify/a"), want_a);
+    assert_eq!(keys_of_repo(&events, "notify/b"), b1.events());
+    assert!(hook.requests().iter().any(|r| r.status == 503));
+}
+
+/// `maxpending: 5` with the listener down: the oldest events are dropped with one WARN and
+/// the counter; pushes are not held up; once the listener is up only the newest arrive.
+#[test]
+fn bound_drops_oldest_with_one_warn() {
+    let mut hook = Webhook::start_stopped();
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_on(
+        &dir.path().join("data"),
+        &notifications_yaml(&hook, "      maxpending: 5\n"),
+    );
+    let debug = debug_url(&berth);
+    let started = Instant::now();
+    let pushed: Vec<Pushed> = (0..3)
+        .map(|i| push_image(&berth.url, "notify/bound", &format!("v{i}"), &format!("b{i}")))
+        .collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "pushes were held up: {:?}",
+        started.elapsed()
+    );
+    let all: Vec<Key> = pushed.iter().flat_map(Pushed::events).collect();
+    wait_metric(
+        &debug,
+        "berth_notifications_dropped_total",
+        &[("endpoint", "listener"), ("reason", "maxpending")],
+        |v| v >= 4.0,
+    );
+    let samples = scrape(&debug);
+    assert!(
+        metric(
+            &samples,
+            "berth_notifications_pending_events",
+            &[("endpoint", "listener")]
+        ) <= 5.0
+    );
+    let dropping = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains("dropped"))
+            .count()
+    };
+    let log = berth.wait_log("a WARN about dropping", |l| dropping(l) >= 1);
+    assert_eq!(dropping(&log), 1, "one WARN for the drops:\n{log}");
+
+    hook.restart();
+    hook.wait_events(1, Duration::from_secs(30));
+    wait_drained(&debug);
+    let got: Vec<Key> = hook.events().iter().map(key_of).collect();
+    assert!(
+        !got.is_empty() && got.len() <= 5,
+        "{} events arrived: {got:#?}",
+        got.len()
+    );
+    assert_eq!(
+        got,
+        all[all.len() - got.len()..].to_vec(),
+        "not the newest events"
+    );
+    assert_eq!(dropping(&berth.log()), 1, "{}", berth.log());
+}
+
+/// Two replicas on one bucket and one Redis; the listener is down; A takes a push and dies
+/// for good (SIGKILL): B delivers A's events once the listener is up.
+#[test]
+fn replica_killed_for_good_survivor_delivers() {
+    let moto = support::Moto::start();
+    moto.create_bucket("notify");
+    let redis = support::Redis::start();
+    let mut hook = Webhook::start_stopped();
+    let extra = format!(
+        "{}{}  queue:\n    orphanafter: 2s\n",
+        redis.yaml(),
+        notifications_yaml(&hook, "")
+    );
+    let cfg = config(&moto.storage_yaml("notify", ""), &extra);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Berth::start_with_config(&cfg, &dir.path().join("a"));
+    let b = Berth::start_with_config(&cfg, &dir.path().join("b"));
+    let pushed = push_image(&a.url, "notify/replicated", "v1", "replicated");
+    wait_metric(
+        &debug_url(&a),
+        "berth_notifications_pending_events",
+        &[("endpoint", "listener")],
+        |v| v == 3.0,
+    );
+    a.kill();
+    hook.restart();
+    let events = hook.wait_events(3, Duration::from_secs(40));
+    wait_drained(&debug_url(&b));
+    let events_now = hook.events();
+    assert_unique_ids(&events_now);
+    assert_eq!(events_now.len(), 3, "{events_now:#?}");
+    assert_eq!(
+        keys_of_repo(&events, "notify/replicated"),
+        pushed.events()
+    );
+}
+
+/// A failing endpoint: listed in `/debug/health` after `unhealthyafter` (readyz and the API
+/// unaffected), one WARN when it starts failing and one INFO when it recovers across many
+/// failed attempts, and the metrics of distribution and of Berth.
+#[test]
+fn failing_endpoint_in_health_logs_and_metrics() {
+    let hook = Webhook::start();
+    hook.set_status(503);
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_on(
+        &dir.path().join("data"),
+        &notifications_yaml(&hook, "      unhealthyafter: 1s\n"),
+    );
+    let debug = debug_url(&berth);
+    assert_eq!(get(&format!("{debug}/debug/health")).0, 200);
+    let p = push_image(&berth.url, "notify/health", "v1", "health");
+
+    // Listed once it has failed for a second; the registry stays ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        let (status, body) = get(&format!("{debug}/debug/health"));
+        if body.contains("listener") {
+            break (status, body);
+        }
+        assert!(Instant::now() < deadline, "/debug/health: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health.0, 503, "{}", health.1);
+    assert_eq!(get(&format!("{debug}/readyz")).0, 200);
+    assert_eq!(get(&format!("{}/v2/", berth.url)).0, 200);
+
+    // Many failed attempts.
+    assert!(
+        hook.wait_requests(8, Duration::from_secs(30)),
+        "attempts: {}",
+        hook.requests().len()
+    );
+    let samples = scrape(&debug);
+    let ep = [("endpoint", "listener")];
+    assert_eq!(
+        metric(&samples, "berth_notifications_pending_events", &ep),
+        3.0
+    );
+    assert!(metric(&samples, "berth_notifications_failed_attempts_total", &ep) >= 8.0);
+    assert_eq!(
+        metric(&samples, "berth_notifications_delivered_total", &ep),
+        0.0
+    );
+    assert!(
+        metric(
+            &samples,
+            "berth_notifications_oldest_pending_age_seconds",
+            &ep
+        ) >= 1.0
+    );
+    assert_eq!(metric(&samples, "registry_notifications_pending", &ep), 3.0);
+    assert!(
+        metric(
+            &samples,
+            "registry_notifications_events_total",
+            &[("endpoint", "listener"), ("type", "Failures")]
+        ) >= 8.0
+    );
+    assert!(
+        metric(
+            &samples,
+            "registry_notifications_status_total",
+            &[("endpoint", "listener"), ("code", "503 Service Unavailable")]
+        ) >= 8.0
+    );
+
+    hook.set_status(200);
+    let events = hook.wait_events(3, Duration::from_secs(30));
+    assert_eq!(keys_of_repo(&events, "notify/health"), p.events());
+    wait_drained(&debug);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = get(&format!("{debug}/debug/health"));
+        if status == 200 && !body.contains("listener") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/debug/health: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let samples = scrape(&debug);
+    assert_eq!(
+        metric(&samples, "berth_notifications_delivered_total", &ep),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "berth_notifications_oldest_pending_age_seconds",
+            &ep
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "registry_notifications_events_total",
+            &[("endpoint", "listener"), ("type", "Successes")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "registry_notifications_events_total",
+            &[("endpoint", "listener"), ("type", "Events")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "registry_notifications_status_total",
+            &[("endpoint", "listener"), ("code", "200 OK")]
+        ),
+        3.0
+    );
+    assert_eq!(metric(&samples, "registry_notifications_pending", &ep), 0.0);
+    assert_eq!(
+        sample(
+            &samples,
+            "berth_notifications_dropped_total",
+            &[("endpoint", "listener"), ("reason", "maxpending")]
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+
+    let recovered = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("INFO") && l.contains("listener") && l.contains("recovered"))
+            .count()
+    };
+    let log = berth.wait_log("the recovery", |l| recovered(l) >= 1);
+    let failing = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("endpoint listener is failing"))
+        .count();
+    assert_eq!(failing, 1, "one WARN for the failure:\n{log}");
+    assert_eq!(recovered(&log), 1, "one INFO for the recovery:\n{log}");
 }

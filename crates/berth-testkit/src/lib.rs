@@ -671,7 +671,12 @@ impl Webhook {
                     describe_requests(&reqs)
                 );
             }
-            reqs = self.shared.arrived.wait_timeout(reqs, deadline - now).unwrap().0;
+            reqs = self
+                .shared
+                .arrived
+                .wait_timeout(reqs, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
@@ -684,7 +689,12 @@ impl Webhook {
             if now >= deadline {
                 return false;
             }
-            reqs = self.shared.arrived.wait_timeout(reqs, deadline - now).unwrap().0;
+            reqs = self
+                .shared
+                .arrived
+                .wait_timeout(reqs, deadline - now)
+                .unwrap()
+                .0;
         }
         true
     }
@@ -882,5 +892,64 @@ fn serve_connection(stream: std::net::TcpStream, shared: &WebhookShared) {
         if out.write_all(head.as_bytes()).is_err() || out.flush().is_err() || close {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(url: &str, agent: &ureq::Agent, body: &str) -> Result<u16, Box<ureq::Error>> {
+        agent
+            .post(url)
+            .set("Content-Type", "application/json")
+            .send_string(body)
+            .map(|r| r.status())
+            .map_err(Box::new)
+    }
+
+    #[test]
+    fn webhook_records_answers_stops_and_restarts() {
+        let mut hook = Webhook::start();
+        // One agent: the second POST reuses the connection.
+        let agent = ureq::agent();
+        let url = hook.url();
+        assert_eq!(
+            post(&url, &agent, r#"{"events":[{"id":"1"}]}"#).unwrap(),
+            200
+        );
+        hook.set_status(503);
+        match post(&url, &agent, r#"{"events":[{"id":"2"}]}"#) {
+            Err(e) if matches!(*e, ureq::Error::Status(503, _)) => {}
+            other => panic!("{other:?}"),
+        }
+        hook.set_status(200);
+        assert_eq!(
+            post(&url, &agent, r#"{"events":[{"id":"3"},{"id":"4"}]}"#).unwrap(),
+            200
+        );
+        let ids: Vec<String> = hook
+            .wait_events(3, Duration::from_secs(5))
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["1", "3", "4"], "only accepted envelopes count");
+        let reqs = hook.requests();
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[1].status, 503);
+        assert_eq!(reqs[0].method, "POST");
+        assert_eq!(reqs[0].path, "/events");
+        assert_eq!(reqs[0].header("Content-Type"), Some("application/json"));
+
+        hook.stop();
+        let err = post(&url, &agent, "{}").unwrap_err();
+        assert!(matches!(*err, ureq::Error::Transport(_)), "{err:?}");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", hook.port())).is_err());
+        hook.restart();
+        assert_eq!(
+            post(&url, &ureq::agent(), r#"{"events":[{"id":"5"}]}"#).unwrap(),
+            200
+        );
+        assert_eq!(hook.events().len(), 4);
     }
 }

@@ -117,11 +117,7 @@ impl Clients {
         }))
         .unwrap();
         let manifest_d = put(&manifest);
-        std::fs::write(
-            dir.join("oci-layout"),
-            "{\"imageLayoutVersion\":\"1.0.0\"}",
-        )
-        .unwrap();
+        std::fs::write(dir.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}").unwrap();
         std::fs::write(
             dir.join("index.json"),
             serde_json::to_vec(&json!({
@@ -179,7 +175,12 @@ fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16,
 /// Pushes `bytes` as a blob of `repo` (POST, then PUT with the digest); returns its digest.
 fn push_blob(base: &str, repo: &str, bytes: &[u8]) -> String {
     let d = sha256(bytes);
-    let (status, location) = http("POST", &format!("{base}/v2/{repo}/blobs/uploads/"), &[], b"");
+    let (status, location) = http(
+        "POST",
+        &format!("{base}/v2/{repo}/blobs/uploads/"),
+        &[],
+        b"",
+    );
     assert_eq!(status, 202, "POST upload to {repo}");
     let location = if location.starts_with("http") {
         location
@@ -416,7 +417,10 @@ fn scenario(base: &str, host: &str, hook: &Webhook) -> Stream {
             current.push(e);
         }
     }
-    assert!(current.is_empty(), "events after the last marker: {current:#?}");
+    assert!(
+        current.is_empty(),
+        "events after the last marker: {current:#?}"
+    );
     Stream { phases }
 }
 
@@ -484,7 +488,6 @@ fn notifications_yaml(hook: &Webhook, extra: &str) -> String {
         hook.url()
     )
 }
-
 
 /// A whole Berth configuration: `storage` (a `storage:` section), the debug listener with
 /// Prometheus metrics, and `extra` top-level sections.
@@ -628,11 +631,7 @@ fn assert_unique_ids(events: &[Value]) {
 
 /// The keys of `events` of repository `repo`, in order.
 fn keys_of_repo(events: &[Value], repo: &str) -> Vec<Key> {
-    events
-        .iter()
-        .map(key_of)
-        .filter(|k| k.1 == repo)
-        .collect()
+    events.iter().map(key_of).filter(|k| k.1 == repo).collect()
 }
 
 #[test]
@@ -686,12 +685,19 @@ fn same_event_stream_as_distribution_28() {
             && e["target"]["repository"] == "notify/copy"),
         "distribution gave no mount: {copy:#?}"
     );
-    for name in ["HEAD manifest by tag", "HEAD manifest by digest", "HEAD blob"] {
+    for name in [
+        "HEAD manifest by tag",
+        "HEAD manifest by digest",
+        "HEAD blob",
+    ] {
         let p = phase(&dist_stream, name);
         assert!(p.len() == 1 && p[0].0 == "pull", "{name}: {p:?}");
     }
     assert_eq!(
-        phase(&dist_stream, "tags list, catalog, missing manifest and blob"),
+        phase(
+            &dist_stream,
+            "tags list, catalog, missing manifest and blob"
+        ),
         vec![]
     );
     assert_eq!(phase(&dist_stream, "DELETE manifest by digest").len(), 2);
@@ -892,7 +898,10 @@ fn event_fields_and_headers() {
     assert_unique_ids(&events);
 
     let port = berth.host.rsplit(':').next().unwrap().to_owned();
-    let instance = events[0]["source"]["instanceID"].as_str().unwrap().to_owned();
+    let instance = events[0]["source"]["instanceID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(!instance.is_empty());
     for e in &events {
         let ts = e["timestamp"].as_str().unwrap();
@@ -1028,7 +1037,14 @@ fn bound_drops_oldest_with_one_warn() {
     let debug = debug_url(&berth);
     let started = Instant::now();
     let pushed: Vec<Pushed> = (0..3)
-        .map(|i| push_image(&berth.url, "notify/bound", &format!("v{i}"), &format!("b{i}")))
+        .map(|i| {
+            push_image(
+                &berth.url,
+                "notify/bound",
+                &format!("v{i}"),
+                &format!("b{i}"),
+            )
+        })
         .collect();
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -1106,10 +1122,7 @@ fn replica_killed_for_good_survivor_delivers() {
     let events_now = hook.events();
     assert_unique_ids(&events_now);
     assert_eq!(events_now.len(), 3, "{events_now:#?}");
-    assert_eq!(
-        keys_of_repo(&events, "notify/replicated"),
-        pushed.events()
-    );
+    assert_eq!(keys_of_repo(&events, "notify/replicated"), pushed.events());
 }
 
 /// A failing endpoint: listed in `/debug/health` after `unhealthyafter` (readyz and the API
@@ -1178,7 +1191,10 @@ fn failing_endpoint_in_health_logs_and_metrics() {
         metric(
             &samples,
             "registry_notifications_status_total",
-            &[("endpoint", "listener"), ("code", "503 Service Unavailable")]
+            &[
+                ("endpoint", "listener"),
+                ("code", "503 Service Unavailable")
+            ]
         ) >= 8.0
     );
 

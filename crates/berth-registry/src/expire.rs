@@ -12,7 +12,7 @@ impl Registry {
     /// Expires a cached manifest of `name`. Its bytes stay for garbage collection, as in
     /// distribution.
     pub async fn expire_manifest(&self, name: &RepoName, digest: &Digest) -> Result<()> {
-        self.unlink_manifest(name, digest).await
+        self.unlink_manifest(name, digest).await.map(drop)
     }
 
     /// Expires a cached blob of `name`: its layer link, and with `remove_data` the blob's

@@ -251,7 +251,13 @@ impl Registry {
 
     /// Deletes a tag (reference is a tag) or a manifest and every tag pointing at it
     /// (reference is a digest). The manifest's bytes stay until garbage collection.
-    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
+    /// Deletes a tag, or a manifest by digest with the tags that pointed at it (returned, in
+    /// name order, for notifications).
+    pub async fn delete_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<Vec<Tag>> {
         if !self.options.delete_enabled {
             return Err(RegistryError::msg(
                 ErrorCode::Unsupported,
@@ -267,7 +273,8 @@ impl Registry {
                 {
                     return Err(self.manifest_unknown(name).await);
                 }
-                self.delete_if_exists(&paths::tag_dir(name, tag)).await
+                self.delete_if_exists(&paths::tag_dir(name, tag)).await?;
+                Ok(Vec::new())
             }
             Reference::Digest(digest) => {
                 if !self.exists(&paths::revision_link(name, digest)).await? {
@@ -280,7 +287,12 @@ impl Registry {
 
     /// Removes a manifest from a repository: the tags pointing at it, its referrer link and
     /// its revision link (the bytes stay for garbage collection). Nothing there is no error.
-    pub(crate) async fn unlink_manifest(&self, name: &RepoName, digest: &Digest) -> Result<()> {
+    /// Returns the tags removed.
+    pub(crate) async fn unlink_manifest(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<Tag>> {
         let link = paths::revision_link(name, digest);
         // Tags first, so no tag ever points at a manifest that is gone.
         let tags = match self.all_tags(name).await {
@@ -288,6 +300,7 @@ impl Registry {
             Err(RegistryError::Oci(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
+        let mut removed = Vec::new();
         for tag in tags {
             if self
                 .read_link(&paths::tag_current_link(name, &tag))
@@ -296,6 +309,7 @@ impl Registry {
                 == Some(digest)
             {
                 self.delete_if_exists(&paths::tag_dir(name, &tag)).await?;
+                removed.push(tag);
             }
         }
         if let Ok(body) = self.driver.get_content(&paths::blob_data(digest)).await {
@@ -306,7 +320,9 @@ impl Registry {
                 }
             }
         }
-        self.delete_if_exists(link.trim_end_matches("/link")).await
+        self.delete_if_exists(link.trim_end_matches("/link"))
+            .await?;
+        Ok(removed)
     }
 }
 

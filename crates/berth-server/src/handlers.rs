@@ -19,6 +19,7 @@ use crate::http_util::{
     base_url, has_body, header_str, param, parse_content_range, parse_range, percent_encode, query,
     RangeRequest,
 };
+use crate::notify::{Action, Notice};
 use crate::{ApiError, AppState};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -91,15 +92,24 @@ pub async fn handle(
             Err(ApiError::msg(ErrorCode::ManifestInvalid, why))
         }
         (Endpoint::Manifest(name, r), Method::DELETE) => {
-            state.registry.delete_manifest(&name, &r).await?;
-            Ok(empty(StatusCode::ACCEPTED))
+            let tags = state.registry.delete_manifest(&name, &r).await?;
+            Ok(with_notice(
+                empty(StatusCode::ACCEPTED),
+                deleted_notice(&name, &r, tags),
+            ))
         }
         (Endpoint::Blob(name, d), Method::GET | Method::HEAD) => {
             get_blob(state, &name, &d, req).await
         }
         (Endpoint::Blob(name, d), Method::DELETE) => {
             state.registry.delete_blob(&name, &d).await?;
-            Ok(empty(StatusCode::ACCEPTED))
+            Ok(with_notice(
+                empty(StatusCode::ACCEPTED),
+                Notice::BlobDeleted {
+                    repository: name,
+                    digest: d,
+                },
+            ))
         }
         (Endpoint::UploadStart(name), Method::POST) => {
             start_upload(state, &name, req, body.take(), principal).await
@@ -137,6 +147,44 @@ pub async fn handle(
             *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             Ok(r)
         }
+    }
+}
+
+/// Attaches what the request did, for notification events (see [`crate::notify`]).
+pub(crate) fn with_notice(mut r: Response, notice: Notice) -> Response {
+    r.extensions_mut().insert(notice);
+    r
+}
+
+/// The notice of a manifest or tag delete.
+pub(crate) fn deleted_notice(name: &RepoName, r: &Reference, tags: Vec<Tag>) -> Notice {
+    match r {
+        Reference::Tag(tag) => Notice::TagDeleted {
+            repository: name.clone(),
+            tag: tag.to_string(),
+        },
+        Reference::Digest(digest) => Notice::ManifestDeleted {
+            repository: name.clone(),
+            digest: digest.clone(),
+            tags: tags.iter().map(Tag::to_string).collect(),
+        },
+    }
+}
+
+/// The notice of a blob served, pushed or mounted.
+pub(crate) fn blob_notice(
+    action: Action,
+    name: &RepoName,
+    digest: &Digest,
+    size: u64,
+    from: Option<RepoName>,
+) -> Notice {
+    Notice::Blob {
+        action,
+        repository: name.clone(),
+        digest: digest.clone(),
+        size,
+        from,
     }
 }
 
@@ -198,7 +246,8 @@ pub(crate) async fn get_blob(
             let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
             set(&mut r, "location", url);
             set(&mut r, "docker-content-digest", digest.to_string());
-            return Ok(r);
+            let notice = blob_notice(Action::Pull, name, digest, info.size, None);
+            return Ok(with_notice(r, notice));
         }
     }
     let body = if req.method == Method::HEAD || len == 0 {
@@ -221,7 +270,9 @@ pub(crate) async fn get_blob(
             format!("bytes {}-{}/{}", start, start + len - 1, info.size),
         );
     }
-    Ok(r)
+    // distribution reports a HEAD as a pull too (both are its `ServeBlob`).
+    let notice = blob_notice(Action::Pull, name, digest, info.size, None);
+    Ok(with_notice(r, notice))
 }
 
 // ---------------------------------------------------------------- uploads
@@ -333,24 +384,25 @@ async fn start_upload(
             .and_then(|f| f.parse::<RepoName>().ok())
             .filter(|f| principal.can(&berth_auth::scope::Access::repository(f.as_str(), "pull")));
         if let Some(from) = from {
-            if state
-                .registry
-                .mount_blob(name, &from, &digest)
-                .await?
-                .is_some()
-            {
-                return Ok(blob_created(state, name, &digest, &req.headers));
+            if let Some(info) = state.registry.mount_blob(name, &from, &digest).await? {
+                let r = blob_created(state, name, &digest, &req.headers);
+                let notice = blob_notice(Action::Mount, name, &digest, info.size, Some(from));
+                return Ok(with_notice(r, notice));
             }
         }
     } else if let Some(digest) = digest_param(&q)? {
         // Monolithic upload in one POST.
         let st = state.registry.start_upload(name).await?;
         let body = body.into_data_stream();
-        state
+        let info = state
             .registry
             .complete_upload(name, &st.id, &digest, None, Some(body))
             .await?;
-        return Ok(blob_created(state, name, &digest, &req.headers));
+        let r = blob_created(state, name, &digest, &req.headers);
+        return Ok(with_notice(
+            r,
+            blob_notice(Action::Push, name, &digest, info.size, None),
+        ));
     }
     let st = state.registry.start_upload(name).await?;
     Ok(upload_progress(
@@ -404,11 +456,15 @@ async fn put_upload(
         })?;
         let start = chunk_start(headers)?;
         let body = has_body(headers).then(|| body.into_data_stream());
-        state
+        let info = state
             .registry
             .complete_upload(name, id, &digest, start, body)
             .await?;
-        Ok(blob_created(state, name, &digest, headers))
+        let r = blob_created(state, name, &digest, headers);
+        Ok(with_notice(
+            r,
+            blob_notice(Action::Push, name, &digest, info.size, None),
+        ))
     }
     .await;
     with_upload_position(state, name, id, headers, result).await
@@ -447,17 +503,51 @@ async fn get_manifest(
     reference: &Reference,
 ) -> Result<Response> {
     let m = state.registry.get_manifest(name, reference).await?;
-    Ok(manifest_response(m))
+    Ok(manifest_response(name, reference, m))
 }
 
-/// A manifest as the API serves it.
-pub(crate) fn manifest_response(m: berth_registry::manifests::StoredManifest) -> Response {
+/// A manifest as the API serves it (GET and HEAD, both pulls for notifications).
+pub(crate) fn manifest_response(
+    name: &RepoName,
+    reference: &Reference,
+    m: berth_registry::manifests::StoredManifest,
+) -> Response {
     let mut r = Response::new(Body::from(m.body.clone()));
     set(&mut r, "content-type", &m.media_type);
     set(&mut r, "content-length", m.body.len().to_string());
     set(&mut r, "docker-content-digest", m.digest.to_string());
     set(&mut r, "etag", format!("\"{}\"", m.digest));
-    r
+    let notice = manifest_notice(
+        Action::Pull,
+        name,
+        reference,
+        m.digest,
+        m.media_type,
+        m.body,
+    );
+    with_notice(r, notice)
+}
+
+/// The notice of a manifest pushed or served; `tag` when it was named by tag.
+fn manifest_notice(
+    action: Action,
+    name: &RepoName,
+    reference: &Reference,
+    digest: Digest,
+    media_type: String,
+    body: Bytes,
+) -> Notice {
+    Notice::Manifest {
+        action,
+        repository: name.clone(),
+        digest,
+        media_type,
+        body,
+        tag: match reference {
+            Reference::Tag(t) => Some(t.to_string()),
+            Reference::Digest(_) => None,
+        },
+    }
 }
 
 /// Reads a manifest body up to the size limit (manifests are small and must be parsed whole).
@@ -518,7 +608,7 @@ async fn put_manifest(
             name,
             reference,
             &extra_tags,
-            body,
+            body.clone(),
             header_str(headers, header::CONTENT_TYPE),
             &policy,
         )
@@ -542,7 +632,9 @@ async fn put_manifest(
         let list: Vec<&str> = put.tags.iter().map(Tag::as_str).collect();
         set(&mut r, "oci-tag", list.join(", "));
     }
-    Ok(r)
+    let media_type = berth_core::manifest::stored_media_type(&body);
+    let notice = manifest_notice(Action::Push, name, reference, put.digest, media_type, body);
+    Ok(with_notice(r, notice))
 }
 
 /// distribution's `policy.repository.classes`: with classes configured, a pushed manifest's

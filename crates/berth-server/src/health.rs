@@ -338,7 +338,12 @@ pub fn readyz(state: &crate::AppState) -> Response {
 
 /// `/debug/health`, distribution's format.
 pub fn debug_health(state: &crate::AppState) -> Response {
-    let failing = state.health.failing(false);
+    let mut failing = state.health.failing(false);
+    // A failing webhook endpoint shows here once it has failed for its `unhealthyafter`; it
+    // never closes the API gate or `/readyz` (the registry itself is fine).
+    if let Some(n) = &state.notifier {
+        failing.extend(n.unhealthy());
+    }
     let body: serde_json::Map<String, serde_json::Value> = failing
         .into_iter()
         .map(|(k, v)| (k, serde_json::Value::String(v)))

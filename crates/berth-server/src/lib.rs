@@ -28,6 +28,7 @@ pub mod limits;
 pub mod listen;
 pub mod maintenance;
 pub mod metrics;
+pub mod notify;
 mod observe;
 mod proxied;
 pub mod setup;
@@ -99,6 +100,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Health checks behind `/readyz` and `/debug/health`.
     pub health: Arc<health::Health>,
+    /// Webhook notifications, when `notifications.endpoints` has an enabled endpoint.
+    pub notifier: Option<Arc<notify::Notifier>>,
 }
 
 /// The axum application: every request goes through [`dispatch`].
@@ -286,8 +289,34 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
         otel.status_code = tracing::field::Empty,
     );
     telemetry::set_parent(&span, req.headers());
+    // What a notification event says about the request (taken before the body is consumed).
+    let event_request = state
+        .notifier
+        .as_ref()
+        .map(|_| event_request(&state.options, &req, &request_id));
     let handled = serve(&state, req, routed).instrument(span.clone()).await;
     let (mut resp, account, bytes_in, logged) = handled;
+    if let (Some(notifier), Some((record, basic_user, base_url))) = (&state.notifier, event_request)
+    {
+        if let Some(notice) = resp.extensions_mut().remove::<notify::Notice>() {
+            // distribution's actor: the authenticated name, else a Basic user name as sent.
+            let actor = account
+                .as_deref()
+                .filter(|a| !matches!(*a, "-" | "anonymous"))
+                .map(str::to_owned)
+                .or(basic_user)
+                .unwrap_or_default();
+            let ctx = notify::RequestContext {
+                request: record,
+                actor,
+                base_url,
+            };
+            notifier
+                .publish(&notice, &ctx)
+                .instrument(span.clone())
+                .await;
+        }
+    }
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
@@ -329,6 +358,36 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
     };
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, Body::new(observe::Observed::new(body, finished)))
+}
+
+/// A request as notification events record it: distribution's request record, the user
+/// name of a Basic `Authorization` header, and the base of URLs in events.
+fn event_request(
+    options: &ServerOptions,
+    req: &Request<Body>,
+    request_id: &str,
+) -> (notify::RequestRecord, Option<String>, String) {
+    let headers = req.headers();
+    let peer = req
+        .extensions()
+        .get::<listen::PeerAddr>()
+        .map(|p| p.0.as_ref());
+    let text = |name: http::header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let record = notify::RequestRecord {
+        id: request_id.to_owned(),
+        addr: notify::client_addr(headers, peer),
+        host: text(http::header::HOST),
+        method: req.method().as_str().to_owned(),
+        useragent: text(http::header::USER_AGENT),
+    };
+    let basic_user = auth::basic_credentials(headers).map(|(user, _)| user);
+    (record, basic_user, http_util::base_url(options, headers))
 }
 
 /// Request details kept for the access log.

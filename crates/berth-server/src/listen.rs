@@ -162,6 +162,11 @@ impl Drop for Listener {
     }
 }
 
+/// The address of a request's connection (`ip:port`; `unix` for a Unix socket), in the
+/// request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerAddr(pub Arc<str>);
+
 /// `http.draintimeout` when the configuration does not set it.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -192,7 +197,15 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let service = TowerToHyperService::new(app.clone());
+                // The peer's address, for notification events (`request.addr`).
+                let peer_addr = PeerAddr(Arc::from(peer.as_str()));
+                let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                    app.clone(),
+                    move |mut r: http::Request<hyper::body::Incoming>| {
+                        r.extensions_mut().insert(peer_addr.clone());
+                        r
+                    },
+                ));
                 let drain = drain_rx.clone();
                 let limits = limits.clone();
                 match &tls {

@@ -276,6 +276,9 @@ pub fn render(state: &AppState) -> String {
     if let Some(proxy) = &state.proxy {
         proxy_metrics(&mut out, proxy);
     }
+    if let Some(n) = &state.notifier {
+        notification_metrics(&mut out, n.endpoints());
+    }
     process_metrics(&mut out);
     distribution_http_metrics(&mut out, m);
     if let Some(storage) = m.storage.read().unwrap_or_else(|p| p.into_inner()).clone() {
@@ -823,6 +826,115 @@ fn proxy_metrics(out: &mut Out, proxy: &berth_proxy::Proxy) {
             if v >= 0 {
                 out.sample(&name, &[("upstream", u.config.label())], v);
             }
+        }
+    }
+}
+
+/// Per notification endpoint: Berth's `berth_notifications_*` and distribution's
+/// `registry_notifications_*` (its `events` by type, `pending`, and answers by `status`).
+fn notification_metrics(out: &mut Out, endpoints: &[std::sync::Arc<crate::notify::EndpointStats>]) {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    type Get = fn(&crate::notify::EndpointStats) -> u64;
+    let families: [(&str, &str, &str, Get); 4] = [
+        ("berth_notifications_pending_events", "gauge", "Events queued for the endpoint and not yet delivered (this replica's queue and the queues it adopted).", |s| s.pending.load(Ordering::Relaxed)),
+        ("berth_notifications_delivered_total", "counter", "Events the endpoint accepted (2xx or 3xx).", |s| s.delivered.load(Ordering::Relaxed)),
+        ("berth_notifications_failed_attempts_total", "counter", "Deliveries that failed (an error status, a timeout, no connection); each is retried.", |s| s.failures.load(Ordering::Relaxed) + s.errors.load(Ordering::Relaxed)),
+        ("berth_notifications_queued_total", "counter", "Events queued for the endpoint (after its ignore rules).", |s| s.events.load(Ordering::Relaxed)),
+    ];
+    for (name, kind, help, get) in families {
+        out.family(name, kind, help);
+        for s in endpoints {
+            out.sample(name, &[("endpoint", &s.name)], get(s));
+        }
+    }
+    out.family(
+        "berth_notifications_dropped_total",
+        "counter",
+        "Events dropped undelivered: over maxpending, older than maxage, or (pulls only) while the journal writer was overloaded.",
+    );
+    for s in endpoints {
+        for (reason, v) in [
+            ("maxpending", &s.dropped_maxpending),
+            ("maxage", &s.dropped_maxage),
+            ("overload", &s.dropped_overload),
+        ] {
+            out.sample(
+                "berth_notifications_dropped_total",
+                &[("endpoint", &s.name), ("reason", reason)],
+                load(v),
+            );
+        }
+    }
+    out.family(
+        "berth_notifications_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest undelivered event (0 when nothing is pending).",
+    );
+    for s in endpoints {
+        let age = s.oldest_age().map_or(0.0, |d| d.as_secs_f64());
+        out.sample(
+            "berth_notifications_oldest_pending_age_seconds",
+            &[("endpoint", &s.name)],
+            age,
+        );
+    }
+    out.family(
+        "berth_notifications_failing_seconds",
+        "gauge",
+        "How long the endpoint has been failing (0 while it delivers).",
+    );
+    for s in endpoints {
+        let f = s.failing_for().map_or(0.0, |d| d.as_secs_f64());
+        out.sample(
+            "berth_notifications_failing_seconds",
+            &[("endpoint", &s.name)],
+            f,
+        );
+    }
+    out.family(
+        "registry_notifications_events_total",
+        "counter",
+        "The number of total events",
+    );
+    for s in endpoints {
+        for (typ, v) in [
+            ("Events", load(&s.events)),
+            ("Successes", load(&s.delivered)),
+            ("Failures", load(&s.failures)),
+            ("Errors", load(&s.errors)),
+        ] {
+            out.sample(
+                "registry_notifications_events_total",
+                &[("endpoint", &s.name), ("type", typ)],
+                v,
+            );
+        }
+    }
+    out.family(
+        "registry_notifications_pending",
+        "gauge",
+        "The gauge of pending events in queue",
+    );
+    for s in endpoints {
+        out.sample(
+            "registry_notifications_pending",
+            &[("endpoint", &s.name)],
+            load(&s.pending),
+        );
+    }
+    out.family(
+        "registry_notifications_status_total",
+        "counter",
+        "The number of status code",
+    );
+    for s in endpoints {
+        let statuses = s.statuses.lock().map(|m| m.clone()).unwrap_or_default();
+        for (code, n) in statuses {
+            out.sample(
+                "registry_notifications_status_total",
+                &[("code", &code), ("endpoint", &s.name)],
+                n,
+            );
         }
     }
 }

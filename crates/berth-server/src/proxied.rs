@@ -11,8 +11,12 @@ use http::request::Parts;
 use http::{header, Method, StatusCode};
 
 use crate::endpoint::Endpoint;
-use crate::handlers::{empty, get_blob, json_response, manifest_response, referrers, set};
+use crate::handlers::{
+    blob_notice, deleted_notice, empty, get_blob, json_response, manifest_response, referrers, set,
+    with_notice,
+};
 use crate::http_util::{header_str, parse_range, RangeRequest};
+use crate::notify::{Action, Notice};
 use crate::{ApiError, AppState};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -53,21 +57,31 @@ pub async fn handle(
 ) -> Result<Response> {
     let read = matches!(req.method, Method::GET | Method::HEAD);
     match ep {
-        Endpoint::Manifest(_, reference) if read => {
+        Endpoint::Manifest(name, reference) if read => {
             let m = t
                 .proxy
                 .manifest(t.upstream, t.remote, t.local, &reference)
                 .await?;
-            Ok(manifest_response(m))
+            Ok(manifest_response(&name, &reference, m))
         }
-        Endpoint::Manifest(_, reference) if req.method == Method::DELETE => {
-            state.registry.delete_manifest(t.local, &reference).await?;
-            Ok(empty(StatusCode::ACCEPTED))
+        Endpoint::Manifest(name, reference) if req.method == Method::DELETE => {
+            let tags = state.registry.delete_manifest(t.local, &reference).await?;
+            let notice = deleted_notice(&name, &reference, tags);
+            Ok(with_notice(empty(StatusCode::ACCEPTED), notice))
         }
-        Endpoint::Blob(_, digest) if read => blob(state, t, &digest, req).await,
-        Endpoint::Blob(_, digest) if req.method == Method::DELETE => {
+        Endpoint::Blob(name, digest) if read => {
+            let (r, size) = blob(state, t, &digest, req).await?;
+            // Events name the repository as the client asked for it (as distribution does).
+            let notice = blob_notice(Action::Pull, &name, &digest, size, None);
+            Ok(with_notice(r, notice))
+        }
+        Endpoint::Blob(name, digest) if req.method == Method::DELETE => {
             state.registry.delete_blob(t.local, &digest).await?;
-            Ok(empty(StatusCode::ACCEPTED))
+            let notice = Notice::BlobDeleted {
+                repository: name,
+                digest,
+            };
+            Ok(with_notice(empty(StatusCode::ACCEPTED), notice))
         }
         Endpoint::Tags(name) if read => {
             let query = req.uri.query().unwrap_or("");
@@ -91,8 +105,14 @@ pub async fn handle(
     }
 }
 
-/// A blob from the cache, or streaming in from upstream.
-async fn blob(state: &AppState, t: &Target<'_>, digest: &Digest, req: &Parts) -> Result<Response> {
+/// A blob from the cache, or streaming in from upstream, and its size (0 when upstream did
+/// not say).
+async fn blob(
+    state: &AppState,
+    t: &Target<'_>,
+    digest: &Digest,
+    req: &Parts,
+) -> Result<(Response, u64)> {
     if req.method == Method::HEAD {
         let size = t
             .proxy
@@ -102,10 +122,18 @@ async fn blob(state: &AppState, t: &Target<'_>, digest: &Digest, req: &Parts) ->
         set(&mut r, "content-length", size.to_string());
         set(&mut r, "content-type", "application/octet-stream");
         set(&mut r, "docker-content-digest", digest.to_string());
-        return Ok(r);
+        return Ok((r, size));
     }
     let fetch = match t.proxy.blob(t.upstream, t.remote, t.local, digest).await? {
-        BlobSource::Local(_) => return get_blob(state, t.local, digest, req).await,
+        BlobSource::Local(_) => {
+            let mut r = get_blob(state, t.local, digest, req).await?;
+            // Its notice names the cache's repository; the caller's names the client's.
+            let size = match r.extensions_mut().remove::<Notice>() {
+                Some(Notice::Blob { size, .. }) => size,
+                _ => 0,
+            };
+            return Ok((r, size));
+        }
         BlobSource::Fetching(f) => f,
     };
     let (status, start, len) = match fetch.size {
@@ -138,5 +166,5 @@ async fn blob(state: &AppState, t: &Target<'_>, digest: &Digest, req: &Parts) ->
     }
     set(&mut r, "content-type", "application/octet-stream");
     set(&mut r, "docker-content-digest", digest.to_string());
-    Ok(r)
+    Ok((r, fetch.size.unwrap_or(0)))
 }

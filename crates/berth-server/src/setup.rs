@@ -88,6 +88,7 @@ pub fn state_with_driver(
         lifecycle: Arc::default(),
         metrics,
         health: Arc::default(),
+        notifier: None,
     }
 }
 
@@ -622,6 +623,126 @@ pub async fn proxy(
         proxy = proxy.with_expiry(e);
     }
     Ok(Some(Arc::new(proxy)))
+}
+
+/// `notifications` as the notifier's settings: distribution's keys with distribution's
+/// defaults (a timeout, threshold or backoff of zero or less is the default), and Berth's
+/// bounds. `None` when no endpoint is enabled.
+pub fn notify_config(
+    cfg: &crate::config::Config,
+) -> Result<Option<crate::notify::NotifyConfig>, String> {
+    use crate::config::parse_duration;
+    use crate::notify::{self, EndpointConfig, Ignore};
+    let Some(n) = &cfg.notifications else {
+        return Ok(None);
+    };
+    let duration = |where_: &str, v: Option<&String>, default| -> Result<_, String> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let d = parse_duration(s).map_err(|e| format!("{where_}: {e}"))?;
+                Ok(if d.is_zero() { default } else { d })
+            }
+        }
+    };
+    let mut endpoints = Vec::new();
+    for (i, e) in n.endpoints.iter().flatten().enumerate() {
+        let name = e.name.clone().unwrap_or_default();
+        if e.disabled {
+            tracing::info!("notifications: endpoint {name:?} is disabled");
+            continue;
+        }
+        let at = |key: &str| format!("notifications.endpoints[{i}].{key}");
+        let url = e.url.clone().unwrap_or_default();
+        if reqwest::Url::parse(&url)
+            .map(|u| !matches!(u.scheme(), "http" | "https"))
+            .unwrap_or(true)
+        {
+            // distribution starts and fails every delivery; so does Berth, saying why now.
+            tracing::warn!(
+                "{}: {url:?} is not an http(s) URL: every delivery to endpoint {name:?} will fail",
+                at("url")
+            );
+        }
+        let mut headers = Vec::new();
+        for (k, values) in e.headers.iter().flatten() {
+            for v in values {
+                match (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    http::HeaderValue::from_str(v),
+                ) {
+                    (Ok(k), Ok(v)) => headers.push((k, v)),
+                    _ => tracing::warn!(
+                        "{}: header {k:?} is not a valid HTTP header: not sent",
+                        at("headers")
+                    ),
+                }
+            }
+        }
+        let mut ignore = Ignore {
+            media_types: e.ignoredmediatypes.clone().unwrap_or_default(),
+            actions: Vec::new(),
+        };
+        if let Some(v) = &e.ignore {
+            let list = |key: &str| -> Vec<String> {
+                v.get(key)
+                    .and_then(|l| l.as_sequence())
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            ignore.media_types.extend(list("mediatypes"));
+            ignore.actions = list("actions");
+        }
+        let max_age = match &e.maxage {
+            None => Some(notify::DEFAULT_MAX_AGE),
+            Some(s) => {
+                let d = parse_duration(s).map_err(|e| format!("{}: {e}", at("maxage")))?;
+                (!d.is_zero()).then_some(d)
+            }
+        };
+        endpoints.push(EndpointConfig {
+            name,
+            url,
+            headers,
+            timeout: duration(&at("timeout"), e.timeout.as_ref(), notify::DEFAULT_TIMEOUT)?,
+            threshold: e
+                .threshold
+                .filter(|t| *t > 0)
+                .map_or(notify::DEFAULT_THRESHOLD, |t| {
+                    u32::try_from(t).unwrap_or(u32::MAX)
+                }),
+            backoff: duration(&at("backoff"), e.backoff.as_ref(), notify::DEFAULT_BACKOFF)?,
+            ignore,
+            max_pending: e
+                .maxpending
+                .filter(|m| *m > 0)
+                .unwrap_or(notify::DEFAULT_MAX_PENDING),
+            max_age,
+            unhealthy_after: duration(
+                &at("unhealthyafter"),
+                e.unhealthyafter.as_ref(),
+                notify::DEFAULT_UNHEALTHY_AFTER,
+            )?,
+        });
+    }
+    if endpoints.is_empty() {
+        return Ok(None);
+    }
+    let orphan_after = duration(
+        "notifications.queue.orphanafter",
+        n.queue.as_ref().and_then(|q| q.orphanafter.as_ref()),
+        notify::DEFAULT_ORPHAN_AFTER,
+    )?;
+    Ok(Some(notify::NotifyConfig {
+        endpoints,
+        include_references: n.events.as_ref().is_some_and(|e| e.includereferences),
+        source_addr: notify::source_addr(&cfg.http.addr),
+        orphan_after,
+    }))
 }
 
 #[cfg(test)]

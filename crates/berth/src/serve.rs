@@ -154,6 +154,12 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
         health.start();
         state.health = std::sync::Arc::new(health);
+        if let Some(n) = setup::notify_config(cfg).map_err(anyhow::Error::msg)? {
+            state.notifier = berth_server::notify::Notifier::start(n, state.registry.driver().clone())
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        let notifier = state.notifier.clone();
         let debug = start_debug_listener(cfg, &state).await?;
         let listener: berth_server::listen::Listener = if let Some(l) = activated {
             tracing::info!("using systemd socket activation instead of http.addr");
@@ -185,6 +191,11 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         berth_server::listen::serve(listener, state, listen, shutdown_signal())
             .await
             .context("serving")?;
+        if let Some(n) = notifier {
+            // Every answered write's events are journaled already; this flushes the pulls and
+            // hands the queue over to the next process.
+            n.shutdown(std::time::Duration::from_secs(10)).await;
+        }
         if let Some(d) = debug {
             d.abort();
         }

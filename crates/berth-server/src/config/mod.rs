@@ -1277,6 +1277,21 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             owned_durations.push((format!("health.tcp[{i}].timeout"), t.timeout.as_ref()));
         }
     }
+    if let Some(n) = &c.notifications {
+        for (i, e) in n.endpoints.iter().flatten().enumerate() {
+            for (key, v) in [
+                ("timeout", &e.timeout),
+                ("backoff", &e.backoff),
+                ("maxage", &e.maxage),
+                ("unhealthyafter", &e.unhealthyafter),
+            ] {
+                owned_durations.push((format!("notifications.endpoints[{i}].{key}"), v.as_ref()));
+            }
+        }
+        if let Some(q) = &n.queue {
+            durations.push(("notifications.queue.orphanafter", q.orphanafter.as_ref()));
+        }
+    }
     if let Some(t) = c.telemetry.as_ref().map(|t| &t.traces) {
         durations.push(("telemetry.traces.timeout", t.timeout.as_ref()));
         match t.protocol.as_deref() {
@@ -1499,13 +1514,6 @@ pub fn unsupported(c: &Config) -> Vec<String> {
         }
     }
 
-    if c.notifications
-        .as_ref()
-        .and_then(|n| n.endpoints.as_ref())
-        .is_some_and(|e| !e.is_empty())
-    {
-        add("notifications.endpoints: webhook notifications");
-    }
     if c.log.hooks.as_ref().is_some_and(active_hooks) {
         add("log.hooks: mail hooks (no mail is sent for log lines)");
     }

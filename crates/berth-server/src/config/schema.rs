@@ -743,6 +743,19 @@ pub struct Notifications {
     pub endpoints: Option<Vec<Endpoint>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Events>,
+    /// Berth's own: the durable event queue shared by the replicas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<NotificationQueue>,
+}
+
+/// `notifications.queue` (Berth's own).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NotificationQueue {
+    /// A replica whose heartbeat has not changed for this long is gone: the others deliver
+    /// the events it had queued (default 60s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orphanafter: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -765,6 +778,15 @@ pub struct Endpoint {
     pub ignoredmediatypes: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignore: Option<Value>,
+    /// Berth's own: events queued for this endpoint at most; beyond, the oldest are dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxpending: Option<u64>,
+    /// Berth's own: queued events older than this are dropped (`0`: no age bound).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxage: Option<String>,
+    /// Berth's own: `/debug/health` lists the endpoint once it has failed for this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthyafter: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

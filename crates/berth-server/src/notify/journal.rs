@@ -1,0 +1,515 @@
+//! The durable event queue, kept in the storage driver (filesystem or S3), in paths
+//! distribution ignores:
+//!
+//! ```text
+//! /docker/registry/v2/_berth/notifications/queues/<endpoint>/<instance>/<seq>   events, one JSON per line
+//! /docker/registry/v2/_berth/notifications/replicas/<instance>                  heartbeat: "<unix ms> <counter>"
+//! /docker/registry/v2/_berth/notifications/claims/<instance>                    which replica adopted a dead one's queue
+//! ```
+//!
+//! Each process is an *instance* (start time and a random suffix, so names sort by age) and
+//! writes only below its own directories: no two writers ever touch one object, which is
+//! what makes this safe on S3 without conditional writes. The writer batches: whatever
+//! arrives while one batch is written goes into the next, one object per endpoint per batch
+//! (group commit), so a burst of requests costs a few writes, not one each.
+//!
+//! A process that stops with SIGTERM deletes its heartbeat after flushing; one that is killed
+//! stops beating. Every replica scans the queue directories each `orphanafter / 3`; the queue
+//! of an instance without a heartbeat, or whose heartbeat is older than `orphanafter` (by the
+//! writer's clock) or has not changed for `orphanafter` (by the reader's, so clock skew cannot
+//! hide a dead replica), is claimed and delivered by the scanning replica. Two replicas that
+//! claim at once both deliver: at-least-once, never lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_storage::{StorageDriver, StorageError};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::deliver::{Segment, ToWorker};
+use super::{Append, EndpointConfig, EndpointStats, Event, Ignore};
+
+const ROOT: &str = "/docker/registry/v2/_berth/notifications";
+
+/// Appends in one journal batch at most.
+const MAX_BATCH: usize = 1024;
+
+/// This process: its `source.instanceID` (a UUID, as distribution's) and its name in the
+/// queue (start time first, so names sort by age).
+#[derive(Debug, Clone)]
+pub struct Instance {
+    uuid: String,
+    name: String,
+}
+
+impl Instance {
+    pub fn new() -> Instance {
+        let uuid = uuid::Uuid::new_v4();
+        let name = format!("{:013}-{}", now_ms(), &uuid.simple().to_string()[..12]);
+        Instance {
+            uuid: uuid.to_string(),
+            name,
+        }
+    }
+
+    /// The name of this instance's queue directories and heartbeat.
+    pub fn id(&self) -> &str {
+        &self.name
+    }
+
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An endpoint's directory name: its name where that is a safe path element, else hex.
+fn dir_name(name: &str, index: usize, taken: &HashSet<String>) -> String {
+    let safe = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let base = if safe {
+        name.to_owned()
+    } else if name.is_empty() {
+        format!("endpoint-{index}")
+    } else {
+        name.bytes().map(|b| format!("{b:02x}")).collect()
+    };
+    if taken.contains(&base) {
+        format!("{base}-{index}")
+    } else {
+        base
+    }
+}
+
+pub struct Journal {
+    driver: Arc<dyn StorageDriver>,
+    instance: Instance,
+    dirs: Vec<String>,
+    orphan_after: Duration,
+    seq: AtomicU64,
+    beats: AtomicU64,
+}
+
+impl Journal {
+    pub fn new(
+        driver: Arc<dyn StorageDriver>,
+        instance: Instance,
+        endpoints: &[EndpointConfig],
+        orphan_after: Duration,
+    ) -> Journal {
+        let mut taken = HashSet::new();
+        let dirs = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let d = dir_name(&e.name, i, &taken);
+                taken.insert(d.clone());
+                d
+            })
+            .collect();
+        Journal {
+            driver,
+            instance,
+            dirs,
+            orphan_after,
+            seq: AtomicU64::new(0),
+            beats: AtomicU64::new(0),
+        }
+    }
+
+    fn queue_dir(&self, endpoint: usize) -> String {
+        format!("{ROOT}/queues/{}", self.dirs[endpoint])
+    }
+
+    fn heartbeat_path(instance: &str) -> String {
+        format!("{ROOT}/replicas/{instance}")
+    }
+
+    fn claim_path(instance: &str) -> String {
+        format!("{ROOT}/claims/{instance}")
+    }
+
+    /// Writes `events` as one object of this instance's queue for `endpoint`.
+    pub async fn write(&self, endpoint: usize, events: &[Event]) -> Result<String, StorageError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let key = format!(
+            "{}/{}/{seq:016x}",
+            self.queue_dir(endpoint),
+            self.instance.id()
+        );
+        self.driver.put_content(&key, encode(events)).await?;
+        Ok(key)
+    }
+
+    /// Replaces an object with what is left of it.
+    pub async fn rewrite(&self, key: &str, events: &[Event]) -> Result<(), StorageError> {
+        self.driver.put_content(key, encode(events)).await
+    }
+
+    /// The events of an object (lines that do not parse are skipped with a warning).
+    pub async fn read(&self, key: &str) -> Result<Vec<Event>, StorageError> {
+        let body = self.driver.get_content(key).await?;
+        Ok(decode(key, &body))
+    }
+
+    /// Deletes a delivered object (one already gone is fine: another replica delivered it).
+    pub async fn remove(&self, key: &str) {
+        match self.driver.delete(key).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::warn!("notifications: deleting the delivered batch {key}: {e}"),
+        }
+    }
+
+    /// Writes this instance's heartbeat.
+    pub async fn beat(&self) -> Result<(), StorageError> {
+        let n = self.beats.fetch_add(1, Ordering::Relaxed);
+        let body = format!("{} {n}\n", now_ms());
+        self.driver
+            .put_content(&Self::heartbeat_path(self.instance.id()), Bytes::from(body))
+            .await
+    }
+
+    /// Deletes the heartbeat: the next process (or another replica) takes the queue at once.
+    pub async fn release(&self) {
+        let _ = self
+            .driver
+            .delete(&Self::heartbeat_path(self.instance.id()))
+            .await;
+    }
+
+    async fn heartbeat_of(&self, instance: &str) -> Option<String> {
+        self.driver
+            .get_content(&Self::heartbeat_path(instance))
+            .await
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+    }
+
+    async fn list_names(&self, dir: &str) -> Vec<String> {
+        match self.driver.list_names(dir).await {
+            Ok(mut n) => {
+                n.sort();
+                n
+            }
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => {
+                tracing::debug!("notifications: listing {dir}: {e}");
+                Vec::new()
+            }
+        }
+    }
+}
+
+pub(super) fn encode(events: &[Event]) -> Bytes {
+    let mut out = Vec::with_capacity(events.len() * 512);
+    for e in events {
+        if serde_json::to_writer(&mut out, e).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    Bytes::from(out)
+}
+
+pub(super) fn decode(key: &str, body: &[u8]) -> Vec<Event> {
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| match serde_json::from_slice(l) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!("notifications: skipping an unreadable event in {key}: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Writes what the request handlers queue, in batches, and hands each batch to the delivery
+/// workers. Runs until shutdown, then writes what is still queued.
+pub async fn write_loop(
+    journal: Arc<Journal>,
+    ignores: Vec<Ignore>,
+    mut rx: mpsc::Receiver<Append>,
+    workers: Vec<mpsc::UnboundedSender<ToWorker>>,
+    stats: Vec<Arc<EndpointStats>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut w = Writer {
+        journal,
+        ignores,
+        workers,
+        stats,
+        failing: false,
+    };
+    loop {
+        let (first, stopping) = tokio::select! {
+            biased;
+            a = rx.recv() => {
+                let closed = a.is_none();
+                (a, closed)
+            }
+            _ = shutdown.changed() => (None, true),
+        };
+        let mut batch: Vec<Append> = first.into_iter().collect();
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            w.write(std::mem::take(&mut batch)).await;
+            if !stopping {
+                break;
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+struct Writer {
+    journal: Arc<Journal>,
+    ignores: Vec<Ignore>,
+    workers: Vec<mpsc::UnboundedSender<ToWorker>>,
+    stats: Vec<Arc<EndpointStats>>,
+    failing: bool,
+}
+
+impl Writer {
+    /// Journals one batch (one object per endpoint), hands it to the workers, and tells the
+    /// requests waiting on it.
+    async fn write(&mut self, batch: Vec<Append>) {
+        let journal = &self.journal;
+        let writes = self.ignores.iter().enumerate().map(|(i, ignore)| {
+            let events: Vec<Event> = batch
+                .iter()
+                .flat_map(|a| a.events.iter())
+                .filter(|e| !ignore.drops(e))
+                .cloned()
+                .collect();
+            async move {
+                if events.is_empty() {
+                    return None;
+                }
+                let key = journal.write(i, &events).await;
+                Some((i, key, events))
+            }
+        });
+        for (i, key, events) in futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            let key = match key {
+                Ok(k) => {
+                    if self.failing {
+                        self.failing = false;
+                        tracing::info!("notifications: the event journal is writable again");
+                    }
+                    Some(k)
+                }
+                Err(e) => {
+                    if !self.failing {
+                        self.failing = true;
+                        tracing::error!("notifications: cannot journal events in storage ({e}): they are kept in memory only until storage answers, and lost if this process stops");
+                    }
+                    None
+                }
+            };
+            self.stats[i].queued(events.len() as u64);
+            let _ = self.workers[i].send(ToWorker::Own(Segment::new(key, events)));
+        }
+        for a in batch {
+            if let Some(done) = a.done {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Beats this instance's heartbeat and adopts the queues of instances that are gone.
+pub async fn replicas_loop(
+    journal: Arc<Journal>,
+    workers: Vec<mpsc::UnboundedSender<ToWorker>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let every =
+        (journal.orphan_after / 3).clamp(Duration::from_millis(500), Duration::from_secs(20));
+    let mut seen: HashMap<String, (String, Instant)> = HashMap::new();
+    let mut adopted: HashSet<(usize, String)> = HashSet::new();
+    loop {
+        adopt_orphans(&journal, &workers, &mut seen, &mut adopted, &shutdown).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = journal.beat().await {
+            tracing::warn!("notifications: writing this replica's heartbeat: {e} (if this lasts {:?}, other replicas deliver this replica's queue too: duplicates, not losses)", journal.orphan_after);
+        }
+    }
+}
+
+/// Whether an instance is gone, from its heartbeat (see the module documentation).
+fn is_dead(
+    beat: Option<&str>,
+    instance: &str,
+    seen: &mut HashMap<String, (String, Instant)>,
+    orphan_after: Duration,
+) -> bool {
+    let Some(beat) = beat else {
+        return true;
+    };
+    let written = beat
+        .split_whitespace()
+        .next()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .unwrap_or(0);
+    if now_ms().saturating_sub(written) > orphan_after.as_millis() as u64 {
+        return true;
+    }
+    let entry = seen
+        .entry(instance.to_owned())
+        .or_insert_with(|| (beat.to_owned(), Instant::now()));
+    if entry.0 != beat {
+        *entry = (beat.to_owned(), Instant::now());
+    }
+    entry.1.elapsed() > orphan_after
+}
+
+async fn adopt_orphans(
+    journal: &Journal,
+    workers: &[mpsc::UnboundedSender<ToWorker>],
+    seen: &mut HashMap<String, (String, Instant)>,
+    adopted: &mut HashSet<(usize, String)>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) {
+    let own = journal.instance.id();
+    let mut verdicts: HashMap<String, bool> = HashMap::new();
+    // Instances with queued events left anywhere: their heartbeat and claim must stay.
+    let mut busy: HashSet<String> = HashSet::new();
+    for (i, worker) in workers.iter().enumerate() {
+        let dir = journal.queue_dir(i);
+        for instance in journal.list_names(&dir).await {
+            if instance == own {
+                continue;
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            let inst_dir = format!("{dir}/{instance}");
+            if adopted.contains(&(i, instance.clone())) {
+                // Being delivered here; once empty, the directory (a filesystem keeps it) goes.
+                if journal.list_names(&inst_dir).await.is_empty() {
+                    let _ = journal.driver.delete(&inst_dir).await;
+                    adopted.remove(&(i, instance.clone()));
+                    verdicts.insert(instance, true);
+                } else {
+                    busy.insert(instance);
+                }
+                continue;
+            }
+            let dead = match verdicts.get(&instance) {
+                Some(d) => *d,
+                None => {
+                    let beat = journal.heartbeat_of(&instance).await;
+                    let dead = is_dead(beat.as_deref(), &instance, seen, journal.orphan_after)
+                        && claim(journal, &instance, seen).await;
+                    verdicts.insert(instance.clone(), dead);
+                    dead
+                }
+            };
+            if !dead {
+                continue;
+            }
+            let mut segments = Vec::new();
+            let mut unreadable = false;
+            for name in journal.list_names(&inst_dir).await {
+                let key = format!("{inst_dir}/{name}");
+                match journal.read(&key).await {
+                    Ok(events) if events.is_empty() => journal.remove(&key).await,
+                    Ok(events) => segments.push(Segment::new(Some(key), events)),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::warn!("notifications: reading {key} of a stopped replica: {e}; trying again later");
+                        unreadable = true;
+                        break;
+                    }
+                }
+            }
+            if unreadable {
+                busy.insert(instance);
+                continue;
+            }
+            if segments.is_empty() {
+                let _ = journal.driver.delete(&inst_dir).await;
+                continue;
+            }
+            let n: usize = segments.iter().map(|s| s.count).sum();
+            tracing::info!(
+                "notifications: delivering {n} events for endpoint {} queued by stopped instance {instance}",
+                journal.dirs[i]
+            );
+            adopted.insert((i, instance.clone()));
+            busy.insert(instance);
+            let _ = worker.send(ToWorker::Adopted(segments));
+        }
+    }
+    for (instance, dead) in verdicts {
+        if dead && !busy.contains(&instance) {
+            // Nothing of it is left to deliver: its heartbeat and claim go.
+            let _ = journal
+                .driver
+                .delete(&Journal::heartbeat_path(&instance))
+                .await;
+            let _ = journal.driver.delete(&Journal::claim_path(&instance)).await;
+        }
+    }
+}
+
+/// Claims a dead instance's queue: writes our name, waits for a racing replica's write to
+/// land, and reads it back. A claim held by a live replica is left alone.
+async fn claim(
+    journal: &Journal,
+    instance: &str,
+    seen: &mut HashMap<String, (String, Instant)>,
+) -> bool {
+    let path = Journal::claim_path(instance);
+    let own = journal.instance.id();
+    if let Ok(holder) = journal.driver.get_content(&path).await {
+        let holder = String::from_utf8_lossy(&holder).trim().to_owned();
+        if holder == own {
+            return true;
+        }
+        let beat = journal.heartbeat_of(&holder).await;
+        if !is_dead(beat.as_deref(), &holder, seen, journal.orphan_after) {
+            return false;
+        }
+    }
+    if journal
+        .driver
+        .put_content(&path, Bytes::from(own.to_owned()))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    matches!(journal.driver.get_content(&path).await, Ok(b) if b.as_ref() == own.as_bytes())
+}

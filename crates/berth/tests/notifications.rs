@@ -804,12 +804,15 @@ fn summary(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Starts a registry with a `notifications` section: its URL, and what keeps it running.
+type Starter<'a> = dyn Fn(&str) -> (String, Box<dyn std::any::Any>) + 'a;
+
 /// `ignore.actions`, `ignore.mediatypes` and `ignoredmediatypes` filter as distribution's
 /// do; with only `ignore.actions`, distribution 2.8 still sends the pulls (its filter is
 /// skipped when no media type is ignored, fixed in 3.0): Berth does as 3.x.
 #[test]
 fn ignore_rules_as_distribution() {
-    let run = |start: &dyn Fn(&str) -> (String, Box<dyn std::any::Any>)| {
+    let run = |start: &Starter| {
         let (a, b, c) = (Webhook::start(), Webhook::start(), Webhook::start());
         let (url, _registry) = start(&ignore_yaml(&a, &b, &c));
         ignore_ops(&url, &[&a, &b, &c]);

@@ -182,11 +182,12 @@ fn push_blob(base: &str, repo: &str, bytes: &[u8]) -> String {
         b"",
     );
     assert_eq!(status, 202, "POST upload to {repo}");
-    let location = if location.starts_with("http") {
-        location
-    } else {
-        format!("{base}{location}")
-    };
+    // The path only, on `base`: `base` may carry credentials (`http://user:pw@host`).
+    let path = location
+        .find("/v2/")
+        .map(|i| &location[i..])
+        .unwrap_or_else(|| panic!("Location {location}"));
+    let location = format!("{base}{path}");
     let sep = if location.contains('?') { '&' } else { '?' };
     let (status, _) = http(
         "PUT",
@@ -999,16 +1000,17 @@ fn survives_restart(kill: bool) {
     let mut berth = berth_on(&root, &yaml);
     let a = push_image(&berth.url, "notify/one", "v1", "one");
     let b = push_image(&berth.url, "notify/two", "v1", "two");
-    // Attempts fail while the listener is down (connection refused).
-    wait_metric(
-        &debug_url(&berth),
-        "berth_notifications_pending_events",
-        &[("endpoint", "listener")],
-        |v| v == 6.0,
-    );
     if kill {
+        // At once: an event is journaled before the request that caused it is answered.
         berth.kill();
     } else {
+        // Attempts fail while the listener is down (connection refused).
+        wait_metric(
+            &debug_url(&berth),
+            "berth_notifications_pending_events",
+            &[("endpoint", "listener")],
+            |v| v == 6.0,
+        );
         sigterm(&mut berth);
     }
     let berth = berth_on(&root, &yaml);
@@ -1350,4 +1352,156 @@ fn failing_endpoint_in_health_logs_and_metrics() {
         .count();
     assert_eq!(failing, 1, "one WARN for the failure:\n{log}");
     assert_eq!(recovered(&log), 1, "one INFO for the recovery:\n{log}");
+}
+
+/// Pulls through a pull-through cache at `base` (upstream content: `notify/px:v1` = `p`, and
+/// the marker blob in [`MARKER_REPO`]), phase by phase.
+fn proxy_scenario(base: &str, hook: &Webhook, p: &Pushed, marker: &str) -> Stream {
+    let mut markers = 0;
+    end_phase(base, hook, marker, &mut markers);
+    let accept = [("Accept", OCI_MANIFEST)];
+    let by_tag = format!("{base}/v2/notify/px/manifests/v1");
+    let by_digest = format!("{base}/v2/notify/px/manifests/{}", p.manifest);
+    let layer = format!("{base}/v2/notify/px/blobs/{}", p.layer);
+    let config = format!("{base}/v2/notify/px/blobs/{}", p.config);
+    let steps: [(&'static str, &str, &str, &[(&str, &str)]); 8] = [
+        (
+            "GET manifest by tag (from upstream)",
+            "GET",
+            &by_tag,
+            &accept,
+        ),
+        ("GET config (from upstream)", "GET", &config, &[]),
+        ("GET layer (from upstream)", "GET", &layer, &[]),
+        ("GET manifest by tag (cached)", "GET", &by_tag, &accept),
+        ("HEAD manifest by digest", "HEAD", &by_digest, &accept),
+        ("GET manifest by digest", "GET", &by_digest, &accept),
+        ("GET layer (cached)", "GET", &layer, &[]),
+        ("HEAD layer", "HEAD", &layer, &[]),
+    ];
+    let mut names = vec!["start"];
+    for (name, method, url, headers) in steps {
+        assert_eq!(http(method, url, headers, b"").0, 200, "{method} {url}");
+        end_phase(base, hook, marker, &mut markers);
+        names.push(name);
+    }
+    let mut phases = Vec::new();
+    let mut current = Vec::new();
+    let mut names = names.into_iter();
+    for e in hook.events() {
+        if e["target"]["repository"] == MARKER_REPO && e["action"] == "pull" {
+            phases.push((names.next().unwrap(), std::mem::take(&mut current)));
+        } else {
+            current.push(e);
+        }
+    }
+    Stream { phases }
+}
+
+/// Pulls through the pull-through cache (distribution's `proxy.remoteurl`) give the same
+/// events on distribution 2.8 and on Berth.
+#[test]
+fn pull_through_cache_events_as_distribution_28() {
+    let upstream = Berth::start();
+    let p = push_image(&upstream.url, "notify/px", "v1", "proxied");
+    let marker = push_blob(&upstream.url, MARKER_REPO, b"phase marker");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = format!("proxy:\n  remoteurl: {}\n", upstream.url);
+
+    let dist_hook = Webhook::start();
+    let dist = Distribution::start_with_extra(
+        &dir.path().join("dist"),
+        &format!("{proxy}{}", notifications_yaml(&dist_hook, "")),
+    );
+    let dist_stream = proxy_scenario(&dist.url, &dist_hook, &p, &marker);
+    drop(dist);
+    let berth_hook = Webhook::start();
+    let berth = berth_on(
+        &dir.path().join("berth"),
+        &format!("{proxy}{}", notifications_yaml(&berth_hook, "")),
+    );
+    let berth_stream = proxy_scenario(&berth.url, &berth_hook, &p, &marker);
+    if let Ok(path) = std::env::var("NOTIFY_DUMP") {
+        let text = format!(
+            "{}\n{}",
+            dump(&dist_stream, "distribution 2.8"),
+            dump(&berth_stream, "berth")
+        );
+        std::fs::write(path, text).unwrap();
+    }
+    let mut differences = String::new();
+    for ((name, d), (_, b)) in dist_stream.phases.iter().zip(&berth_stream.phases) {
+        let each = |v: &[Value]| -> Vec<String> {
+            v.iter()
+                .map(|e| serde_json::to_string(&normalize(e)).unwrap())
+                .collect()
+        };
+        if each(d) != each(b) {
+            differences.push_str(&format!(
+                "\n## {name}\n-- distribution 2.8:\n{}\n-- berth:\n{}\n",
+                each(d).join("\n"),
+                each(b).join("\n")
+            ));
+        }
+    }
+    assert_eq!(berth_stream.phases.len(), dist_stream.phases.len());
+    for (name, events) in &dist_stream.phases[1..] {
+        assert!(
+            events.len() == 1 && events[0]["action"] == "pull",
+            "distribution 2.8, {name}: {events:#?}"
+        );
+    }
+    assert!(
+        differences.is_empty(),
+        "the event streams differ:{differences}"
+    );
+}
+
+/// With htpasswd auth, `actor.name` is the account, on distribution 2.8 and on Berth alike.
+#[test]
+fn actor_is_the_account_as_distribution_28() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("alice:{}\n", bcrypt::hash("alice-pw", 4).unwrap()),
+    )
+    .unwrap();
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: notify\n    path: {}\n",
+        htpasswd.display()
+    );
+    let run = |hook: &Webhook, host: &str| {
+        let base = format!("http://alice:alice-pw@{host}");
+        let p = push_image(&base, "notify/auth", "v1", "auth");
+        let url = format!("{base}/v2/notify/auth/manifests/v1");
+        assert_eq!(http("GET", &url, &[("Accept", OCI_MANIFEST)], b"").0, 200);
+        // Refused: no event.
+        let anonymous = format!("http://{host}/v2/notify/auth/manifests/v1");
+        assert_eq!(http("GET", &anonymous, &[], b"").0, 401);
+        let events = hook.wait_events(4, Duration::from_secs(30));
+        let mut want = p.events();
+        want.push(key("pull", "notify/auth", &p.manifest, "v1"));
+        assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), want);
+        events.iter().map(normalize).collect::<Vec<_>>()
+    };
+    let dist_hook = Webhook::start();
+    let dist = Distribution::start_with_extra(
+        &dir.path().join("dist"),
+        &format!("{auth}{}", notifications_yaml(&dist_hook, "")),
+    );
+    let dist_events = run(&dist_hook, &dist.host);
+    for e in &dist_events {
+        assert_eq!(
+            e["actor"],
+            json!({"name": "alice"}),
+            "distribution 2.8: {e}"
+        );
+    }
+    let berth_hook = Webhook::start();
+    let berth = berth_on(
+        &dir.path().join("berth"),
+        &format!("{auth}{}", notifications_yaml(&berth_hook, "")),
+    );
+    assert_eq!(run(&berth_hook, &berth.host), dist_events);
 }

@@ -21,6 +21,8 @@ use support::{Berth, Distribution};
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// distribution 3.x's and Berth's envelope type.
 const EVENTS_V2: &str = "application/vnd.docker.distribution.events.v2+json";
 /// distribution 2.8's.
@@ -384,6 +386,107 @@ fn scenario(base: &str, host: &str, hook: &Webhook) -> Stream {
     end_phase(base, hook, &marker, &mut markers);
     names.extend(["HEAD blob", "GET blob"]);
 
+    // An OCI index over the image, by tag.
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": manifest,
+            "size": served.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    }))
+    .unwrap();
+    let url = format!("{base}/v2/notify/app/manifests/multi");
+    assert_eq!(
+        http("PUT", &url, &[("Content-Type", OCI_INDEX)], &index).0,
+        201,
+        "PUT {url}"
+    );
+    end_phase(base, hook, &marker, &mut markers);
+    // A Docker schema 2 manifest over the same blobs, by digest.
+    let served_json: Value = serde_json::from_str(&served).unwrap();
+    let docker = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": served_json["config"]["digest"],
+            "size": served_json["config"]["size"],
+        },
+        "layers": [{
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "digest": layer,
+            "size": served_json["layers"][0]["size"],
+        }],
+    }))
+    .unwrap();
+    let url = format!("{base}/v2/notify/app/manifests/{}", sha256(&docker));
+    assert_eq!(
+        http("PUT", &url, &[("Content-Type", DOCKER_MANIFEST)], &docker).0,
+        201,
+        "PUT {url}"
+    );
+    end_phase(base, hook, &marker, &mut markers);
+    // A chunked upload: POST, two PATCHes, PUT.
+    let chunked = b"a blob in two chunks".to_vec();
+    let (status, location) = http(
+        "POST",
+        &format!("{base}/v2/notify/app/blobs/uploads/"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202);
+    let mut location = location[location.find("/v2/").unwrap()..].to_owned();
+    for (range, part) in [("0-9", &chunked[..10]), ("10-19", &chunked[10..])] {
+        let (status, next) = http(
+            "PATCH",
+            &format!("{base}{location}"),
+            &[
+                ("Content-Type", "application/octet-stream"),
+                ("Content-Range", range),
+            ],
+            part,
+        );
+        assert_eq!(status, 202, "PATCH {range}");
+        location = next[next.find("/v2/").unwrap()..].to_owned();
+    }
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{location}{sep}digest={}", sha256(&chunked));
+    assert_eq!(http("PUT", &url, &[], b"").0, 201, "PUT {url}");
+    end_phase(base, hook, &marker, &mut markers);
+    // A mount of a blob the source repository lacks: an upload starts instead (no event),
+    // finished by a PUT (push).
+    let lacking = b"not in notify/app".to_vec();
+    let url = format!(
+        "{base}/v2/notify/other/blobs/uploads/?mount={}&from=notify/app",
+        sha256(&lacking)
+    );
+    let (status, location) = http("POST", &url, &[], b"");
+    assert_eq!(status, 202, "POST {url}");
+    let location = &location[location.find("/v2/").unwrap()..];
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{location}{sep}digest={}", sha256(&lacking));
+    assert_eq!(
+        http(
+            "PUT",
+            &url,
+            &[("Content-Type", "application/octet-stream")],
+            &lacking
+        )
+        .0,
+        201,
+        "PUT {url}"
+    );
+    end_phase(base, hook, &marker, &mut markers);
+    names.extend([
+        "PUT OCI index by tag",
+        "PUT Docker manifest by digest",
+        "chunked blob upload",
+        "mount from a repository without the blob, then upload",
+    ]);
+
     // No event for any of these.
     assert_eq!(
         http("GET", &format!("{base}/v2/notify/app/tags/list"), &[], b"").0,
@@ -454,6 +557,31 @@ fn normalize(e: &Value) -> Value {
             .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
             .unwrap_or_else(|| s.to_owned());
         *url = Value::String(format!("http://HOST{path}"));
+    }
+    e
+}
+
+/// The events of the phase `name`.
+fn phase_events<'a>(s: &'a Stream, name: &str) -> &'a [Value] {
+    &s.phases
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no phase {name}"))
+        .1
+}
+
+/// `e` without `platform` in its references.
+fn without_platforms(e: &Value) -> Value {
+    let mut e = e.clone();
+    if let Some(refs) = e["target"]
+        .get_mut("references")
+        .and_then(Value::as_array_mut)
+    {
+        for r in refs {
+            if let Some(o) = r.as_object_mut() {
+                o.remove("platform");
+            }
+        }
     }
     e
 }
@@ -707,6 +835,21 @@ fn same_event_stream_as_distribution_28() {
     // steps as multisets (skopeo may do the requests of one step in parallel).
     let names = |s: &Stream| s.phases.iter().map(|p| p.0).collect::<Vec<_>>();
     assert_eq!(names(&berth_stream), names(&dist_stream));
+    // An index's references carry each manifest's platform in distribution 3 (OCI
+    // descriptors) and in Berth; 2.8 drops it. Berth's events, as 2.8 would send them:
+    let index_push = &phase_events(&berth_stream, "PUT OCI index by tag")[0];
+    assert_eq!(
+        index_push["target"]["references"][0]["platform"],
+        json!({"architecture": "amd64", "os": "linux"}),
+        "{index_push}"
+    );
+    let berth_stream = Stream {
+        phases: berth_stream
+            .phases
+            .iter()
+            .map(|(name, events)| (*name, events.iter().map(without_platforms).collect()))
+            .collect(),
+    };
     let mut differences = String::new();
     for ((name, d), (_, b)) in dist_stream.phases.iter().zip(&berth_stream.phases) {
         let (d, b) = if name.starts_with("skopeo") {
@@ -1504,4 +1647,35 @@ fn actor_is_the_account_as_distribution_28() {
         &format!("{auth}{}", notifications_yaml(&berth_hook, "")),
     );
     assert_eq!(run(&berth_hook, &berth.host), dist_events);
+}
+
+/// `DELETE /v2/<name>/manifests/<tag>` (distribution 3; 2.8 cannot): one delete event with
+/// the repository and the tag, as distribution 3 sends; the manifest stays.
+#[test]
+fn tag_delete_as_distribution_3() {
+    let hook = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_on(&dir.path().join("data"), &notifications_yaml(&hook, ""));
+    let p = push_image(&berth.url, "notify/tagdel", "v1", "tagdel");
+    let url = format!("{}/v2/notify/tagdel/manifests/v1", berth.url);
+    assert_eq!(http("DELETE", &url, &[], b"").0, 202);
+    // Deleting it again: 404, no event; then a marker.
+    assert_eq!(http("DELETE", &url, &[], b"").0, 404);
+    let end = push_blob(&berth.url, "notify/tagdel", b"end");
+    let events = hook.wait_events(5, Duration::from_secs(30));
+    let mut want = p.events();
+    want.push(key("delete", "notify/tagdel", "", "v1"));
+    want.push(key("push", "notify/tagdel", &end, ""));
+    assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), want);
+    let target = events[3]["target"].as_object().unwrap();
+    assert_eq!(
+        target.keys().collect::<Vec<_>>(),
+        ["repository", "tag"],
+        "{target:?}"
+    );
+    let by_digest = format!("{}/v2/notify/tagdel/manifests/{}", berth.url, p.manifest);
+    assert_eq!(
+        http("HEAD", &by_digest, &[("Accept", OCI_MANIFEST)], b"").0,
+        200
+    );
 }

@@ -583,6 +583,8 @@ struct WebhookShared {
     /// Signalled on every recorded request.
     arrived: std::sync::Condvar,
     status: std::sync::atomic::AtomicU16,
+    /// Milliseconds to wait before answering (after the request is recorded).
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A running accept loop and the connections it opened, so `stop` can close them all.
@@ -613,6 +615,7 @@ impl Webhook {
                 requests: std::sync::Mutex::new(Vec::new()),
                 arrived: std::sync::Condvar::new(),
                 status: std::sync::atomic::AtomicU16::new(200),
+                delay_ms: std::sync::atomic::AtomicU64::new(0),
             }),
             server: None,
         };
@@ -641,6 +644,14 @@ impl Webhook {
         self.shared
             .status
             .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How long every following request waits for its answer (a slow or hung listener).
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// Every request received so far, whatever it was answered.
@@ -873,6 +884,10 @@ fn serve_connection(stream: std::net::TcpStream, shared: &WebhookShared) {
                 status,
             });
             shared.arrived.notify_all();
+        }
+        let delay = shared.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
         }
         let reason = match status {
             200 => "OK",

@@ -1009,6 +1009,10 @@ fn ignore_rules_as_distribution() {
             0,
             "a disabled endpoint got events"
         );
+        // `includereferences` is not set here.
+        for e in a.events() {
+            assert!(e["target"].get("references").is_none(), "{e}");
+        }
         (
             summary(&a.events()),
             summary(&b.events()),
@@ -1710,4 +1714,127 @@ fn tag_delete_as_distribution_3() {
         http("HEAD", &by_digest, &[("Accept", OCI_MANIFEST)], b"").0,
         200
     );
+}
+
+/// A listener that does not answer: each attempt ends at the endpoint's `timeout` and is
+/// retried (counted as an error, as distribution counts it); once it answers, everything
+/// arrives once, in order.
+#[test]
+fn hung_listener_times_out_and_retries() {
+    let hook = Webhook::start();
+    hook.set_status(503);
+    hook.set_delay(Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "notifications:\n  endpoints:\n    - name: listener\n      url: {}\n      timeout: 300ms\n      threshold: 3\n      backoff: 200ms\n",
+        hook.url()
+    );
+    let berth = berth_on(&dir.path().join("data"), &yaml);
+    let debug = debug_url(&berth);
+    let p = push_image(&berth.url, "notify/hung", "v1", "hung");
+    // Without the timeout, one attempt would wait the whole 10 s.
+    assert!(
+        hook.wait_requests(3, Duration::from_secs(8)),
+        "{} attempts: the timeout is not applied",
+        hook.requests().len()
+    );
+    assert!(
+        metric(
+            &scrape(&debug),
+            "registry_notifications_events_total",
+            &[("endpoint", "listener"), ("type", "Errors")]
+        ) >= 1.0
+    );
+    hook.set_delay(Duration::ZERO);
+    hook.set_status(200);
+    hook.wait_events(3, Duration::from_secs(30));
+    wait_drained(&debug);
+    let events = hook.events();
+    assert_unique_ids(&events);
+    assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), p.events());
+}
+
+/// Two live replicas on one storage root, the listener down for longer than `orphanafter`:
+/// neither adopts the other's queue while its heartbeat goes on, so every event arrives once.
+#[test]
+fn live_replicas_do_not_adopt_each_other() {
+    let mut hook = Webhook::start_stopped();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let yaml = format!(
+        "{}  queue:\n    orphanafter: 1s\n",
+        notifications_yaml(&hook, "")
+    );
+    let a = berth_on(&root, &yaml);
+    let b = berth_on(&root, &yaml);
+    let pa = push_image(&a.url, "notify/by-a", "v1", "by-a");
+    let pb = push_image(&b.url, "notify/by-b", "v1", "by-b");
+    // Three orphanafter periods with both alive: nothing to observe but that nothing moves.
+    std::thread::sleep(Duration::from_secs(3));
+    hook.restart();
+    hook.wait_events(6, Duration::from_secs(30));
+    wait_drained(&debug_url(&a));
+    wait_drained(&debug_url(&b));
+    let events = hook.events();
+    assert_unique_ids(&events);
+    assert_eq!(events.len(), 6, "{events:#?}");
+    assert_eq!(keys_of_repo(&events, "notify/by-a"), pa.events());
+    assert_eq!(keys_of_repo(&events, "notify/by-b"), pb.events());
+    let instance = |repo: &str| -> String {
+        events
+            .iter()
+            .find(|e| e["target"]["repository"] == repo)
+            .map(|e| e["source"]["instanceID"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_ne!(instance("notify/by-a"), instance("notify/by-b"));
+}
+
+/// Pushes from three clients at once into three repositories while the listener goes down
+/// and up again and again: every event arrives (at least once: a connection cut after the
+/// listener took a request gives a legitimate resend), each repository's in order.
+#[test]
+fn flapping_listener_under_concurrent_pushes() {
+    let mut hook = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_on(&dir.path().join("data"), &notifications_yaml(&hook, ""));
+    let debug = debug_url(&berth);
+    let base = berth.url.clone();
+    let pushers: Vec<_> = (0..3)
+        .map(|t| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                (0..3)
+                    .flat_map(|i| {
+                        push_image(
+                            &base,
+                            &format!("notify/flap{t}"),
+                            &format!("v{i}"),
+                            &format!("flap{t}-{i}"),
+                        )
+                        .events()
+                    })
+                    .collect::<Vec<Key>>()
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        hook.stop();
+        std::thread::sleep(Duration::from_millis(150));
+        hook.restart();
+    }
+    let wanted: Vec<Vec<Key>> = pushers.into_iter().map(|h| h.join().unwrap()).collect();
+    wait_drained(&debug);
+    // First arrival of each id, in arrival order.
+    let mut seen = std::collections::BTreeSet::new();
+    let events: Vec<Value> = hook
+        .events()
+        .into_iter()
+        .filter(|e| seen.insert(e["id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(events.len(), 27, "{events:#?}");
+    for (t, want) in wanted.iter().enumerate() {
+        assert_eq!(&keys_of_repo(&events, &format!("notify/flap{t}")), want);
+    }
 }

@@ -1533,6 +1533,9 @@ fn failing_endpoint_in_health_logs_and_metrics() {
     assert_eq!(recovered(&log), 1, "one INFO for the recovery:\n{log}");
 }
 
+/// One request of a scenario: (phase name, method, URL, headers).
+type Step<'a> = (&'static str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 /// Pulls through a pull-through cache at `base` (upstream content: `notify/px:v1` = `p`, and
 /// the marker blob in [`MARKER_REPO`]), phase by phase.
 fn proxy_scenario(base: &str, hook: &Webhook, p: &Pushed, marker: &str) -> Stream {
@@ -1543,7 +1546,7 @@ fn proxy_scenario(base: &str, hook: &Webhook, p: &Pushed, marker: &str) -> Strea
     let by_digest = format!("{base}/v2/notify/px/manifests/{}", p.manifest);
     let layer = format!("{base}/v2/notify/px/blobs/{}", p.layer);
     let config = format!("{base}/v2/notify/px/blobs/{}", p.config);
-    let steps: [(&'static str, &str, &str, &[(&str, &str)]); 8] = [
+    let steps: [Step; 8] = [
         (
             "GET manifest by tag (from upstream)",
             "GET",

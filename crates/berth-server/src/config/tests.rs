@@ -130,8 +130,8 @@ http:
         );
     }
     assert!(
-        l.unsupported.iter().any(|u| u.starts_with("notifications")),
-        "notifications not listed: {:?}",
+        !l.unsupported.iter().any(|u| u.starts_with("notifications")),
+        "notifications listed: {:?}",
         l.unsupported
     );
 }

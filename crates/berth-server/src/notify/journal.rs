@@ -349,13 +349,18 @@ pub async fn replicas_loop(
     journal: Arc<Journal>,
     workers: Vec<mpsc::UnboundedSender<ToWorker>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    first_scan: tokio::sync::oneshot::Sender<()>,
 ) {
     let every =
         (journal.orphan_after / 3).clamp(Duration::from_millis(500), Duration::from_secs(20));
     let mut seen: HashMap<String, (String, Instant)> = HashMap::new();
     let mut adopted: HashSet<(usize, String)> = HashSet::new();
+    let mut first_scan = Some(first_scan);
     loop {
         adopt_orphans(&journal, &workers, &mut seen, &mut adopted, &shutdown).await;
+        if let Some(done) = first_scan.take() {
+            let _ = done.send(());
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,

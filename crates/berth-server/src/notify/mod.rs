@@ -318,11 +318,16 @@ impl Notifier {
             stats.clone(),
             shutdown_rx.clone(),
         )));
+        let (scanned, first_scan) = oneshot::channel();
         tasks.push(tokio::spawn(journal::replicas_loop(
             journal.clone(),
             workers,
             shutdown_rx,
+            scanned,
         )));
+        // The queues of stopped instances (a restart's predecessor) go first: their events
+        // are older than any this process will record.
+        let _ = first_scan.await;
         for ep in &cfg.endpoints {
             tracing::info!(
                 endpoint = %ep.name,
@@ -487,6 +492,14 @@ impl Notifier {
             .iter()
             .filter_map(|s| s.unhealthy())
             .collect()
+    }
+
+    /// Stops every task at once, as a killed process would: nothing flushed or released.
+    #[cfg(test)]
+    fn abort(&self) {
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            t.abort();
+        }
     }
 
     /// Flushes the journal, stops delivery (a partly delivered batch is rewritten without

@@ -270,6 +270,12 @@ fn push_image(base: &str, repo: &str, tag: &str, seed: &str) -> Pushed {
     }
 }
 
+/// The scenario's phase of requests that give no event.
+const NO_EVENTS: &str = "tags list, catalog, missing manifest and blob, refused writes and deletes";
+
+/// The scenario's phase with Basic credentials and X-Forwarded-For.
+const PROXIED_AS_BOB: &str = "GET manifest by digest as bob through a proxy";
+
 /// The repository whose events separate the phases of a scenario.
 const MARKER_REPO: &str = "notify/marker";
 
@@ -378,6 +384,20 @@ fn scenario(base: &str, host: &str, hook: &Webhook) -> Stream {
         "HEAD manifest by digest",
         "GET manifest by digest",
     ]);
+    // Basic credentials where no auth is configured (distribution takes the user name for
+    // the actor), through a proxy (the first X-Forwarded-For address is the request's addr).
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "bob:bob-pw")
+    );
+    let headers = [
+        ("Accept", OCI_MANIFEST),
+        ("Authorization", basic.as_str()),
+        ("X-Forwarded-For", "203.0.113.7, 10.0.0.1"),
+    ];
+    assert_eq!(http("GET", &by_digest, &headers, b"").0, 200);
+    end_phase(base, hook, &marker, &mut markers);
+    names.push(PROXIED_AS_BOB);
 
     let blob = format!("{base}/v2/notify/app/blobs/{layer}");
     assert_eq!(http("HEAD", &blob, &[], b"").0, 200);
@@ -520,8 +540,48 @@ fn scenario(base: &str, host: &str, hook: &Webhook) -> Stream {
     let missing_blob = format!("{base}/v2/notify/app/blobs/{}", sha256(b"never pushed"));
     assert_eq!(http("GET", &missing_blob, &[], b"").0, 404);
     assert_eq!(http("HEAD", &missing_blob, &[], b"").0, 404);
+    // Refused writes: a manifest over a blob the repository lacks, an upload whose digest
+    // does not match, deletes of what is not there.
+    let orphan = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(b"never pushed"), "size": 12},
+        "layers": [],
+    }))
+    .unwrap();
+    let url = format!("{base}/v2/notify/app/manifests/orphan");
+    assert_eq!(
+        http("PUT", &url, &[("Content-Type", OCI_MANIFEST)], &orphan).0,
+        400
+    );
+    let (status, location) = http(
+        "POST",
+        &format!("{base}/v2/notify/app/blobs/uploads/"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202);
+    let location = &location[location.find("/v2/").unwrap()..];
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{location}{sep}digest={}", sha256(b"other bytes"));
+    assert_eq!(
+        http(
+            "PUT",
+            &url,
+            &[("Content-Type", "application/octet-stream")],
+            b"some bytes"
+        )
+        .0,
+        400
+    );
+    let url = format!(
+        "{base}/v2/notify/app/manifests/{}",
+        sha256(b"no such manifest")
+    );
+    assert_eq!(http("DELETE", &url, &[], b"").0, 404);
+    assert_eq!(http("DELETE", &missing_blob, &[], b"").0, 404);
     end_phase(base, hook, &marker, &mut markers);
-    names.push("tags list, catalog, missing manifest and blob");
+    names.push(NO_EVENTS);
 
     let url = format!("{base}/v2/notify/app/manifests/{manifest}");
     assert_eq!(http("DELETE", &url, &[], b"").0, 202, "DELETE {url}");
@@ -844,13 +904,7 @@ fn same_event_stream_as_distribution_28() {
         let p = phase(&dist_stream, name);
         assert!(p.len() == 1 && p[0].0 == "pull", "{name}: {p:?}");
     }
-    assert_eq!(
-        phase(
-            &dist_stream,
-            "tags list, catalog, missing manifest and blob"
-        ),
-        vec![]
-    );
+    assert_eq!(phase(&dist_stream, NO_EVENTS), vec![]);
     // The manifest, and the two tags that pointed at it.
     assert_eq!(phase(&dist_stream, "DELETE manifest by digest").len(), 3);
 
@@ -874,6 +928,12 @@ fn same_event_stream_as_distribution_28() {
             .map(|(name, events)| (*name, events.iter().map(without_platforms).collect()))
             .collect(),
     };
+    // The request's addr (left out of the comparison below) behind a proxy.
+    for s in [&dist_stream, &berth_stream] {
+        let e = &phase_events(s, PROXIED_AS_BOB)[0];
+        assert_eq!(e["request"]["addr"], "203.0.113.7", "{e}");
+        assert_eq!(e["actor"], json!({"name": "bob"}), "{e}");
+    }
     let mut differences = String::new();
     for ((name, d), (_, b)) in dist_stream.phases.iter().zip(&berth_stream.phases) {
         let each = |v: &[Value]| -> Vec<String> {
@@ -1162,8 +1222,8 @@ fn event_fields_and_headers() {
 }
 
 /// The listener is down while two images are pushed; Berth stops (SIGKILL when `kill`, else
-/// SIGTERM) and starts again on the same root; the listener comes up: all six events arrive,
-/// each once, in order per repository.
+/// SIGTERM) and starts again on the same root and takes another push; the listener comes
+/// up: all nine events arrive, each once, in order per repository (the old queue first).
 fn survives_restart(kill: bool) {
     let mut hook = Webhook::start_stopped();
     let dir = tempfile::tempdir().unwrap();
@@ -1193,13 +1253,28 @@ fn survives_restart(kill: bool) {
         sigterm(&mut berth);
     }
     let berth = berth_on(&root, &yaml);
+    // Pushed after the restart, before the listener is back: after the older events.
+    let a2 = push_image(&berth.url, "notify/one", "v2", "one-again");
+    if kill {
+        // The killed instance's queue is adopted after orphanafter; until then the new
+        // events could go first (the new instance cannot tell a dead instance from a live
+        // replica any sooner). Once adopted, the older events go first.
+        wait_metric(
+            &debug_url(&berth),
+            "berth_notifications_pending_events",
+            &[("endpoint", "listener")],
+            |v| v == 9.0,
+        );
+    }
     hook.restart();
-    let events = hook.wait_events(6, Duration::from_secs(30));
+    let events = hook.wait_events(9, Duration::from_secs(30));
     wait_drained(&debug_url(&berth));
     let events_now = hook.events();
-    assert_eq!(events_now.len(), 6, "{events_now:#?}");
+    assert_eq!(events_now.len(), 9, "{events_now:#?}");
     assert_unique_ids(&events_now);
-    assert_eq!(keys_of_repo(&events, "notify/one"), a.events());
+    let mut one = a.events();
+    one.extend(a2.events());
+    assert_eq!(keys_of_repo(&events, "notify/one"), one);
     assert_eq!(keys_of_repo(&events, "notify/two"), b.events());
 }
 

@@ -676,11 +676,14 @@ impl Webhook {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!(
+                let msg = format!(
                     "the webhook accepted {} events within {timeout:?}, {n} expected; requests: {}",
                     events.len(),
                     describe_requests(&reqs)
                 );
+                // Not holding the lock: the listener threads keep working while this unwinds.
+                drop(reqs);
+                panic!("{msg}");
             }
             reqs = self
                 .shared
@@ -875,7 +878,10 @@ fn serve_connection(stream: std::net::TcpStream, shared: &WebhookShared) {
         }
         let status = shared.status.load(std::sync::atomic::Ordering::SeqCst);
         {
-            let mut reqs = shared.requests.lock().unwrap();
+            let mut reqs = shared
+                .requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             reqs.push(WebhookRequest {
                 method,
                 path,

@@ -1916,3 +1916,77 @@ fn flapping_listener_under_concurrent_pushes() {
         assert_eq!(&keys_of_repo(&events, &format!("notify/flap{t}")), want);
     }
 }
+
+/// An endpoint URL with credentials, a path and a query (`http://user:secret@host/p?q`):
+/// the POST goes to that path and query with the credentials as Basic auth, as
+/// distribution's Go client sends them; Berth never logs the secret.
+#[test]
+fn endpoint_url_credentials_path_and_query() {
+    let run = |start: &Starter, hook: &Webhook| {
+        let url = hook
+            .url()
+            .replace("http://", "http://hookuser:hook-secret@")
+            .replace("/events", "/hooks/registry?via=notify");
+        let yaml = format!(
+            "notifications:\n  endpoints:\n    - name: listener\n      url: {url}\n      timeout: 1s\n      backoff: 200ms\n"
+        );
+        let (base, registry) = start(&yaml);
+        push_blob(&base, "notify/creds", b"credentials");
+        hook.wait_events(1, Duration::from_secs(30));
+        let r = &hook.requests()[0];
+        assert_eq!(r.path, "/hooks/registry?via=notify");
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                "hookuser:hook-secret"
+            )
+        );
+        assert_eq!(r.header("authorization"), Some(basic.as_str()));
+        registry
+    };
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        &|yaml| {
+            let d = Distribution::start_with_extra(&dir.path().join("dist"), yaml);
+            (d.url.clone(), Box::new(d))
+        },
+        &Webhook::start(),
+    );
+    let registry = run(
+        &|yaml| {
+            let b = berth_on(&dir.path().join("berth"), yaml);
+            (b.url.clone(), Box::new(b))
+        },
+        &Webhook::start(),
+    );
+    let berth = registry.downcast_ref::<Berth>().unwrap();
+    let log = berth.log();
+    assert!(
+        !log.contains("hook-secret"),
+        "the endpoint URL's password is in the log:\n{log}"
+    );
+}
+
+/// Two replicas on one storage root (orphanafter 30s); the listener is down; A takes a push
+/// and is stopped with SIGTERM: B delivers A's events at its next scan of the queues
+/// (every orphanafter / 3), without waiting for orphanafter.
+#[test]
+fn sigterm_replica_queue_taken_over_without_orphanafter() {
+    let mut hook = Webhook::start_stopped();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let yaml = format!(
+        "{}  queue:\n    orphanafter: 30s\n",
+        notifications_yaml(&hook, "")
+    );
+    let mut a = berth_on(&root, &yaml);
+    let b = berth_on(&root, &yaml);
+    let p = push_image(&a.url, "notify/handover", "v1", "handover");
+    sigterm(&mut a);
+    hook.restart();
+    let events = hook.wait_events(3, Duration::from_secs(20));
+    wait_drained(&debug_url(&b));
+    assert_unique_ids(&hook.events());
+    assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), p.events());
+}

@@ -1840,15 +1840,16 @@ fn live_replicas_do_not_adopt_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     let yaml = format!(
-        "{}  queue:\n    orphanafter: 1s\n",
+        "{}  queue:\n    orphanafter: 2s\n",
         notifications_yaml(&hook, "")
     );
     let a = berth_on(&root, &yaml);
     let b = berth_on(&root, &yaml);
     let pa = push_image(&a.url, "notify/by-a", "v1", "by-a");
     let pb = push_image(&b.url, "notify/by-b", "v1", "by-b");
-    // Three orphanafter periods with both alive: nothing to observe but that nothing moves.
-    std::thread::sleep(Duration::from_secs(3));
+    // Over two orphanafter periods with both alive: nothing to observe but that nothing
+    // moves.
+    std::thread::sleep(Duration::from_secs(5));
     hook.restart();
     hook.wait_events(6, Duration::from_secs(30));
     wait_drained(&debug_url(&a));
@@ -1989,4 +1990,34 @@ fn sigterm_replica_queue_taken_over_without_orphanafter() {
     wait_drained(&debug_url(&b));
     assert_unique_ids(&hook.events());
     assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), p.events());
+}
+
+/// A monolithic upload (one POST with the digest and the body, OCI distribution spec;
+/// distribution cannot) is a blob push like a finished upload.
+#[test]
+fn monolithic_post_upload_is_a_push() {
+    let hook = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_on(&dir.path().join("data"), &notifications_yaml(&hook, ""));
+    let body = b"one request";
+    let d = sha256(body);
+    let url = format!("{}/v2/notify/mono/blobs/uploads/?digest={d}", berth.url);
+    let (status, _) = http(
+        "POST",
+        &url,
+        &[("Content-Type", "application/octet-stream")],
+        body,
+    );
+    assert_eq!(status, 201);
+    let events = hook.wait_events(1, Duration::from_secs(30));
+    let e = &events[0];
+    assert_eq!(key_of(e), key("push", "notify/mono", &d, ""));
+    assert_eq!(e["request"]["method"], "POST");
+    assert_eq!(e["target"]["mediaType"], "application/octet-stream");
+    assert_eq!(e["target"]["size"], body.len());
+    assert_eq!(e["target"]["length"], body.len());
+    assert_eq!(
+        e["target"]["url"],
+        format!("{}/v2/notify/mono/blobs/{d}", berth.url)
+    );
 }

@@ -2,7 +2,8 @@
 //! distribution ignores:
 //!
 //! ```text
-//! /docker/registry/v2/_berth/notifications/queues/<endpoint>/<instance>/<seq>   events, one JSON per line
+//! /docker/registry/v2/_berth/notifications/queues/<endpoint>/<instance>/<seq>-<n>-<first ms>-<last ms>
+//!                                                                           events, one JSON per line
 //! /docker/registry/v2/_berth/notifications/replicas/<instance>                  heartbeat: "<unix ms> <counter>"
 //! /docker/registry/v2/_berth/notifications/claims/<instance>                    which replica adopted a dead one's queue
 //! ```

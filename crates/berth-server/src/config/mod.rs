@@ -1595,6 +1595,27 @@ impl Config {
                 *val = Value::String("<redacted>".to_owned());
             }
         }
+        // So do webhook headers; and a webhook URL may carry a password.
+        if let Some(Value::Sequence(eps)) = v
+            .get_mut("notifications")
+            .and_then(|n| n.get_mut("endpoints"))
+        {
+            for ep in eps {
+                if let Some(Value::Mapping(h)) = ep.get_mut("headers") {
+                    for (_, val) in h.iter_mut() {
+                        *val = Value::String("<redacted>".to_owned());
+                    }
+                }
+                if let Some(Value::String(url)) = ep.get_mut("url") {
+                    if let Ok(mut u) = reqwest::Url::parse(url) {
+                        if u.password().is_some() {
+                            let _ = u.set_password(Some("redacted"));
+                            *url = u.to_string();
+                        }
+                    }
+                }
+            }
+        }
         serde_yaml::to_string(&v).unwrap_or_default()
     }
 }

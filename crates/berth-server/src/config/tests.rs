@@ -93,6 +93,10 @@ notifications:
       headers:
         Authorization: [Bearer xyz]
       timeout: 1s
+    - name: other
+      url: https://user:hookpass@hook2/
+      headers:
+        X-Api-Key: [apikey123]
 http:
   addr: 0.0.0.0:5000
   secret: asecretforlocaldevelopment
@@ -107,6 +111,8 @@ http:
         "hunter2",
         "asecretforlocaldevelopment",
         "Bearer xyz",
+        "hookpass",
+        "apikey123",
         "password: p\n",
     ] {
         assert!(!y.contains(secret), "{secret} not redacted:\n{y}");

@@ -48,6 +48,18 @@ impl Segment {
         }
     }
 
+    /// A journal object known from its name; its events are read when due.
+    pub fn unloaded(key: String, count: usize, oldest: SystemTime, newest: SystemTime) -> Segment {
+        Segment {
+            key: Some(key),
+            events: None,
+            count,
+            delivered: 0,
+            oldest,
+            newest,
+        }
+    }
+
     fn remaining(&self) -> usize {
         self.count - self.delivered
     }
@@ -198,7 +210,7 @@ impl Queue {
     fn push(&mut self, mut s: Segment) {
         if s.key.is_some() && self.loaded + s.count > MAX_LOADED && !self.segments.is_empty() {
             s.events = None;
-        } else {
+        } else if s.events.is_some() {
             self.loaded += s.count;
         }
         self.segments.push_back(s);
@@ -210,7 +222,7 @@ impl Queue {
         for (k, mut s) in adopted.into_iter().enumerate() {
             if self.loaded + s.count > MAX_LOADED {
                 s.events = None;
-            } else {
+            } else if s.events.is_some() {
                 self.loaded += s.count;
             }
             self.segments.insert(at + k, s);

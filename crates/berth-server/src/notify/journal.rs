@@ -2,7 +2,8 @@
 //! distribution ignores:
 //!
 //! ```text
-//! /docker/registry/v2/_berth/notifications/queues/<endpoint>/<instance>/<seq>   events, one JSON per line
+//! /docker/registry/v2/_berth/notifications/queues/<endpoint>/<instance>/<seq>-<n>-<first ms>-<last ms>
+//!                                                                           events, one JSON per line
 //! /docker/registry/v2/_berth/notifications/replicas/<instance>                  heartbeat: "<unix ms> <counter>"
 //! /docker/registry/v2/_berth/notifications/claims/<instance>                    which replica adopted a dead one's queue
 //! ```
@@ -145,17 +146,30 @@ impl Journal {
     pub async fn write(&self, endpoint: usize, events: &[Event]) -> Result<String, StorageError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let key = format!(
-            "{}/{}/{seq:016x}",
+            "{}/{}/{}",
             self.queue_dir(endpoint),
-            self.instance.id()
+            self.instance.id(),
+            object_name(seq, events)
         );
         self.driver.put_content(&key, encode(events)).await?;
         Ok(key)
     }
 
-    /// Replaces an object with what is left of it.
+    /// Replaces an object with what is left of it (same sequence number, so the same place in
+    /// the queue; the name's counts change).
     pub async fn rewrite(&self, key: &str, events: &[Event]) -> Result<(), StorageError> {
-        self.driver.put_content(key, encode(events)).await
+        let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+        let seq = name
+            .split('-')
+            .next()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .unwrap_or(0);
+        let new = format!("{dir}/{}", object_name(seq, events));
+        self.driver.put_content(&new, encode(events)).await?;
+        if new != key {
+            self.remove(key).await;
+        }
+        Ok(())
     }
 
     /// The events of an object (lines that do not parse are skipped with a warning).
@@ -213,7 +227,35 @@ impl Journal {
     }
 }
 
-pub(super) fn encode(events: &[Event]) -> Bytes {
+/// An object's name: `<seq>-<events>-<first event ms>-<last event ms>`, so a queue can be
+/// sized and bounded from a listing, without reading it.
+fn object_name(seq: u64, events: &[Event]) -> String {
+    let ms = |e: Option<&Event>| {
+        e.and_then(|e| berth_core::time::parse_rfc3339(&e.timestamp))
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis())
+    };
+    format!(
+        "{seq:016x}-{}-{}-{}",
+        events.len(),
+        ms(events.first()),
+        ms(events.last())
+    )
+}
+
+/// What an object's name says: events, first and last event time.
+fn parse_name(name: &str) -> Option<(usize, SystemTime, SystemTime)> {
+    let mut parts = name.split('-');
+    let _seq = parts.next()?;
+    let count = parts.next()?.parse().ok()?;
+    let mut time = || -> Option<SystemTime> {
+        Some(UNIX_EPOCH + Duration::from_millis(parts.next()?.parse().ok()?))
+    };
+    let (first, last) = (time()?, time()?);
+    Some((count, first, last))
+}
+
+fn encode(events: &[Event]) -> Bytes {
     let mut out = Vec::with_capacity(events.len() * 512);
     for e in events {
         if serde_json::to_writer(&mut out, e).is_ok() {
@@ -223,7 +265,7 @@ pub(super) fn encode(events: &[Event]) -> Bytes {
     Bytes::from(out)
 }
 
-pub(super) fn decode(key: &str, body: &[u8]) -> Vec<Event> {
+fn decode(key: &str, body: &[u8]) -> Vec<Event> {
     body.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .filter_map(|l| match serde_json::from_slice(l) {
@@ -447,6 +489,11 @@ async fn adopt_orphans(
             let mut unreadable = false;
             for name in journal.list_names(&inst_dir).await {
                 let key = format!("{inst_dir}/{name}");
+                if let Some((count, first, last)) = parse_name(&name).filter(|n| n.0 > 0) {
+                    // Read when its turn comes.
+                    segments.push(Segment::unloaded(key, count, first, last));
+                    continue;
+                }
                 match journal.read(&key).await {
                     Ok(events) if events.is_empty() => journal.remove(&key).await,
                     Ok(events) => segments.push(Segment::new(Some(key), events)),

@@ -14,23 +14,33 @@ use super::*;
 struct Listener {
     url: String,
     status: Arc<AtomicU16>,
+    /// POSTs answered with `status` before every further one gets 503 (negative: no limit).
+    budget: Arc<std::sync::atomic::AtomicI64>,
     posts: Arc<Mutex<Vec<(http::HeaderMap, serde_json::Value)>>>,
 }
 
 impl Listener {
     async fn start() -> Listener {
         let status = Arc::new(AtomicU16::new(200));
+        let budget = Arc::new(std::sync::atomic::AtomicI64::new(-1));
         let posts = Arc::new(Mutex::new(Vec::new()));
-        let (s, p) = (status.clone(), posts.clone());
+        let (s, p, b) = (status.clone(), posts.clone(), budget.clone());
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let (s, p) = (s.clone(), p.clone());
+            let (s, p, b) = (s.clone(), p.clone(), b.clone());
             async move {
                 let (parts, body) = req.into_parts();
                 let body = axum::body::to_bytes(body, 1 << 20)
                     .await
                     .unwrap_or_default();
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let code = s.load(Ordering::SeqCst);
+                let mut code = s.load(Ordering::SeqCst);
+                match b.load(Ordering::SeqCst) {
+                    0 => code = 503,
+                    n if n > 0 => {
+                        b.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
                 if code < 300 {
                     p.lock().unwrap().push((parts.headers, v));
                 }
@@ -40,7 +50,12 @@ impl Listener {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/events", l.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(l, app).await });
-        Listener { url, status, posts }
+        Listener {
+            url,
+            status,
+            budget,
+            posts,
+        }
     }
 
     /// The events received, in order.
@@ -392,4 +407,35 @@ async fn a_killed_replicas_queue_is_adopted_after_orphanafter() {
     assert_eq!(sizes, vec![1, 2, 3, 4], "{got:?}");
     assert_eq!(survivor.endpoints()[0].delivered.load(Ordering::Relaxed), 4);
     survivor.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_partly_delivered_batch_is_not_sent_again_after_a_clean_stop() {
+    let hook = Listener::start().await;
+    hook.budget.store(2, Ordering::SeqCst);
+    let driver: Arc<dyn StorageDriver> = Arc::new(InMemoryDriver::new());
+    let first = notifier(config(vec![endpoint(&hook.url)]), &driver).await;
+    // One notice, five events, one journal object.
+    let deleted = Notice::ManifestDeleted {
+        repository: "app".parse().unwrap(),
+        digest: digest('d'),
+        tags: (1..=4).map(|i| format!("t{i}")).collect(),
+    };
+    first.publish(&deleted, &ctx()).await;
+    assert_eq!(hook.wait_for(2).await.len(), 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.shutdown(Duration::from_secs(5)).await;
+    hook.budget.store(-1, Ordering::SeqCst);
+    let second = notifier(config(vec![endpoint(&hook.url)]), &driver).await;
+    hook.wait_for(5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = hook.events();
+    let tags: Vec<String> = events
+        .iter()
+        .map(|e| e["target"]["tag"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(tags, vec!["", "t1", "t2", "t3", "t4"]);
+    let ids: std::collections::HashSet<_> = events.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids.len(), 5, "an event was delivered twice");
+    second.shutdown(Duration::from_secs(5)).await;
 }

@@ -1164,11 +1164,14 @@ fn event_fields_and_headers() {
         .to_owned();
     assert!(!instance.is_empty());
     for e in &events {
+        // Go's RFC3339Nano in UTC: `2006-01-02T15:04:05.999999999Z`, trailing zeros dropped.
         let ts = e["timestamp"].as_str().unwrap();
+        let (secs, frac) = time_order(ts);
         assert!(
-            ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            secs.len() == 19 && secs.as_bytes()[10] == b'T' && frac.len() == 9,
             "timestamp {ts}"
         );
+        assert!(!ts.contains('.') || !ts.ends_with("0Z"), "timestamp {ts}");
         assert_eq!(e["source"]["instanceID"], instance.as_str(), "{e}");
         assert_eq!(e["request"]["host"], berth.host.as_str(), "{e}");
         assert!(
@@ -2019,5 +2022,95 @@ fn monolithic_post_upload_is_a_push() {
     assert_eq!(
         e["target"]["url"],
         format!("{}/v2/notify/mono/blobs/{d}", berth.url)
+    );
+}
+
+/// SIGTERM while an event is on its way to a slow listener (a rolling update): after the
+/// restart every event arrives, and none twice (the POST in flight is finished, or its event
+/// is not resent once the listener took it).
+#[test]
+fn sigterm_during_delivery_sends_nothing_twice() {
+    let hook = Webhook::start();
+    hook.set_delay(Duration::from_millis(400));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let yaml = notifications_yaml(&hook, "");
+    let mut berth = berth_on(&root, &yaml);
+    let p = push_image(&berth.url, "notify/rolling", "v1", "rolling");
+    // The first POST is in the listener's hands.
+    assert!(hook.wait_requests(1, Duration::from_secs(10)));
+    sigterm(&mut berth);
+    hook.set_delay(Duration::ZERO);
+    let berth = berth_on(&root, &yaml);
+    hook.wait_events(3, Duration::from_secs(30));
+    wait_drained(&debug_url(&berth));
+    let events = hook.events();
+    assert_unique_ids(&events);
+    assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), p.events());
+}
+
+/// A UTC RFC 3339 timestamp as Go writes it (`…T22:13:20.5Z`, trailing zeros of the
+/// fraction dropped) as something that sorts as the time: (seconds part, 9-digit fraction).
+fn time_order(ts: &str) -> (String, String) {
+    let ts = ts
+        .strip_suffix('Z')
+        .unwrap_or_else(|| panic!("not UTC: {ts}"));
+    let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
+    (secs.to_owned(), format!("{frac:0<9}"))
+}
+
+/// A burst: eight clients push 25 blobs each (monolithic POSTs) at once; the listener gets all
+/// 200 events, each once, every client's in its order, with timestamps that do not go back.
+#[test]
+fn burst_of_concurrent_pushes() {
+    let hook = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let berth = berth_on(&dir.path().join("data"), &notifications_yaml(&hook, ""));
+    let debug = debug_url(&berth);
+    let pushers: Vec<_> = (0..8)
+        .map(|t| {
+            let base = berth.url.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|i| {
+                        let body = format!("burst {t} {i}");
+                        let d = sha256(body.as_bytes());
+                        let url = format!("{base}/v2/notify/burst{t}/blobs/uploads/?digest={d}");
+                        let (status, _) = http(
+                            "POST",
+                            &url,
+                            &[("Content-Type", "application/octet-stream")],
+                            body.as_bytes(),
+                        );
+                        assert_eq!(status, 201);
+                        key("push", &format!("notify/burst{t}"), &d, "")
+                    })
+                    .collect::<Vec<Key>>()
+            })
+        })
+        .collect();
+    let wanted: Vec<Vec<Key>> = pushers.into_iter().map(|h| h.join().unwrap()).collect();
+    hook.wait_events(200, Duration::from_secs(45));
+    wait_drained(&debug);
+    let events = hook.events();
+    assert_eq!(events.len(), 200);
+    assert_unique_ids(&events);
+    for (t, want) in wanted.iter().enumerate() {
+        let repo = format!("notify/burst{t}");
+        assert_eq!(&keys_of_repo(&events, &repo), want, "{repo}");
+        let times: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e["target"]["repository"] == repo.as_str())
+            .map(|e| time_order(e["timestamp"].as_str().unwrap()))
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{repo}: {times:?}");
+    }
+    assert_eq!(
+        metric(
+            &scrape(&debug),
+            "berth_notifications_delivered_total",
+            &[("endpoint", "listener")]
+        ),
+        200.0
     );
 }

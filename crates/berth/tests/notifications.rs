@@ -2114,3 +2114,79 @@ fn burst_of_concurrent_pushes() {
         200.0
     );
 }
+
+/// Two endpoints, one down: the other gets every event meanwhile (no endpoint waits for
+/// another), each has its own pending count, and the one that comes back gets its own.
+#[test]
+fn endpoints_are_independent() {
+    let mut down = Webhook::start_stopped();
+    let up = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "notifications:\n  endpoints:\n    - name: down\n      url: {}\n      timeout: 1s\n      threshold: 3\n      backoff: 200ms\n    - name: up\n      url: {}\n      timeout: 1s\n      threshold: 3\n      backoff: 200ms\n",
+        down.url(),
+        up.url()
+    );
+    let berth = berth_on(&dir.path().join("data"), &yaml);
+    let debug = debug_url(&berth);
+    let p = push_image(&berth.url, "notify/indep", "v1", "indep");
+    let events = up.wait_events(3, Duration::from_secs(10));
+    assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), p.events());
+    wait_metric(
+        &debug,
+        "berth_notifications_pending_events",
+        &[("endpoint", "up")],
+        |v| v == 0.0,
+    );
+    // (Polled: events reach the endpoint's worker between its attempts.)
+    wait_metric(
+        &debug,
+        "berth_notifications_pending_events",
+        &[("endpoint", "down")],
+        |v| v == 3.0,
+    );
+    down.restart();
+    let events = down.wait_events(3, Duration::from_secs(30));
+    assert_eq!(events.iter().map(key_of).collect::<Vec<_>>(), p.events());
+    // The same events: the same ids at both endpoints.
+    let ids = |h: &Webhook| -> Vec<String> {
+        h.events()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&down), ids(&up));
+}
+
+/// An endpoint removed from the configuration while events wait for it: after the restart a
+/// new endpoint gets only the events that happen from then on, not the old one's.
+#[test]
+fn removed_endpoint_events_go_nowhere_else() {
+    let old = Webhook::start_stopped();
+    let new = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let endpoint = |name: &str, hook: &Webhook| {
+        format!(
+            "notifications:\n  endpoints:\n    - name: {name}\n      url: {}\n      timeout: 1s\n      backoff: 200ms\n",
+            hook.url()
+        )
+    };
+    let mut berth = berth_on(&root, &endpoint("old", &old));
+    push_image(&berth.url, "notify/before", "v1", "before");
+    sigterm(&mut berth);
+    let berth = berth_on(&root, &endpoint("new", &new));
+    let after = push_blob(&berth.url, "notify/after", b"after");
+    let events = new.wait_events(1, Duration::from_secs(30));
+    wait_metric(
+        &debug_url(&berth),
+        "berth_notifications_pending_events",
+        &[("endpoint", "new")],
+        |v| v == 0.0,
+    );
+    assert_eq!(
+        new.events().iter().map(key_of).collect::<Vec<_>>(),
+        vec![key("push", "notify/after", &after, "")],
+        "{events:#?}"
+    );
+}

@@ -2059,8 +2059,9 @@ fn time_order(ts: &str) -> (String, String) {
     (secs.to_owned(), format!("{frac:0<9}"))
 }
 
-/// A burst: eight clients push 25 blobs each (monolithic POSTs) at once; the listener gets all
-/// 200 events, each once, every client's in its order, with timestamps that do not go back.
+/// A burst: eight clients push 25 blobs each (monolithic POSTs) and pull each back, all at
+/// once; the listener gets all 400 events, each once, every client's in its order, with
+/// timestamps that do not go back.
 #[test]
 fn burst_of_concurrent_pushes() {
     let hook = Webhook::start();
@@ -2083,17 +2084,22 @@ fn burst_of_concurrent_pushes() {
                             body.as_bytes(),
                         );
                         assert_eq!(status, 201);
-                        key("push", &format!("notify/burst{t}"), &d, "")
+                        // And a pull of it (pull events take the path that does not wait).
+                        let url = format!("{base}/v2/notify/burst{t}/blobs/{d}");
+                        assert_eq!(http("GET", &url, &[], b"").0, 200);
+                        let repo = format!("notify/burst{t}");
+                        [key("push", &repo, &d, ""), key("pull", &repo, &d, "")]
                     })
+                    .flatten()
                     .collect::<Vec<Key>>()
             })
         })
         .collect();
     let wanted: Vec<Vec<Key>> = pushers.into_iter().map(|h| h.join().unwrap()).collect();
-    hook.wait_events(200, Duration::from_secs(45));
+    hook.wait_events(400, Duration::from_secs(45));
     wait_drained(&debug);
     let events = hook.events();
-    assert_eq!(events.len(), 200);
+    assert_eq!(events.len(), 400);
     assert_unique_ids(&events);
     for (t, want) in wanted.iter().enumerate() {
         let repo = format!("notify/burst{t}");
@@ -2111,7 +2117,7 @@ fn burst_of_concurrent_pushes() {
             "berth_notifications_delivered_total",
             &[("endpoint", "listener")]
         ),
-        200.0
+        400.0
     );
 }
 

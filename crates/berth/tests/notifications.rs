@@ -1587,15 +1587,16 @@ fn failing_endpoint_in_health_logs_and_metrics() {
         3.0
     );
     assert_eq!(metric(&samples, "registry_notifications_pending", &ep), 0.0);
-    assert_eq!(
-        sample(
-            &samples,
-            "berth_notifications_dropped_total",
-            &[("endpoint", "listener"), ("reason", "maxpending")]
-        )
-        .unwrap_or(0.0),
-        0.0
-    );
+    for reason in ["maxpending", "maxage"] {
+        assert_eq!(
+            metric(
+                &samples,
+                "berth_notifications_dropped_total",
+                &[("endpoint", "listener"), ("reason", reason)]
+            ),
+            0.0
+        );
+    }
 
     let recovered = |log: &str| {
         log.lines()
@@ -2194,5 +2195,38 @@ fn removed_endpoint_events_go_nowhere_else() {
         new.events().iter().map(key_of).collect::<Vec<_>>(),
         vec![key("push", "notify/after", &after, "")],
         "{events:#?}"
+    );
+}
+
+/// Berth's `proxy.upstreams` form: a pull through the `docker.io` upstream is a pull event
+/// of the repository as the client named it (`docker.io/notify/px`).
+#[test]
+fn pull_through_upstreams_form_names_the_client_repository() {
+    let upstream = Berth::start();
+    let p = push_image(&upstream.url, "notify/px", "v1", "upstreams");
+    let hook = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "proxy:\n  spooldir: {}\n  upstreams:\n    - name: docker.io\n      remoteurl: {}\n{}",
+        dir.path().join("spool").display(),
+        upstream.url,
+        notifications_yaml(&hook, "")
+    );
+    let berth = berth_on(&dir.path().join("data"), &yaml);
+    let url = format!("{}/v2/docker.io/notify/px/manifests/v1", berth.url);
+    assert_eq!(http("GET", &url, &[("Accept", OCI_MANIFEST)], b"").0, 200);
+    let url = format!("{}/v2/docker.io/notify/px/blobs/{}", berth.url, p.layer);
+    assert_eq!(http("GET", &url, &[], b"").0, 200);
+    let events = hook.wait_events(2, Duration::from_secs(30));
+    assert_eq!(
+        events.iter().map(key_of).collect::<Vec<_>>(),
+        vec![
+            key("pull", "docker.io/notify/px", &p.manifest, "v1"),
+            key("pull", "docker.io/notify/px", &p.layer, ""),
+        ]
+    );
+    assert_eq!(
+        events[1]["target"]["url"],
+        format!("{}/v2/docker.io/notify/px/blobs/{}", berth.url, p.layer)
     );
 }

@@ -118,6 +118,14 @@ impl Listener {
         }
     }
 
+    /// The TCP port it listens on (`None` for a Unix socket).
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+            Listener::Unix(..) => None,
+        }
+    }
+
     /// Where it listens, for the start-up line: `http://127.0.0.1:5000`, `unix:/run/registry.sock`.
     pub fn describe(&self, scheme: &str) -> String {
         match self {

@@ -173,6 +173,10 @@ pub fn serve(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("binding the listener on {addr}"))?
                 .into()
         };
+        if let (Some(n), Some(port)) = (&notifier, listener.port()) {
+            // Events name the port actually bound (`http.addr: :0` names none).
+            n.set_source_addr(berth_server::notify::source_addr(&format!(":{port}")));
+        }
         let listen = berth_server::listen::ListenOptions {
             tls: tls.map(berth_server::tls::Tls::watch),
             h2c: cfg.http.h2c.as_ref().is_some_and(|h| h.enabled),

@@ -190,7 +190,7 @@ impl Journal {
     /// Writes this instance's heartbeat.
     pub async fn beat(&self) -> Result<(), StorageError> {
         let n = self.beats.fetch_add(1, Ordering::Relaxed);
-        let body = format!("{} {n}\n", now_ms());
+        let body = format!("{} {n} {}\n", now_ms(), Host::this().encode());
         self.driver
             .put_content(&Self::heartbeat_path(self.instance.id()), Bytes::from(body))
             .await
@@ -413,6 +413,77 @@ pub async fn replicas_loop(
     }
 }
 
+/// Where an instance runs, as its heartbeat records it: host name, boot, process id and
+/// start time. A process restarted after a crash on the same host (a container restarted in
+/// its pod, a service restarted by systemd) sees that its predecessor's process is gone and
+/// takes its queue at once, before delivering anything of its own, instead of waiting for
+/// `orphanafter`.
+#[derive(Debug, PartialEq)]
+struct Host {
+    name: String,
+    boot: String,
+    pid: u32,
+    started: String,
+}
+
+/// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22): with the
+/// pid, it names one process of one boot.
+fn process_start(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19).map(str::to_owned)
+}
+
+impl Host {
+    fn this() -> Host {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Host {
+            name: read("/proc/sys/kernel/hostname"),
+            boot: read("/proc/sys/kernel/random/boot_id"),
+            pid: std::process::id(),
+            started: process_start("self").unwrap_or_default(),
+        }
+    }
+
+    fn encode(&self) -> String {
+        format!("{}/{}/{}/{}", self.name, self.boot, self.pid, self.started)
+    }
+
+    fn decode(s: Option<&str>) -> Option<Host> {
+        let mut p = s?.splitn(4, '/');
+        let (name, boot) = (p.next()?, p.next()?);
+        let (pid, started) = (p.next()?.parse().ok()?, p.next()?);
+        Some(Host {
+            name: name.to_owned(),
+            boot: boot.to_owned(),
+            pid,
+            started: started.to_owned(),
+        })
+    }
+
+    /// Whether this (another instance's) process is certainly gone: it ran on this host, and
+    /// the host rebooted since, or no process with its id and start time runs. A process of
+    /// another host (or of a PID namespace this one cannot see into, which then looks like
+    /// another host only if its host name differs) is never judged this way.
+    fn is_gone(&self) -> bool {
+        let here = Host::this();
+        if self.name.is_empty() || self.name != here.name || here.boot.is_empty() {
+            return false;
+        }
+        if self.boot != here.boot {
+            return true;
+        }
+        if self.started.is_empty() {
+            return false;
+        }
+        process_start(&self.pid.to_string()).is_none_or(|s| s != self.started)
+    }
+}
+
 /// Whether an instance is gone, from its heartbeat (see the module documentation).
 fn is_dead(
     beat: Option<&str>,
@@ -423,12 +494,15 @@ fn is_dead(
     let Some(beat) = beat else {
         return true;
     };
-    let written = beat
-        .split_whitespace()
+    let mut fields = beat.split_whitespace();
+    let written = fields
         .next()
         .and_then(|ms| ms.parse::<u64>().ok())
         .unwrap_or(0);
     if now_ms().saturating_sub(written) > orphan_after.as_millis() as u64 {
+        return true;
+    }
+    if Host::decode(fields.nth(1)).is_some_and(|h| h.is_gone()) {
         return true;
     }
     let entry = seen
@@ -564,4 +638,86 @@ async fn claim(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     matches!(journal.driver.get_content(&path).await, Ok(b) if b.as_ref() == own.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crashed_predecessor_on_this_host_is_gone_at_once() {
+        let here = Host::this();
+        assert_eq!(Host::decode(Some(&here.encode())), Some(Host::this()));
+        assert!(!here.is_gone(), "this process is alive");
+        let gone_pid = Host {
+            pid: u32::MAX - 1,
+            ..Host::this()
+        };
+        assert!(gone_pid.is_gone(), "no such process");
+        let restarted = Host {
+            started: "1".to_owned(),
+            ..Host::this()
+        };
+        assert!(
+            restarted.is_gone(),
+            "same pid, another process (a restarted container)"
+        );
+        let rebooted = Host {
+            boot: "another-boot".to_owned(),
+            ..Host::this()
+        };
+        assert!(rebooted.is_gone());
+        let elsewhere = Host {
+            name: "another-host".to_owned(),
+            pid: u32::MAX - 1,
+            ..Host::this()
+        };
+        assert!(
+            !elsewhere.is_gone(),
+            "another host's process is judged by its heartbeat"
+        );
+        // A heartbeat of another host, fresh: alive until it stops changing.
+        let mut seen = HashMap::new();
+        let beat = format!("{} 3 {}", now_ms(), elsewhere.encode());
+        assert!(!is_dead(
+            Some(&beat),
+            "x",
+            &mut seen,
+            Duration::from_secs(60)
+        ));
+        let beat = format!("{} 3 {}", now_ms(), gone_pid.encode());
+        assert!(is_dead(
+            Some(&beat),
+            "y",
+            &mut seen,
+            Duration::from_secs(60)
+        ));
+        assert!(is_dead(None, "z", &mut seen, Duration::from_secs(60)));
+        let old = format!("{} 3", now_ms() - 120_000);
+        assert!(is_dead(Some(&old), "w", &mut seen, Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn object_names_carry_count_and_times() {
+        let e = |ts: &str| Event {
+            id: "i".to_owned(),
+            timestamp: ts.to_owned(),
+            action: "push".to_owned(),
+            target: super::super::Target::default(),
+            request: super::super::RequestRecord::default(),
+            actor: super::super::Actor::default(),
+            source: super::super::Source::default(),
+        };
+        let events = [e("2026-12-04T10:00:00Z"), e("2026-12-04T10:00:01.5Z")];
+        let name = object_name(26, &events);
+        assert!(name.starts_with("000000000000001a-2-"), "{name}");
+        let (n, first, last) = parse_name(&name).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            last.duration_since(first).unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(decode("k", &encode(&events)), events.to_vec());
+        assert_eq!(decode("k", b"{not json}\n").len(), 0);
+    }
 }

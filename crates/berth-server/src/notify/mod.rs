@@ -258,7 +258,7 @@ const APPEND_QUEUE: usize = 65_536;
 /// The notification pipeline: journal, per-endpoint delivery, and their statistics.
 pub struct Notifier {
     include_references: bool,
-    source: Source,
+    source: std::sync::RwLock<Source>,
     tx: mpsc::Sender<Append>,
     endpoints: Vec<Arc<EndpointStats>>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -279,6 +279,7 @@ impl Notifier {
         let instance = journal::Instance::new();
         let client = reqwest::Client::builder()
             .no_proxy()
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("notifications: building the HTTP client: {e}"))?;
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -341,10 +342,10 @@ impl Notifier {
         }
         Ok(Some(Arc::new(Notifier {
             include_references: cfg.include_references,
-            source: Source {
+            source: std::sync::RwLock::new(Source {
                 addr: cfg.source_addr,
                 instance_id: instance.uuid().to_owned(),
-            },
+            }),
             tx,
             endpoints: stats,
             shutdown,
@@ -376,7 +377,15 @@ impl Notifier {
         }
     }
 
+    /// `source.addr` once the listener is bound (`http.addr` with port 0 names no port).
+    pub fn set_source_addr(&self, addr: String) {
+        if let Ok(mut s) = self.source.write() {
+            s.addr = addr;
+        }
+    }
+
     fn events(&self, notice: &Notice, ctx: &RequestContext) -> Vec<Event> {
+        let source = self.source.read().map(|s| s.clone()).unwrap_or_default();
         let event = |action: Action, target: Target| Event {
             id: uuid::Uuid::new_v4().to_string(),
             timestamp: berth_core::time::rfc3339_nanos(SystemTime::now()),
@@ -386,7 +395,7 @@ impl Notifier {
             actor: Actor {
                 name: ctx.actor.clone(),
             },
-            source: self.source.clone(),
+            source: source.clone(),
         };
         match notice {
             Notice::Manifest {

@@ -2080,7 +2080,7 @@ fn burst_of_concurrent_pushes() {
             let base = berth.url.clone();
             std::thread::spawn(move || {
                 (0..25)
-                    .map(|i| {
+                    .flat_map(|i| {
                         let body = format!("burst {t} {i}");
                         let d = sha256(body.as_bytes());
                         let url = format!("{base}/v2/notify/burst{t}/blobs/uploads/?digest={d}");
@@ -2097,7 +2097,6 @@ fn burst_of_concurrent_pushes() {
                         let repo = format!("notify/burst{t}");
                         [key("push", &repo, &d, ""), key("pull", &repo, &d, "")]
                     })
-                    .flatten()
                     .collect::<Vec<Key>>()
             })
         })

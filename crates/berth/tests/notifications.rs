@@ -14,8 +14,7 @@
 //!   and (outside a cut connection) once.
 //! - Bounds (`maxpending`, `maxage`), `/debug/health`, the WARN/INFO lines and the metrics.
 //!
-//! distribution's stream, as measured here, is written down in the issue notes
-//! (`dist-events.txt`); run with `NOTIFY_DUMP=<file>` to get both streams of the parity tests.
+//! `NOTIFY_DUMP=<file>` writes both normalized streams of a parity test, phase by phase.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;

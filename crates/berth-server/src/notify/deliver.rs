@@ -302,7 +302,16 @@ pub async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %cfg.name, "notifications: reading queued events back from {key}: {e}");
-                    if wait(&mut shutdown, cfg.backoff).await {
+                    if wait(
+                        &mut shutdown,
+                        &mut rx,
+                        &mut open,
+                        &mut q,
+                        &stats,
+                        cfg.backoff,
+                    )
+                    .await
+                    {
                         break;
                     }
                 }
@@ -366,7 +375,17 @@ pub async fn run(
                 }
                 in_a_row = in_a_row.saturating_add(1);
                 // distribution's retry rule: `threshold` attempts in a row, then one per backoff.
-                if in_a_row >= cfg.threshold && wait(&mut shutdown, cfg.backoff).await {
+                if in_a_row >= cfg.threshold
+                    && wait(
+                        &mut shutdown,
+                        &mut rx,
+                        &mut open,
+                        &mut q,
+                        &stats,
+                        cfg.backoff,
+                    )
+                    .await
+                {
                     break;
                 }
             }
@@ -392,11 +411,29 @@ fn intake(q: &mut Queue, m: ToWorker) {
     }
 }
 
-/// Sleeps `d`; true when shutdown came first.
-async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
+/// Sleeps `d`, taking in (and counting) what arrives meanwhile; true when shutdown came
+/// first.
+async fn wait(
+    shutdown: &mut watch::Receiver<bool>,
+    rx: &mut mpsc::UnboundedReceiver<ToWorker>,
+    open: &mut bool,
+    q: &mut Queue,
+    stats: &EndpointStats,
+    d: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return *shutdown.borrow(),
+            _ = shutdown.changed() => return true,
+            m = rx.recv(), if *open => match m {
+                Some(m) => {
+                    intake(q, m);
+                    publish(stats, q);
+                }
+                None => *open = false,
+            },
+        }
     }
 }
 

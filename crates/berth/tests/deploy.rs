@@ -24,7 +24,7 @@ use berth_conformance::client::{Body, Client};
 use berth_conformance::fixtures::{digest, Image};
 use serde::Deserialize as _;
 use serde_yaml::Value;
-use support::{Moto, Redis};
+use support::{debug_url, get, Moto, Redis};
 
 /// What kubelet injects (docker-links style) into every pod of the namespace for the Services of
 /// deploy/kubernetes: `registry` (port `http` 5000) and `registry-redis` (port `redis` 6379).
@@ -567,26 +567,6 @@ fn serve(config: &str, dir: &Path, env: &[(&str, &str)]) -> support::Berth {
         dir,
         &all,
     ))
-}
-
-fn debug_url(b: &support::Berth) -> String {
-    let log = b.wait_log("the debug listener", |l| {
-        l.contains("debug listener on http://")
-    });
-    let rest = log.split("debug listener on http://").nth(1).unwrap();
-    let addr: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != '"')
-        .collect();
-    format!("http://{addr}")
-}
-
-fn get(url: &str) -> (u16, String) {
-    match ureq::get(url).call() {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
-        Err(e) => panic!("{url}: {e}"),
-    }
 }
 
 #[test]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use berth_testkit::Webhook;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-use support::{Berth, Distribution};
+use support::{debug_url, get, Berth, Distribution};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -730,24 +730,6 @@ fn fs_storage(root: &Path) -> String {
 /// Berth on `root` with the debug listener and `extra` sections.
 fn berth_on(root: &Path, extra: &str) -> Berth {
     Berth::start_with_config(&config(&fs_storage(root), extra), root)
-}
-
-/// The debug listener's address, from its start-up line.
-fn debug_url(b: &Berth) -> String {
-    let log = b.wait_log("the debug listener", |l| {
-        l.contains("debug listener on http://")
-    });
-    let rest = log.split("debug listener on http://").nth(1).unwrap();
-    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-    format!("http://{addr}")
-}
-
-fn get(url: &str) -> (u16, String) {
-    match ureq::get(url).call() {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
-        Err(e) => panic!("GET {url}: {e}"),
-    }
 }
 
 /// One Prometheus sample: name, labels, value.

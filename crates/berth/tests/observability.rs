@@ -14,27 +14,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use berth_conformance::client::{Body, Client};
 use berth_conformance::fixtures::{expect_status, Image};
-use support::{Berth, Redis};
+use support::{debug_url, get, Berth, Redis};
 
 const SERVICE: &str = "berth.test";
-
-/// The debug listener's address, from its start-up line.
-fn debug_url(b: &Berth) -> String {
-    let log = b.wait_log("the debug listener", |l| {
-        l.contains("debug listener on http://")
-    });
-    let rest = log.split("debug listener on http://").nth(1).unwrap();
-    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-    format!("http://{addr}")
-}
-
-fn get(url: &str) -> (u16, String) {
-    match ureq::get(url).call() {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
-        Err(e) => panic!("GET {url}: {e}"),
-    }
-}
 
 /// `name{labels}` → value, from the text exposition.
 fn scrape(url: &str) -> BTreeMap<String, f64> {

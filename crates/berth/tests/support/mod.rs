@@ -207,3 +207,25 @@ impl Ca {
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
 }
+
+/// The debug listener's address (`http://127.0.0.1:port`), from its start-up line.
+pub fn debug_url(b: &Berth) -> String {
+    let log = b.wait_log("the debug listener", |l| {
+        l.contains("debug listener on http://")
+    });
+    let rest = log.split("debug listener on http://").nth(1).unwrap();
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    format!("http://{addr}")
+}
+
+/// A GET's status and body, whatever the status.
+pub fn get(url: &str) -> (u16, String) {
+    match ureq::get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}

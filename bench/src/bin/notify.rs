@@ -269,7 +269,12 @@ impl Config {
             Kind::Berth => "berth",
             Kind::Distribution => "distribution 2.8",
         };
-        format!("{name}, {} endpoints", self.endpoints)
+        let unit = if self.endpoints == 1 {
+            "endpoint"
+        } else {
+            "endpoints"
+        };
+        format!("{name}, {} {unit}", self.endpoints)
     }
 }
 
@@ -547,14 +552,24 @@ fn main() {
     let mut stamp = 0u64;
     let mut res: Vec<Vec<Sample>> = configs.iter().map(|_| Vec::new()).collect();
     let began = Instant::now();
+    let load_before = loadavg();
     for round in 0..args.rounds {
         eprintln!("round {}", round + 1);
         for (i, cfg) in configs.iter().enumerate() {
             res[i].push(run(&args, cfg, &mut big, &mut stamp));
         }
     }
-    eprintln!("took {:.0} s", began.elapsed().as_secs_f64());
+    println!(
+        "\nTook {:.0} s; load average (1, 5, 15 min) before: {load_before}, after: {} (other work on the machine shares its cores).",
+        began.elapsed().as_secs_f64(),
+        loadavg()
+    );
     report(&args, &configs, &res);
+}
+
+fn loadavg() -> String {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn report(args: &Args, configs: &[Config], res: &[Vec<Sample>]) {

@@ -127,3 +127,70 @@ pub mod raw {
         }
     }
 }
+
+/// wrk (Debian's `wrk`): `-t2 -c64` against one URL, parsed.
+pub mod wrk {
+    use std::process::Command;
+
+    /// One run: requests per second, the 99th percentile latency (ms), and how many requests
+    /// completed (wrk does not count those still in flight when it stops).
+    pub struct Run {
+        pub rps: f64,
+        pub p99_ms: f64,
+        pub requests: u64,
+    }
+
+    /// Runs `wrk -t2 -c64 -d<secs>s --latency` with `headers`; panics on non-2xx answers (the
+    /// workload would be wrong, not fast).
+    pub fn run(url: &str, headers: &[String], secs: u32) -> Run {
+        let mut cmd = Command::new("wrk");
+        cmd.args(["-t2", "-c64", &format!("-d{secs}s"), "--latency"]);
+        for h in headers {
+            cmd.arg("-H").arg(h);
+        }
+        let out = cmd.arg(url).output().expect("wrk (apt-get install wrk)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
+        let p99_ms = text
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix("99%"))
+            .map(|v| parse_time(v.trim()))
+            .unwrap_or_else(|| panic!("no 99% in wrk output:\n{text}"));
+        // "  170450 requests in 10.00s, 95.10MB read"
+        let requests = text
+            .lines()
+            .find(|l| l.contains(" requests in "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"));
+        if let Some(l) = text.lines().find(|l| l.contains("Non-2xx")) {
+            panic!("{url}: {l}\n{text}");
+        }
+        Run {
+            rps,
+            p99_ms,
+            requests,
+        }
+    }
+
+    /// wrk's durations: `850.00us`, `12.34ms`, `1.20s`, `2.00m`.
+    pub fn parse_time(v: &str) -> f64 {
+        let (num, unit) = v
+            .find(|c: char| c.is_ascii_alphabetic())
+            .map(|i| v.split_at(i))
+            .unwrap_or((v, "ms"));
+        let n: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => f64::NAN,
+        }
+    }
+}

@@ -288,45 +288,8 @@ fn push_generated(a: &ureq::Agent, s: &Server, repo: &str, len: u64, d: &str) ->
 
 /// One wrk run: requests per second and the 99th percentile latency in ms.
 fn wrk(url: &str, headers: &[String], secs: u32) -> (f64, f64) {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", "-c64", &format!("-d{secs}s"), "--latency"]);
-    for h in headers {
-        cmd.arg("-H").arg(h);
-    }
-    let out = cmd.arg(url).output().expect("wrk (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
-    let p99 = text
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("99%"))
-        .map(|v| parse_wrk_time(v.trim()))
-        .unwrap_or_else(|| panic!("no 99% in wrk output:\n{text}"));
-    // Non-2xx answers mean the workload is wrong, not fast.
-    if let Some(l) = text.lines().find(|l| l.contains("Non-2xx")) {
-        panic!("{url}: {l}\n{text}");
-    }
-    (rps, p99)
-}
-
-/// wrk's durations: `850.00us`, `12.34ms`, `1.20s`, `2.00m`.
-fn parse_wrk_time(v: &str) -> f64 {
-    let (num, unit) = v
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map(|i| v.split_at(i))
-        .unwrap_or((v, "ms"));
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => f64::NAN,
-    }
+    let r = berth_bench::wrk::run(url, headers, secs);
+    (r.rps, r.p99_ms)
 }
 
 /// Median latency (ms) of `n` sequential GETs, checking the answer has `want` entries in the

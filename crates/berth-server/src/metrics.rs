@@ -838,7 +838,7 @@ fn notification_metrics(out: &mut Out, endpoints: &[std::sync::Arc<crate::notify
     let families: [(&str, &str, &str, Get); 4] = [
         ("berth_notifications_pending_events", "gauge", "Events queued for the endpoint and not yet delivered (this replica's queue and the queues it adopted).", |s| s.pending.load(Ordering::Relaxed)),
         ("berth_notifications_delivered_total", "counter", "Events the endpoint accepted (2xx or 3xx).", |s| s.delivered.load(Ordering::Relaxed)),
-        ("berth_notifications_failed_attempts_total", "counter", "Deliveries that failed (an error status, a timeout, no connection); each is retried.", |s| s.failures.load(Ordering::Relaxed) + s.errors.load(Ordering::Relaxed)),
+        ("berth_notifications_failed_attempts_total", "counter", "POSTs that failed (an error status, a timeout, no connection); their events are retried.", |s| s.failed_attempts.load(Ordering::Relaxed)),
         ("berth_notifications_queued_total", "counter", "Events queued for the endpoint (after its ignore rules).", |s| s.events.load(Ordering::Relaxed)),
     ];
     for (name, kind, help, get) in families {

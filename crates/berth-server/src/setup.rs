@@ -727,6 +727,12 @@ pub fn notify_config(
                 e.unhealthyafter.as_ref(),
                 notify::DEFAULT_UNHEALTHY_AFTER,
             )?,
+            max_batch: e
+                .maxbatch
+                .filter(|b| *b > 0)
+                .map_or(notify::DEFAULT_MAX_BATCH, |b| {
+                    usize::try_from(b).unwrap_or(usize::MAX)
+                }),
         });
     }
     if endpoints.is_empty() {

@@ -787,6 +787,10 @@ pub struct Endpoint {
     /// Berth's own: `/debug/health` lists the endpoint once it has failed for this long.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unhealthyafter: Option<String>,
+    /// Berth's own: events per POST at most when several are queued (default 1, as
+    /// distribution sends them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxbatch: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,17 +1,19 @@
-//! One endpoint's delivery: the queue in order, one event per POST (as distribution sends
-//! them), distribution's retry rule (after `threshold` failures in a row, one attempt per
-//! `backoff`), Berth's bounds (`maxpending`, `maxage`: the oldest go, with a WARN and a
-//! counter), and the statistics behind the metrics and `/debug/health`.
+//! One endpoint's delivery: the queue in order, one event per POST as distribution sends
+//! them (or up to `maxbatch` when several are queued), distribution's retry rule (after
+//! `threshold` failures in a row, one attempt per `backoff`), Berth's bounds (`maxpending`,
+//! `maxage`: the oldest go, with a WARN and a counter), and the statistics behind the metrics
+//! and `/debug/health`. Every step is O(1) in the length of the queue.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::journal::Journal;
-use super::{EndpointConfig, Event, EVENTS_MEDIA_TYPE};
+use super::{EndpointConfig, Rec, EVENTS_MEDIA_TYPE};
 
 /// Events kept in memory per endpoint; beyond, queued batches are read back from the journal
 /// when their turn comes (memory stays bounded however long a listener is down).
@@ -23,21 +25,18 @@ const DROP_WARN_EVERY: Duration = Duration::from_secs(60);
 /// A journal object (or, when the journal could not be written, events in memory only).
 pub struct Segment {
     pub key: Option<String>,
-    events: Option<Vec<Event>>,
+    events: Option<Vec<Rec>>,
     pub count: usize,
     delivered: usize,
-    oldest: SystemTime,
-    newest: SystemTime,
-}
-
-fn event_time(e: &Event) -> SystemTime {
-    berth_core::time::parse_rfc3339(&e.timestamp).unwrap_or(UNIX_EPOCH)
+    /// First and last event time, ms since the epoch.
+    oldest: u64,
+    newest: u64,
 }
 
 impl Segment {
-    pub fn new(key: Option<String>, events: Vec<Event>) -> Segment {
-        let oldest = events.first().map(event_time).unwrap_or(UNIX_EPOCH);
-        let newest = events.last().map(event_time).unwrap_or(UNIX_EPOCH);
+    pub fn new(key: Option<String>, events: Vec<Rec>) -> Segment {
+        let oldest = events.first().map_or(0, |r| r.time_ms);
+        let newest = events.last().map_or(0, |r| r.time_ms);
         Segment {
             key,
             count: events.len(),
@@ -49,7 +48,7 @@ impl Segment {
     }
 
     /// A journal object known from its name; its events are read when due.
-    pub fn unloaded(key: String, count: usize, oldest: SystemTime, newest: SystemTime) -> Segment {
+    pub fn unloaded(key: String, count: usize, oldest: u64, newest: u64) -> Segment {
         Segment {
             key: Some(key),
             events: None,
@@ -61,16 +60,13 @@ impl Segment {
     }
 
     fn remaining(&self) -> usize {
-        self.count - self.delivered
+        self.count.saturating_sub(self.delivered)
     }
 
     /// When the next event to deliver happened.
-    fn next_time(&self) -> SystemTime {
+    fn next_time(&self) -> u64 {
         match &self.events {
-            Some(ev) => ev
-                .get(self.delivered)
-                .map(event_time)
-                .unwrap_or(self.newest),
+            Some(ev) => ev.get(self.delivered).map_or(self.newest, |r| r.time_ms),
             None => self.oldest,
         }
     }
@@ -91,10 +87,12 @@ pub struct EndpointStats {
     pub events: AtomicU64,
     /// Events delivered (distribution's `Successes`).
     pub delivered: AtomicU64,
-    /// Attempts answered with a status outside 2xx/3xx (distribution's `Failures`).
+    /// Events of attempts answered with a status outside 2xx/3xx (distribution's `Failures`).
     pub failures: AtomicU64,
-    /// Attempts that got no answer (distribution's `Errors`).
+    /// Events of attempts that got no answer (distribution's `Errors`).
     pub errors: AtomicU64,
+    /// Failed attempts (POSTs), whatever they carried.
+    pub failed_attempts: AtomicU64,
     pub dropped_maxpending: AtomicU64,
     pub dropped_maxage: AtomicU64,
     /// Pull events refused because the journal writer was far behind.
@@ -124,6 +122,7 @@ impl EndpointStats {
             delivered: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
             dropped_maxpending: AtomicU64::new(0),
             dropped_maxage: AtomicU64::new(0),
             dropped_overload: AtomicU64::new(0),
@@ -195,46 +194,59 @@ impl EndpointStats {
     }
 }
 
-/// The worker's queue and what it tells the statistics.
+/// The worker's queue, with its totals kept as it changes.
 struct Queue {
     segments: VecDeque<Segment>,
+    /// Events held in memory.
     loaded: usize,
+    /// Events not yet delivered.
+    pending: usize,
 }
 
 impl Queue {
-    fn pending(&self) -> usize {
-        self.segments.iter().map(Segment::remaining).sum()
-    }
-
     /// Keeps at most [`MAX_LOADED`] events in memory; the rest are read back when due.
-    fn push(&mut self, mut s: Segment) {
-        if s.key.is_some() && self.loaded + s.count > MAX_LOADED && !self.segments.is_empty() {
+    fn admit(&mut self, mut s: Segment, unload: bool) -> Segment {
+        if unload && s.key.is_some() && self.loaded + s.count > MAX_LOADED {
             s.events = None;
         } else if s.events.is_some() {
             self.loaded += s.count;
         }
+        self.pending += s.remaining();
+        s
+    }
+
+    fn push(&mut self, s: Segment) {
+        let unload = !self.segments.is_empty();
+        let s = self.admit(s, unload);
         self.segments.push_back(s);
     }
 
     fn adopt(&mut self, adopted: Vec<Segment>) {
         // Ahead of this process's own events, behind a batch partly delivered.
         let at = usize::from(self.segments.front().is_some_and(|f| f.delivered > 0));
-        for (k, mut s) in adopted.into_iter().enumerate() {
-            if self.loaded + s.count > MAX_LOADED {
-                s.events = None;
-            } else if s.events.is_some() {
-                self.loaded += s.count;
-            }
+        for (k, s) in adopted.into_iter().enumerate() {
+            let s = self.admit(s, true);
             self.segments.insert(at + k, s);
         }
     }
 
+    /// Removes the front segment, with whatever of it was not delivered.
     fn pop(&mut self) -> Option<Segment> {
         let s = self.segments.pop_front()?;
         if s.events.is_some() {
             self.loaded = self.loaded.saturating_sub(s.count);
         }
+        self.pending = self.pending.saturating_sub(s.remaining());
         Some(s)
+    }
+
+    /// Marks `n` events of the front segment as gone (delivered or dropped).
+    fn advance(&mut self, n: usize) {
+        if let Some(f) = self.segments.front_mut() {
+            let n = n.min(f.remaining());
+            f.delivered += n;
+            self.pending -= n;
+        }
     }
 }
 
@@ -255,11 +267,13 @@ pub async fn run(
     let mut q = Queue {
         segments: VecDeque::new(),
         loaded: 0,
+        pending: 0,
     };
     let mut drops = Drops {
         since_warn: 0,
         last_warn: None,
     };
+    let url = reqwest::Url::parse(&cfg.url).map_err(|e| e.to_string());
     let mut in_a_row: u32 = 0;
     let mut open = true;
     loop {
@@ -281,7 +295,7 @@ pub async fn run(
             }
             continue;
         }
-        // The next event (reading its batch back from the journal if needed).
+        // The next events (reading their batch back from the journal if needed).
         let Some(front) = q.segments.front_mut() else {
             continue;
         };
@@ -292,9 +306,12 @@ pub async fn run(
             };
             match journal.read(&key).await {
                 Ok(ev) => {
+                    // The name said `count`; the object is the truth.
+                    let (was, now) = (front.remaining(), ev.len().saturating_sub(front.delivered));
                     front.count = ev.len().max(front.delivered);
-                    front.events = Some(ev);
                     q.loaded += front.count;
+                    front.events = Some(ev);
+                    q.pending = q.pending.saturating_sub(was) + now;
                 }
                 Err(e) if e.is_not_found() => {
                     // Another replica delivered it (it adopted the same queue).
@@ -318,18 +335,38 @@ pub async fn run(
             }
             continue;
         }
-        let Some(event) = front.events.as_ref().and_then(|ev| ev.get(front.delivered)) else {
+        // Up to `maxbatch` events, across the batches in memory at the front.
+        let max = cfg.max_batch.max(1);
+        let mut batch: Vec<Rec> = Vec::new();
+        for seg in &q.segments {
+            let Some(ev) = &seg.events else {
+                break;
+            };
+            let take = max - batch.len();
+            batch.extend(ev.iter().skip(seg.delivered).take(take).cloned());
+            if batch.len() >= max {
+                break;
+            }
+        }
+        if batch.is_empty() {
             if let Some(done) = q.pop() {
                 if let Some(key) = &done.key {
                     journal.remove(key).await;
                 }
             }
             continue;
+        }
+        let result = match &url {
+            Ok(url) => post(&client, &cfg, url, &batch).await,
+            Err(e) => Err(Failure::Error(format!(
+                "the endpoint's url is not a URL: {e}"
+            ))),
         };
-        match post(&client, &cfg, event).await {
+        let n = batch.len() as u64;
+        match result {
             Ok(status) => {
                 stats.status(status);
-                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                stats.delivered.fetch_add(n, Ordering::Relaxed);
                 in_a_row = 0;
                 if let Some(down) = stats.failing_for() {
                     stats.failing_since_ms.store(0, Ordering::Relaxed);
@@ -339,23 +376,32 @@ pub async fn run(
                         down.as_secs()
                     );
                 }
-                front.delivered += 1;
-                if front.delivered >= front.count {
-                    if let Some(done) = q.pop() {
-                        if let Some(key) = &done.key {
-                            journal.remove(key).await;
+                let mut left = batch.len();
+                while left > 0 {
+                    let Some(rem) = q.segments.front().map(Segment::remaining) else {
+                        break;
+                    };
+                    let k = rem.min(left);
+                    q.advance(k);
+                    left -= k;
+                    if k == rem {
+                        if let Some(done) = q.pop() {
+                            if let Some(key) = &done.key {
+                                journal.remove(key).await;
+                            }
                         }
                     }
                 }
             }
             Err(failure) => {
+                stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 match &failure {
                     Failure::Status(s) => {
                         stats.status(*s);
-                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        stats.failures.fetch_add(n, Ordering::Relaxed);
                     }
                     Failure::Error(_) => {
-                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        stats.errors.fetch_add(n, Ordering::Relaxed);
                     }
                 }
                 let why = failure.to_string();
@@ -438,12 +484,8 @@ async fn wait(
 }
 
 fn publish(stats: &EndpointStats, q: &Queue) {
-    stats.pending.store(q.pending() as u64, Ordering::Relaxed);
-    let oldest = q
-        .segments
-        .front()
-        .map(|s| ms(s.next_time()).max(1))
-        .unwrap_or(0);
+    stats.pending.store(q.pending as u64, Ordering::Relaxed);
+    let oldest = q.segments.front().map_or(0, |s| s.next_time().max(1));
     stats.oldest_ms.store(oldest, Ordering::Relaxed);
 }
 
@@ -457,14 +499,13 @@ async fn enforce_bounds(
 ) {
     let mut dropped = (0u64, 0u64);
     let max = usize::try_from(cfg.max_pending).unwrap_or(usize::MAX);
-    let mut excess = q.pending().saturating_sub(max);
-    while excess > 0 {
-        let Some(front) = q.segments.front_mut() else {
+    while q.pending > max {
+        let excess = q.pending - max;
+        let Some(front) = q.segments.front() else {
             break;
         };
         let rem = front.remaining();
         if rem <= excess {
-            excess -= rem;
             dropped.0 += rem as u64;
             if let Some(s) = q.pop() {
                 if let Some(key) = &s.key {
@@ -472,14 +513,13 @@ async fn enforce_bounds(
                 }
             }
         } else {
-            front.delivered += excess;
+            q.advance(excess);
             dropped.0 += excess as u64;
-            excess = 0;
         }
     }
     if let Some(max_age) = cfg.max_age {
-        let cutoff = SystemTime::now().checked_sub(max_age).unwrap_or(UNIX_EPOCH);
-        while let Some(front) = q.segments.front_mut() {
+        let cutoff = ms(SystemTime::now()).saturating_sub(max_age.as_millis() as u64);
+        while let Some(front) = q.segments.front() {
             if front.newest < cutoff {
                 dropped.1 += front.remaining() as u64;
                 if let Some(s) = q.pop() {
@@ -489,12 +529,15 @@ async fn enforce_bounds(
                 }
                 continue;
             }
-            if let Some(ev) = &front.events {
-                while front.delivered < ev.len() && event_time(&ev[front.delivered]) < cutoff {
-                    front.delivered += 1;
-                    dropped.1 += 1;
-                }
-            }
+            let old = match &front.events {
+                Some(ev) => ev[front.delivered.min(ev.len())..]
+                    .iter()
+                    .take_while(|r| r.time_ms < cutoff)
+                    .count(),
+                None => 0,
+            };
+            q.advance(old);
+            dropped.1 += old as u64;
             break;
         }
     }
@@ -536,29 +579,30 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// POSTs one event in distribution's envelope (indented as distribution indents it).
+/// POSTs events in distribution's envelope, `{"events":[...]}`, their JSON as journaled.
 async fn post(
     client: &reqwest::Client,
     cfg: &EndpointConfig,
-    event: &Event,
+    url: &reqwest::Url,
+    events: &[Rec],
 ) -> Result<reqwest::StatusCode, Failure> {
-    #[derive(serde::Serialize)]
-    struct Envelope<'a> {
-        events: [&'a Event; 1],
+    let mut body = Vec::with_capacity(16 + events.iter().map(|r| r.json.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, r) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&r.json);
     }
-    let mut body = Vec::with_capacity(1024);
-    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"   ");
-    let mut ser = serde_json::Serializer::with_formatter(&mut body, fmt);
-    serde::Serialize::serialize(&Envelope { events: [event] }, &mut ser)
-        .map_err(|e| Failure::Error(format!("encoding the event: {e}")))?;
+    body.extend_from_slice(b"]}");
     let mut req = client
-        .post(&cfg.url)
+        .post(url.clone())
         .timeout(cfg.timeout)
         .header(http::header::CONTENT_TYPE, EVENTS_MEDIA_TYPE);
     for (k, v) in &cfg.headers {
         req = req.header(k, v);
     }
-    match req.body(body).send().await {
+    match req.body(Bytes::from(body)).send().await {
         Ok(resp) => {
             let status = resp.status();
             // Read (and discard) the answer so the connection can be reused.

@@ -31,12 +31,15 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::deliver::{Segment, ToWorker};
-use super::{Append, EndpointConfig, EndpointStats, Event, Ignore};
+use super::{Append, EndpointConfig, EndpointStats, Ignore, Rec, Record};
 
 const ROOT: &str = "/docker/registry/v2/_berth/notifications";
 
 /// Appends in one journal batch at most.
 const MAX_BATCH: usize = 1024;
+
+/// How long a batch of pull events waits for more before it is written.
+const PULL_LINGER: Duration = Duration::from_millis(25);
 
 /// This process: its `source.instanceID` (a UUID, as distribution's) and its name in the
 /// queue (start time first, so names sort by age).
@@ -143,7 +146,7 @@ impl Journal {
     }
 
     /// Writes `events` as one object of this instance's queue for `endpoint`.
-    pub async fn write(&self, endpoint: usize, events: &[Event]) -> Result<String, StorageError> {
+    pub async fn write(&self, endpoint: usize, events: &[Rec]) -> Result<String, StorageError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let key = format!(
             "{}/{}/{}",
@@ -157,7 +160,7 @@ impl Journal {
 
     /// Replaces an object with what is left of it (same sequence number, so the same place in
     /// the queue; the name's counts change).
-    pub async fn rewrite(&self, key: &str, events: &[Event]) -> Result<(), StorageError> {
+    pub async fn rewrite(&self, key: &str, events: &[Rec]) -> Result<(), StorageError> {
         let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
         let seq = name
             .split('-')
@@ -173,9 +176,9 @@ impl Journal {
     }
 
     /// The events of an object (lines that do not parse are skipped with a warning).
-    pub async fn read(&self, key: &str) -> Result<Vec<Event>, StorageError> {
+    pub async fn read(&self, key: &str) -> Result<Vec<Rec>, StorageError> {
         let body = self.driver.get_content(key).await?;
-        Ok(decode(key, &body))
+        Ok(decode(key, body))
     }
 
     /// Deletes a delivered object (one already gone is fine: another replica delivered it).
@@ -229,12 +232,8 @@ impl Journal {
 
 /// An object's name: `<seq>-<events>-<first event ms>-<last event ms>`, so a queue can be
 /// sized and bounded from a listing, without reading it.
-fn object_name(seq: u64, events: &[Event]) -> String {
-    let ms = |e: Option<&Event>| {
-        e.and_then(|e| berth_core::time::parse_rfc3339(&e.timestamp))
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis())
-    };
+fn object_name(seq: u64, events: &[Rec]) -> String {
+    let ms = |r: Option<&Rec>| r.map_or(0, |r| r.time_ms);
     format!(
         "{seq:016x}-{}-{}-{}",
         events.len(),
@@ -244,38 +243,44 @@ fn object_name(seq: u64, events: &[Event]) -> String {
 }
 
 /// What an object's name says: events, first and last event time.
-fn parse_name(name: &str) -> Option<(usize, SystemTime, SystemTime)> {
+fn parse_name(name: &str) -> Option<(usize, u64, u64)> {
     let mut parts = name.split('-');
     let _seq = parts.next()?;
     let count = parts.next()?.parse().ok()?;
-    let mut time = || -> Option<SystemTime> {
-        Some(UNIX_EPOCH + Duration::from_millis(parts.next()?.parse().ok()?))
-    };
-    let (first, last) = (time()?, time()?);
+    let first = parts.next()?.parse().ok()?;
+    let last = parts.next()?.parse().ok()?;
     Some((count, first, last))
 }
 
-fn encode(events: &[Event]) -> Bytes {
-    let mut out = Vec::with_capacity(events.len() * 512);
-    for e in events {
-        if serde_json::to_writer(&mut out, e).is_ok() {
-            out.push(b'\n');
-        }
+/// The events as the journal keeps them: each event's JSON on a line.
+fn encode(events: &[Rec]) -> Bytes {
+    let mut out = Vec::with_capacity(events.iter().map(|r| r.json.len() + 1).sum());
+    for r in events {
+        out.extend_from_slice(&r.json);
+        out.push(b'\n');
     }
     Bytes::from(out)
 }
 
-fn decode(key: &str, body: &[u8]) -> Vec<Event> {
-    body.split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| match serde_json::from_slice(l) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                tracing::warn!("notifications: skipping an unreadable event in {key}: {e}");
-                None
+fn decode(key: &str, body: Bytes) -> Vec<Rec> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < body.len() {
+        let end = body[start..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(body.len(), |i| start + i);
+        if end > start {
+            match Record::from_line(body.slice(start..end)) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::warn!("notifications: skipping an unreadable event in {key}: {e}")
+                }
             }
-        })
-        .collect()
+        }
+        start = end + 1;
+    }
+    out
 }
 
 /// Writes what the request handlers queue, in batches, and hands each batch to the delivery
@@ -296,7 +301,7 @@ pub async fn write_loop(
         failing: false,
     };
     loop {
-        let (first, stopping) = tokio::select! {
+        let (first, mut stopping) = tokio::select! {
             biased;
             a = rx.recv() => {
                 let closed = a.is_none();
@@ -305,13 +310,33 @@ pub async fn write_loop(
             _ = shutdown.changed() => (None, true),
         };
         let mut batch: Vec<Append> = first.into_iter().collect();
-        loop {
+        fill(&mut rx, &mut batch);
+        // Pulls alone wait a moment for company: nobody waits on them, and one write for a
+        // burst of GETs costs what one write for a single GET does.
+        if !stopping && !batch.is_empty() && batch.iter().all(|a| a.done.is_none()) {
+            let until = tokio::time::Instant::now() + PULL_LINGER;
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(a) => batch.push(a),
-                    Err(_) => break,
+                tokio::select! {
+                    a = rx.recv() => match a {
+                        Some(a) => {
+                            let durable = a.done.is_some();
+                            batch.push(a);
+                            if durable {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = shutdown.changed() => {
+                        stopping = true;
+                        break;
+                    }
                 }
             }
+        }
+        loop {
+            fill(&mut rx, &mut batch);
             if batch.is_empty() {
                 break;
             }
@@ -322,6 +347,16 @@ pub async fn write_loop(
         }
         if stopping {
             return;
+        }
+    }
+}
+
+/// Takes what is already queued, up to [`MAX_BATCH`].
+fn fill(rx: &mut mpsc::Receiver<Append>, batch: &mut Vec<Append>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(a) => batch.push(a),
+            Err(_) => break,
         }
     }
 }
@@ -340,10 +375,10 @@ impl Writer {
     async fn write(&mut self, batch: Vec<Append>) {
         let journal = &self.journal;
         let writes = self.ignores.iter().enumerate().map(|(i, ignore)| {
-            let events: Vec<Event> = batch
+            let events: Vec<Rec> = batch
                 .iter()
                 .flat_map(|a| a.events.iter())
-                .filter(|e| !ignore.drops(e))
+                .filter(|r| !ignore.drops(r))
                 .cloned()
                 .collect();
             async move {
@@ -699,25 +734,24 @@ mod tests {
 
     #[test]
     fn object_names_carry_count_and_times() {
-        let e = |ts: &str| Event {
-            id: "i".to_owned(),
-            timestamp: ts.to_owned(),
-            action: "push".to_owned(),
-            target: super::super::Target::default(),
-            request: super::super::RequestRecord::default(),
-            actor: super::super::Actor::default(),
-            source: super::super::Source::default(),
+        let r = |ms: u64| {
+            Arc::new(Record {
+                json: Bytes::from(format!(
+                    r#"{{"id":"i","timestamp":"{}","action":"push","target":{{"mediaType":"m"}}}}"#,
+                    berth_core::time::rfc3339_nanos(UNIX_EPOCH + Duration::from_millis(ms))
+                )),
+                time_ms: ms,
+                action: "push".to_owned(),
+                media_type: "m".to_owned(),
+            })
         };
-        let events = [e("2026-12-04T10:00:00Z"), e("2026-12-04T10:00:01.5Z")];
+        let events = [r(1_700_000_000_000), r(1_700_000_001_500)];
         let name = object_name(26, &events);
         assert!(name.starts_with("000000000000001a-2-"), "{name}");
         let (n, first, last) = parse_name(&name).unwrap();
         assert_eq!(n, 2);
-        assert_eq!(
-            last.duration_since(first).unwrap(),
-            Duration::from_millis(1500)
-        );
-        assert_eq!(decode("k", &encode(&events)), events.to_vec());
-        assert_eq!(decode("k", b"{not json}\n").len(), 0);
+        assert_eq!(last - first, 1500);
+        assert_eq!(decode("k", encode(&events)), events.to_vec());
+        assert!(decode("k", Bytes::from_static(b"{not json}\n")).is_empty());
     }
 }

@@ -117,6 +117,62 @@ pub struct Event {
     pub source: Source,
 }
 
+/// An event as the queue carries it: its JSON, serialized once (journaled and posted as it
+/// is), and what the ignore rules and the bounds look at.
+#[derive(Debug, PartialEq)]
+pub struct Record {
+    pub json: Bytes,
+    /// When it happened, in ms since the epoch.
+    pub time_ms: u64,
+    pub action: String,
+    pub media_type: String,
+}
+
+/// Records are shared by the endpoints that want them.
+pub type Rec = Arc<Record>;
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Record {
+    fn of(e: &Event, at: SystemTime) -> Option<Rec> {
+        let json = serde_json::to_vec(e).ok()?;
+        Some(Arc::new(Record {
+            json: Bytes::from(json),
+            time_ms: epoch_ms(at),
+            action: e.action.clone(),
+            media_type: e.target.media_type.clone(),
+        }))
+    }
+
+    /// A journal line, checked to be an event (a line that is not is never posted).
+    pub fn from_line(line: Bytes) -> Result<Rec, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Meta {
+            timestamp: String,
+            action: String,
+            #[serde(default)]
+            target: TargetMeta,
+        }
+        #[derive(Deserialize, Default)]
+        struct TargetMeta {
+            #[serde(rename = "mediaType", default)]
+            media_type: String,
+        }
+        let m: Meta = serde_json::from_slice(&line)?;
+        let time_ms = berth_core::time::parse_rfc3339(&m.timestamp).map_or(0, epoch_ms);
+        Ok(Arc::new(Record {
+            json: line,
+            time_ms,
+            action: m.action,
+            media_type: m.target.media_type,
+        }))
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -206,8 +262,8 @@ pub struct Ignore {
 }
 
 impl Ignore {
-    fn drops(&self, e: &Event) -> bool {
-        self.media_types.contains(&e.target.media_type) || self.actions.contains(&e.action)
+    fn drops(&self, r: &Record) -> bool {
+        self.media_types.contains(&r.media_type) || self.actions.contains(&r.action)
     }
 }
 
@@ -224,6 +280,8 @@ pub struct EndpointConfig {
     pub max_pending: u64,
     pub max_age: Option<Duration>,
     pub unhealthy_after: Duration,
+    /// Events per POST at most when several are queued (1: distribution's one per POST).
+    pub max_batch: usize,
 }
 
 /// Defaults of distribution's `EndpointConfig` and Berth's bounds.
@@ -234,6 +292,8 @@ pub const DEFAULT_MAX_PENDING: u64 = 100_000;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(300);
 pub const DEFAULT_ORPHAN_AFTER: Duration = Duration::from_secs(60);
+/// distribution sends one event per POST; so does Berth unless `maxbatch` says otherwise.
+pub const DEFAULT_MAX_BATCH: usize = 1;
 
 /// Everything the notifier needs from the configuration.
 #[derive(Debug, Clone)]
@@ -247,7 +307,7 @@ pub struct NotifyConfig {
 
 /// A batch for the journal: events, and whom to tell once they are durable.
 struct Append {
-    events: Vec<Event>,
+    events: Vec<Rec>,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -357,7 +417,12 @@ impl Notifier {
     /// Turns a handler's notice into events and queues them. Returns once write events are
     /// durable in the journal (pull events are queued without waiting).
     pub async fn publish(&self, notice: &Notice, ctx: &RequestContext) {
-        let events = self.events(notice, ctx);
+        let now = SystemTime::now();
+        let events: Vec<Rec> = self
+            .events(notice, ctx, now)
+            .iter()
+            .filter_map(|e| Record::of(e, now))
+            .collect();
         if events.is_empty() {
             return;
         }
@@ -384,11 +449,12 @@ impl Notifier {
         }
     }
 
-    fn events(&self, notice: &Notice, ctx: &RequestContext) -> Vec<Event> {
+    fn events(&self, notice: &Notice, ctx: &RequestContext, now: SystemTime) -> Vec<Event> {
         let source = self.source.read().map(|s| s.clone()).unwrap_or_default();
+        let timestamp = berth_core::time::rfc3339_nanos(now);
         let event = |action: Action, target: Target| Event {
-            id: uuid::Uuid::new_v4().to_string(),
-            timestamp: berth_core::time::rfc3339_nanos(SystemTime::now()),
+            id: event_id(),
+            timestamp: timestamp.clone(),
             action: action.as_str().to_owned(),
             target,
             request: ctx.request.clone(),
@@ -523,6 +589,21 @@ impl Notifier {
         }
         self.journal.release().await;
     }
+}
+
+/// A new event id: a UUID (version 4 bits, as distribution's), from a random per-process
+/// base and a counter, so ids are unique without a system call per event.
+fn event_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static BASE: OnceLock<u128> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let bytes = (base ^ u128::from(n)).to_be_bytes();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// What an event says about the request that caused it.

@@ -95,6 +95,7 @@ fn endpoint(url: &str) -> EndpointConfig {
         max_pending: DEFAULT_MAX_PENDING,
         max_age: None,
         unhealthy_after: Duration::from_millis(100),
+        max_batch: 1,
     }
 }
 
@@ -438,4 +439,38 @@ async fn a_partly_delivered_batch_is_not_sent_again_after_a_clean_stop() {
     let ids: std::collections::HashSet<_> = events.iter().map(|e| e["id"].clone()).collect();
     assert_eq!(ids.len(), 5, "an event was delivered twice");
     second.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn maxbatch_sends_a_backlog_several_events_per_post_in_order() {
+    let hook = Listener::start().await;
+    hook.status.store(503, Ordering::SeqCst);
+    let driver: Arc<dyn StorageDriver> = Arc::new(InMemoryDriver::new());
+    let mut ep = endpoint(&hook.url);
+    ep.max_batch = 4;
+    let n = notifier(config(vec![ep]), &driver).await;
+    for i in 1..=10 {
+        n.publish(&push(i), &ctx()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    hook.status.store(200, Ordering::SeqCst);
+    let got = hook.wait_for(10).await;
+    let sizes: Vec<u64> = got
+        .iter()
+        .map(|e| e["target"]["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, (1..=10).collect::<Vec<_>>());
+    let per_post: Vec<usize> = hook
+        .posts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v["events"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert!(per_post.iter().all(|k| (1..=4).contains(k)), "{per_post:?}");
+    assert!(
+        per_post.len() < 10,
+        "a backlog goes in batches: {per_post:?}"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
 }

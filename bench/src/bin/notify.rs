@@ -10,7 +10,7 @@
 //! ```sh
 //! apt-get install -y wrk
 //! cargo build --release -p berth -p berth-bench
-//! target/release/notify [--storage DIR] [--rounds 3] [--secs 6] [--clients 8] [--mib 256]
+//! target/release/notify [--storage DIR] [--rounds 3] [--secs 6] [--clients 8] [--mib 256] [--maxbatch 1]
 //! ```
 //! `--storage` is where the registries keep their data (default: /dev/shm, tmpfs). Nothing is
 //! asserted but event delivery: the output is a report.
@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,9 @@ const QUIET: Duration = Duration::from_millis(500);
 /// How long to wait for the queue to drain before reporting the events as missing.
 const DRAIN_MAX: Duration = Duration::from_secs(180);
 
+/// `--maxbatch`, for every Berth endpoint.
+static MAXBATCH: AtomicUsize = AtomicUsize::new(1);
+
 struct Args {
     storage: PathBuf,
     rounds: usize,
@@ -50,6 +53,8 @@ struct Args {
     clients: usize,
     mib: usize,
     layer_kib: usize,
+    /// Berth's `maxbatch` on every endpoint (1: distribution's one event per POST).
+    maxbatch: usize,
 }
 
 fn args() -> Args {
@@ -60,6 +65,7 @@ fn args() -> Args {
         clients: 8,
         mib: 256,
         layer_kib: 4,
+        maxbatch: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -71,6 +77,7 @@ fn args() -> Args {
             "--clients" => a.clients = v.parse().unwrap(),
             "--mib" => a.mib = v.parse().unwrap(),
             "--layer-kib" => a.layer_kib = v.parse().unwrap(),
+            "--maxbatch" => a.maxbatch = v.parse().unwrap(),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -311,6 +318,8 @@ fn notifications_yaml(kind: Kind, sink: &str, n: usize) -> String {
         s.push_str(&format!("    - name: sink{i}\n      url: {sink}/e{i}\n"));
         if kind == Kind::Berth {
             s.push_str("      maxpending: 10000000\n");
+            let batch = MAXBATCH.load(Ordering::Relaxed);
+            s.push_str(&format!("      maxbatch: {batch}\n"));
         }
     }
     s
@@ -517,6 +526,7 @@ fn run(args: &Args, cfg: &Config, big: &mut [u8], stamp: &mut u64) -> Sample {
 
 fn main() {
     let args = args();
+    MAXBATCH.store(args.maxbatch, Ordering::Relaxed);
     std::fs::create_dir_all(&args.storage).unwrap();
     let configs = [
         Config {

@@ -289,6 +289,7 @@ pub async fn write_loop(
     journal: Arc<Journal>,
     ignores: Vec<Ignore>,
     mut rx: mpsc::Receiver<Append>,
+    mut pulls: mpsc::Receiver<Append>,
     workers: Vec<mpsc::UnboundedSender<ToWorker>>,
     stats: Vec<Arc<EndpointStats>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -301,52 +302,58 @@ pub async fn write_loop(
         failing: false,
     };
     loop {
-        let (first, mut stopping) = tokio::select! {
+        let mut batch: Vec<Append> = Vec::new();
+        let mut stopping = tokio::select! {
             biased;
             a = rx.recv() => {
                 let closed = a.is_none();
-                (a, closed)
+                batch.extend(a);
+                closed
             }
-            _ = shutdown.changed() => (None, true),
-        };
-        let mut batch: Vec<Append> = first.into_iter().collect();
-        fill(&mut rx, &mut batch);
-        // Pulls alone wait a moment for company: nobody waits on them, and one write for a
-        // burst of GETs costs what one write for a single GET does.
-        if !stopping && !batch.is_empty() && batch.iter().all(|a| a.done.is_none()) {
-            let until = tokio::time::Instant::now() + PULL_LINGER;
-            while batch.len() < MAX_BATCH {
-                tokio::select! {
-                    a = rx.recv() => match a {
-                        Some(a) => {
-                            let durable = a.done.is_some();
-                            batch.push(a);
-                            if durable {
-                                break;
-                            }
-                        }
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(until) => break,
-                    _ = shutdown.changed() => {
-                        stopping = true;
-                        break;
+            a = pulls.recv() => {
+                let closed = a.is_none();
+                batch.extend(a);
+                // Pulls alone wait a moment for company, without waking this task for each
+                // (only a write's events do): nobody waits on them, and one write for a burst
+                // of GETs costs what one write for a single GET does.
+                if !closed {
+                    tokio::select! {
+                        biased;
+                        a = rx.recv() => batch.extend(a),
+                        _ = tokio::time::sleep(PULL_LINGER) => {}
+                        _ = shutdown.changed() => {}
                     }
                 }
+                closed || *shutdown.borrow()
             }
-        }
+            _ = shutdown.changed() => true,
+        };
+        // One batch; when stopping, everything that is queued.
         loop {
             fill(&mut rx, &mut batch);
+            fill(&mut pulls, &mut batch);
             if batch.is_empty() {
                 break;
             }
+            // In the order the requests recorded them, across both queues.
+            batch.sort_by_key(|a| a.seq);
             w.write(std::mem::take(&mut batch)).await;
+            stopping |= *shutdown.borrow();
             if !stopping {
                 break;
             }
         }
-        if stopping {
-            return;
+        if stopping || *shutdown.borrow() {
+            // Anything that came in after the last fill.
+            loop {
+                fill(&mut rx, &mut batch);
+                fill(&mut pulls, &mut batch);
+                if batch.is_empty() {
+                    return;
+                }
+                batch.sort_by_key(|a| a.seq);
+                w.write(std::mem::take(&mut batch)).await;
+            }
         }
     }
 }

@@ -307,6 +307,8 @@ pub struct NotifyConfig {
 
 /// A batch for the journal: events, and whom to tell once they are durable.
 struct Append {
+    /// Order of arrival across the two queues (writes and pulls).
+    seq: u64,
     events: Vec<Rec>,
     done: Option<oneshot::Sender<()>>,
 }
@@ -319,7 +321,11 @@ const APPEND_QUEUE: usize = 65_536;
 pub struct Notifier {
     include_references: bool,
     source: std::sync::RwLock<Source>,
+    /// Writes' events: the writer wakes for each.
     tx: mpsc::Sender<Append>,
+    /// Pulls' events: collected when the writer next writes, without waking it.
+    pull_tx: mpsc::Sender<Append>,
+    seq: std::sync::atomic::AtomicU64,
     endpoints: Vec<Arc<EndpointStats>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     journal: Arc<journal::Journal>,
@@ -371,10 +377,12 @@ impl Notifier {
             stats.push(s);
         }
         let (tx, rx) = mpsc::channel(APPEND_QUEUE);
+        let (pull_tx, pull_rx) = mpsc::channel(APPEND_QUEUE);
         tasks.push(tokio::spawn(journal::write_loop(
             journal.clone(),
             cfg.endpoints.iter().map(|e| e.ignore.clone()).collect(),
             rx,
+            pull_rx,
             workers.clone(),
             stats.clone(),
             shutdown_rx.clone(),
@@ -407,6 +415,8 @@ impl Notifier {
                 instance_id: instance.uuid().to_owned(),
             }),
             tx,
+            pull_tx,
+            seq: std::sync::atomic::AtomicU64::new(0),
             endpoints: stats,
             shutdown,
             journal,
@@ -429,17 +439,30 @@ impl Notifier {
         if notice.durable() {
             let (done, wait) = oneshot::channel();
             let append = Append {
+                seq: self.next_seq(),
                 events,
                 done: Some(done),
             };
             if self.tx.send(append).await.is_ok() {
                 let _ = wait.await;
             }
-        } else if self.tx.try_send(Append { events, done: None }).is_err() {
+        } else if self
+            .pull_tx
+            .try_send(Append {
+                seq: self.next_seq(),
+                events,
+                done: None,
+            })
+            .is_err()
+        {
             for s in &self.endpoints {
                 s.dropped_overload();
             }
         }
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `source.addr` once the listener is bound (`http.addr` with port 0 names no port).

@@ -261,7 +261,7 @@ pub async fn run(
     stats: Arc<EndpointStats>,
     client: reqwest::Client,
     journal: Arc<Journal>,
-    mut rx: mpsc::UnboundedReceiver<ToWorker>,
+    rx: mpsc::UnboundedReceiver<ToWorker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut q = Queue {
@@ -275,9 +275,9 @@ pub async fn run(
     };
     let url = reqwest::Url::parse(&cfg.url).map_err(|e| e.to_string());
     let mut in_a_row: u32 = 0;
-    let mut open = true;
+    let mut inbox = Inbox { rx, open: true };
     loop {
-        while let Ok(m) = rx.try_recv() {
+        while let Ok(m) = inbox.rx.try_recv() {
             intake(&mut q, m);
         }
         enforce_bounds(&cfg, &stats, &journal, &mut q, &mut drops).await;
@@ -287,9 +287,9 @@ pub async fn run(
         }
         if q.segments.is_empty() {
             tokio::select! {
-                m = rx.recv(), if open => match m {
+                m = inbox.rx.recv(), if inbox.open => match m {
                     Some(m) => intake(&mut q, m),
-                    None => open = false,
+                    None => inbox.open = false,
                 },
                 _ = shutdown.changed() => break,
             }
@@ -319,16 +319,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %cfg.name, "notifications: reading queued events back from {key}: {e}");
-                    if wait(
-                        &mut shutdown,
-                        &mut rx,
-                        &mut open,
-                        &mut q,
-                        &stats,
-                        cfg.backoff,
-                    )
-                    .await
-                    {
+                    if inbox.wait(&mut shutdown, &mut q, &stats, cfg.backoff).await {
                         break;
                     }
                 }
@@ -422,15 +413,7 @@ pub async fn run(
                 in_a_row = in_a_row.saturating_add(1);
                 // distribution's retry rule: `threshold` attempts in a row, then one per backoff.
                 if in_a_row >= cfg.threshold
-                    && wait(
-                        &mut shutdown,
-                        &mut rx,
-                        &mut open,
-                        &mut q,
-                        &stats,
-                        cfg.backoff,
-                    )
-                    .await
+                    && inbox.wait(&mut shutdown, &mut q, &stats, cfg.backoff).await
                 {
                     break;
                 }
@@ -457,28 +440,35 @@ fn intake(q: &mut Queue, m: ToWorker) {
     }
 }
 
-/// Sleeps `d`, taking in (and counting) what arrives meanwhile; true when shutdown came
-/// first.
-async fn wait(
-    shutdown: &mut watch::Receiver<bool>,
-    rx: &mut mpsc::UnboundedReceiver<ToWorker>,
-    open: &mut bool,
-    q: &mut Queue,
-    stats: &EndpointStats,
-    d: Duration,
-) -> bool {
-    let until = tokio::time::Instant::now() + d;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => return *shutdown.borrow(),
-            _ = shutdown.changed() => return true,
-            m = rx.recv(), if *open => match m {
-                Some(m) => {
-                    intake(q, m);
-                    publish(stats, q);
-                }
-                None => *open = false,
-            },
+/// What the journal writer and the replica scan hand this worker.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<ToWorker>,
+    open: bool,
+}
+
+impl Inbox {
+    /// Sleeps `d`, taking in (and counting) what arrives meanwhile; true when shutdown came
+    /// first.
+    async fn wait(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        q: &mut Queue,
+        stats: &EndpointStats,
+        d: Duration,
+    ) -> bool {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return *shutdown.borrow(),
+                _ = shutdown.changed() => return true,
+                m = self.rx.recv(), if self.open => match m {
+                    Some(m) => {
+                        intake(q, m);
+                        publish(stats, q);
+                    }
+                    None => self.open = false,
+                },
+            }
         }
     }
 }

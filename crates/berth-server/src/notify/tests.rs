@@ -80,6 +80,14 @@ impl Listener {
     }
 }
 
+/// The `target.size` of each event: the tests number their pushes by size.
+fn sizes(events: &[serde_json::Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["target"]["size"].as_u64().unwrap_or(0))
+        .collect()
+}
+
 fn endpoint(url: &str) -> EndpointConfig {
     EndpointConfig {
         name: "hook".to_owned(),
@@ -306,10 +314,7 @@ async fn a_failing_endpoint_gets_everything_once_in_order_after_it_recovers() {
     assert_eq!(n.unhealthy().len(), 1, "{:?}", n.unhealthy());
     hook.status.store(200, Ordering::SeqCst);
     let got = hook.wait_for(20).await;
-    let sizes: Vec<u64> = got
-        .iter()
-        .map(|e| e["target"]["size"].as_u64().unwrap())
-        .collect();
+    let sizes = sizes(&got);
     assert_eq!(sizes, (1..=20).collect::<Vec<_>>());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(n.unhealthy().is_empty());
@@ -348,11 +353,7 @@ async fn maxpending_drops_the_oldest() {
     hook.status.store(200, Ordering::SeqCst);
     let got = hook.wait_for(3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let sizes: Vec<u64> = hook
-        .events()
-        .iter()
-        .map(|e| e["target"]["size"].as_u64().unwrap())
-        .collect();
+    let sizes = sizes(&hook.events());
     assert_eq!(sizes, vec![8, 9, 10], "{got:?}");
     n.shutdown(Duration::from_secs(5)).await;
 }
@@ -373,11 +374,7 @@ async fn a_stopped_instances_queue_goes_to_the_next_one_without_duplicates() {
     hook.status.store(200, Ordering::SeqCst);
     let got = hook.wait_for(6).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sizes: Vec<u64> = hook
-        .events()
-        .iter()
-        .map(|e| e["target"]["size"].as_u64().unwrap())
-        .collect();
+    let sizes = sizes(&hook.events());
     assert_eq!(sizes, vec![1, 2, 3, 4, 5, 6], "{got:?}");
     second.shutdown(Duration::from_secs(5)).await;
 }
@@ -400,11 +397,7 @@ async fn a_killed_replicas_queue_is_adopted_after_orphanafter() {
     hook.status.store(200, Ordering::SeqCst);
     let got = hook.wait_for(4).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let sizes: Vec<u64> = hook
-        .events()
-        .iter()
-        .map(|e| e["target"]["size"].as_u64().unwrap())
-        .collect();
+    let sizes = sizes(&hook.events());
     assert_eq!(sizes, vec![1, 2, 3, 4], "{got:?}");
     assert_eq!(survivor.endpoints()[0].delivered.load(Ordering::Relaxed), 4);
     survivor.shutdown(Duration::from_secs(5)).await;
@@ -455,10 +448,7 @@ async fn maxbatch_sends_a_backlog_several_events_per_post_in_order() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     hook.status.store(200, Ordering::SeqCst);
     let got = hook.wait_for(10).await;
-    let sizes: Vec<u64> = got
-        .iter()
-        .map(|e| e["target"]["size"].as_u64().unwrap())
-        .collect();
+    let sizes = sizes(&got);
     assert_eq!(sizes, (1..=10).collect::<Vec<_>>());
     let per_post: Vec<usize> = hook
         .posts

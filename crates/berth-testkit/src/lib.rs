@@ -551,11 +551,7 @@ pub struct WebhookRequest {
 impl WebhookRequest {
     /// The first value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.header_all(name).into_iter().next()
     }
 
     /// Every value of header `name` (any case), in order.

@@ -355,10 +355,11 @@ impl Notifier {
             &cfg.endpoints,
             cfg.orphan_after,
         ));
-        journal
-            .beat()
-            .await
-            .map_err(|e| format!("notifications: writing this replica's heartbeat: {e}"))?;
+        if let Err(e) = journal.beat().await {
+            // distribution starts with storage it cannot write (a read-only mount); so does
+            // Berth, keeping events in memory until the journal can be written.
+            tracing::warn!("notifications: cannot write to the event journal in storage ({e}): events are delivered from memory, and lost if this process stops, until it can");
+        }
         let mut tasks = Vec::new();
         let mut workers = Vec::new();
         let mut stats = Vec::new();

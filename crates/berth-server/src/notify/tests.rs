@@ -464,3 +464,23 @@ async fn maxbatch_sends_a_backlog_several_events_per_post_in_order() {
     );
     n.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn storage_that_refuses_the_journal_still_delivers_from_memory() {
+    let hook = Listener::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // `_berth` is a file: every journal write fails (ENOTDIR), as on a read-only mount.
+    let v2 = dir.path().join("docker/registry/v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v2.join("_berth"), b"not a directory").unwrap();
+    let driver: Arc<dyn StorageDriver> = Arc::new(berth_storage::FilesystemDriver::new(dir.path()));
+    let n = notifier(config(vec![endpoint(&hook.url)]), &driver).await;
+    for i in 1..=3 {
+        tokio::time::timeout(Duration::from_secs(5), n.publish(&push(i), &ctx()))
+            .await
+            .expect("a push waits for the journal only as long as it answers");
+    }
+    let got = hook.wait_for(3).await;
+    assert_eq!(sizes(&got), vec![1, 2, 3]);
+    n.shutdown(Duration::from_secs(5)).await;
+}

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     Unknown,
     /// The pull-through cache's upstream failed (502, `UNKNOWN`).
     UpstreamUnavailable,
+    /// The storage did not answer in time (503, distribution's `UNAVAILABLE`).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "UNSUPPORTED",
             ErrorCode::Unknown => "UNKNOWN",
             ErrorCode::UpstreamUnavailable => "UNKNOWN",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -96,6 +99,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => 400,
             ErrorCode::Unknown => 500,
             ErrorCode::UpstreamUnavailable => 502,
+            ErrorCode::Unavailable => 503,
         }
     }
 
@@ -125,6 +129,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::Unknown => "unknown error",
             ErrorCode::UpstreamUnavailable => "the upstream registry is unavailable",
+            ErrorCode::Unavailable => "service unavailable",
         }
     }
 }

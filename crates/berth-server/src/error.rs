@@ -39,6 +39,9 @@ impl From<RegistryError> for ApiError {
                 ErrorCode::BlobUploadInvalid,
                 format!("request body broke off: {msg}"),
             )),
+            RegistryError::Storage(e) if e.is_unavailable() => ApiError::Oci(
+                OciError::with_message(ErrorCode::Unavailable, format!("{e}; try again later")),
+            ),
             RegistryError::Storage(e) => ApiError::Internal(format!("storage: {e}")),
         }
     }

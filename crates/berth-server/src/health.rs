@@ -317,6 +317,28 @@ pub fn livez() -> Response {
     text(StatusCode::OK, "ok\n".to_owned())
 }
 
+/// Storage that stopped answering (a call timed out or could not connect, and none has been
+/// answered since): not ready, so a load balancer routes around this replica. While it lasts,
+/// each probe also sends one cheap call (at most one at a time), so readiness comes back on
+/// its own when storage does, even with no traffic routed here.
+fn storage_stalled(state: &crate::AppState) -> Option<(String, String)> {
+    use std::sync::atomic::AtomicBool;
+    static PROBING: AtomicBool = AtomicBool::new(false);
+    let stats = state.metrics.storage()?;
+    let (since, why) = stats.unavailable()?;
+    if !PROBING.swap(true, Ordering::SeqCst) {
+        let driver = state.registry.driver().clone();
+        tokio::spawn(async move {
+            let _ = driver.stat("/docker/registry/v2").await;
+            PROBING.store(false, Ordering::SeqCst);
+        });
+    }
+    Some((
+        "storage".to_owned(),
+        format!("not answering for {}s: {why}", since.as_secs()),
+    ))
+}
+
 /// `/readyz`.
 pub fn readyz(state: &crate::AppState) -> Response {
     if state.lifecycle.is_draining() {
@@ -325,7 +347,8 @@ pub fn readyz(state: &crate::AppState) -> Response {
             "not ready: shutting down\n".to_owned(),
         );
     }
-    let failing = state.health.failing(true);
+    let mut failing = state.health.failing(true);
+    failing.extend(storage_stalled(state));
     if failing.is_empty() {
         return text(StatusCode::OK, "ok\n".to_owned());
     }
@@ -339,6 +362,7 @@ pub fn readyz(state: &crate::AppState) -> Response {
 /// `/debug/health`, distribution's format.
 pub fn debug_health(state: &crate::AppState) -> Response {
     let mut failing = state.health.failing(false);
+    failing.extend(storage_stalled(state));
     // A failing webhook endpoint shows here once it has failed for its `unhealthyafter`; it
     // never closes the API gate or `/readyz` (the registry itself is fine).
     if let Some(n) = &state.notifier {

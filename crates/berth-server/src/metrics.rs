@@ -197,6 +197,14 @@ impl Metrics {
         *self.storage.write().unwrap_or_else(|p| p.into_inner()) = Some(stats);
     }
 
+    /// The storage wrapper's statistics, once set.
+    pub fn storage(&self) -> Option<Arc<StorageStats>> {
+        self.storage
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// A request for `route` has started (the in-flight gauges).
     pub fn started(&self, route: &'static str) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

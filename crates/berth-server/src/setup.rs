@@ -67,7 +67,20 @@ pub fn s3_config(s3: &crate::config::schema::S3, redirect: bool) -> berth_storag
         encrypt: s3.encrypt.unwrap_or(false),
         key_id: nonempty(&s3.keyid),
         redirect,
+        // Checked with the rest of the configuration.
+        connect_timeout: deadline(&s3.connecttimeout, d.connect_timeout),
+        response_timeout: deadline(&s3.responsetimeout, d.response_timeout),
+        idle_timeout: deadline(&s3.idletimeout, d.idle_timeout),
+        max_attempts: s3.maxattempts.filter(|a| *a > 0).unwrap_or(d.max_attempts),
     }
+}
+
+/// A configured deadline, or the default when absent (or invalid: `config check` says so).
+fn deadline(v: &Option<String>, default: std::time::Duration) -> std::time::Duration {
+    v.as_deref()
+        .and_then(|v| crate::config::parse_duration(v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(default)
 }
 
 /// The application state on a driver built by the caller (S3 needs async set-up).

@@ -109,6 +109,10 @@ pub struct StorageStats {
     pub bytes_written: AtomicU64,
     /// Bytes read through `get_content` and readers.
     pub bytes_read: AtomicU64,
+    /// Since when storage has not answered (ms since the epoch; 0: it answers): set by a call
+    /// that ended unavailable, cleared by the next call that got an answer.
+    unavailable_since_ms: AtomicU64,
+    last_unavailable: std::sync::Mutex<String>,
 }
 
 impl StorageStats {
@@ -118,7 +122,27 @@ impl StorageStats {
             ops: Default::default(),
             bytes_written: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            unavailable_since_ms: AtomicU64::new(0),
+            last_unavailable: std::sync::Mutex::new(String::new()),
         }
+    }
+
+    /// How long storage has not been answering, and the last such error.
+    pub fn unavailable(&self) -> Option<(std::time::Duration, String)> {
+        let since = self.unavailable_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let now = now_ms();
+        let why = self
+            .last_unavailable
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        Some((
+            std::time::Duration::from_millis(now.saturating_sub(since)),
+            why,
+        ))
     }
 
     pub fn op(&self, op: Op) -> &OpStats {
@@ -138,12 +162,34 @@ impl StorageStats {
             .position(|b| secs <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
         s.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        match result {
+            Err(e) if e.is_unavailable() => {
+                if let Ok(mut last) = self.last_unavailable.lock() {
+                    *last = e.to_string();
+                }
+                let _ = self.unavailable_since_ms.compare_exchange(
+                    0,
+                    now_ms().max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            // Any answer, a "not found" or another error included, means storage answers.
+            _ => self.unavailable_since_ms.store(0, Ordering::Relaxed),
+        }
         if let Err(e) = result {
             if !e.is_not_found() {
                 s.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Wraps a driver; see the module documentation.

@@ -48,11 +48,19 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The storage did not answer in time, or could not be reached: retrying later may work.
+    #[error("storage unavailable on {path}: {reason}")]
+    Unavailable { path: String, reason: String },
 }
 
 impl StorageError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound(_))
+    }
+
+    /// The storage did not answer (a timeout, a refused or broken connection).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
     }
 
     pub(crate) fn io(path: &str, source: std::io::Error) -> StorageError {

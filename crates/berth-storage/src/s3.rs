@@ -69,7 +69,23 @@ pub struct S3Config {
     pub key_id: Option<String>,
     /// Presigned redirects for downloads (`storage.redirect.disable` turns them off).
     pub redirect: bool,
+    /// Deadlines of every call (Berth's `storage.s3` keys): establishing a connection...
+    pub connect_timeout: Duration,
+    /// ...the first byte of an answer once the request is sent...
+    pub response_timeout: Duration,
+    /// ...and the next bytes of a download.
+    pub idle_timeout: Duration,
+    /// Attempts per call, the first included (the SDK retries timeouts, refused connections,
+    /// throttling and 5xx; S3's calls are idempotent).
+    pub max_attempts: u32,
 }
+
+/// The deadlines' defaults: generous enough for S3's slowest calls (a large copy answers its
+/// headers early), short enough that a stalled S3 is a 503 within about three minutes at most.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 impl Default for S3Config {
     fn default() -> Self {
@@ -91,6 +107,10 @@ impl Default for S3Config {
             encrypt: false,
             key_id: None,
             redirect: true,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
 }
@@ -189,6 +209,16 @@ impl S3Driver {
             }
         };
         let mut b = base
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .read_timeout(config.response_timeout)
+                    .build(),
+            )
+            .retry_config(
+                aws_sdk_s3::config::retry::RetryConfig::standard()
+                    .with_max_attempts(config.max_attempts.max(1)),
+            )
             .force_path_style(config.force_path_style)
             .request_checksum_calculation(
                 aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
@@ -289,6 +319,12 @@ impl S3Driver {
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
+        let unavailable = match &e {
+            SdkError::TimeoutError(_) => true,
+            SdkError::DispatchFailure(d) => d.is_timeout() || d.is_io(),
+            SdkError::ResponseError(_) => true,
+            _ => false,
+        };
         let text = match &e {
             SdkError::ServiceError(se) => {
                 let err = se.err();
@@ -301,6 +337,12 @@ impl S3Driver {
             }
             other => aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
         };
+        if unavailable {
+            return StorageError::Unavailable {
+                path: path.to_owned(),
+                reason: format!("S3 {what}: {text}"),
+            };
+        }
         StorageError::Io {
             path: path.to_owned(),
             source: std::io::Error::other(format!("S3 {what}: {text}")),
@@ -767,12 +809,21 @@ impl StorageDriver for S3Driver {
             }
         };
         let body = out.body;
-        let stream = futures_util::stream::unfold(Some(body), |body| async move {
+        let idle = self.inner.config.idle_timeout;
+        let stream = futures_util::stream::unfold(Some(body), move |body| async move {
             let mut body = body?;
-            match body.try_next().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
-                Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+            match tokio::time::timeout(idle, body.try_next()).await {
+                Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some(body))),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some((Err(std::io::Error::other(e)), None)),
+                // A download that stalls is cut: the client sees a short body, not a hang.
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("S3 sent nothing for {idle:?}"),
+                    )),
+                    None,
+                )),
             }
         });
         Ok(stream.boxed())

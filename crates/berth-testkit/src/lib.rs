@@ -364,6 +364,11 @@ impl Moto {
         Moto { child, url, log }
     }
 
+    /// The server's process id (to stop and resume it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn create_bucket(&self, name: &str) {
         ureq::put(&format!("{}/{name}", self.url)).call().unwrap();
     }

@@ -323,3 +323,68 @@ fn downloads_stream_through_berth_when_redirects_are_off() {
     assert_eq!(r.status, 206);
     assert_eq!(r.body, img.layers[0][8_000_000..8_000_100]);
 }
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// S3 that accepts connections and never answers (the server stopped with SIGSTOP: what a
+/// partition or an overloaded gateway looks like): requests end with distribution's 503
+/// `UNAVAILABLE` within the configured deadlines instead of hanging, `/readyz` says so, and
+/// both recover on their own once S3 answers again. Then S3 killed (connections refused):
+/// also a 503, not a 500.
+#[test]
+fn a_stalled_s3_is_a_503_within_the_deadlines_and_readiness_follows_it() {
+    let moto = Moto::start();
+    moto.create_bucket("stall");
+    let storage = moto.storage_yaml("stall", "").replace(
+        "    chunksize: 5242880\n",
+        "    chunksize: 5242880\n    connecttimeout: 1s\n    responsetimeout: 1s\n    maxattempts: 2\n",
+    );
+    let cfg = format!("version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n");
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start_with_config(&cfg, dir.path());
+    let c = Client::new(&berth.url, None);
+    c.push_image("app", "v1", &Image::oci("stall", 1, ""))
+        .unwrap();
+    let ready = |want: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let r = c.get("/readyz", &[]).unwrap();
+            if r.status == want || std::time::Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    assert_eq!(ready(200).status, 200);
+
+    signal(moto.pid(), "-STOP");
+    let started = std::time::Instant::now();
+    let r = c.get("/v2/app/tags/list", &[]).unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.describe());
+    assert_eq!(r.error_codes(), ["UNAVAILABLE"], "{}", r.describe());
+    // Two attempts of 1 s and the SDK's backoff between them: seconds, not minutes.
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    let r = ready(503);
+    assert_eq!(r.status, 503);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(text.contains("storage"), "{text}");
+
+    signal(moto.pid(), "-CONT");
+    // No request needed: readiness probes storage while it is down.
+    assert_eq!(ready(200).status, 200, "{}", berth.log());
+    let r = c.get("/v2/app/tags/list", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.describe());
+
+    drop(moto);
+    let r = c.get("/v2/app/tags/list", &[]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.describe());
+    assert_eq!(r.error_codes(), ["UNAVAILABLE"], "{}", r.describe());
+}

@@ -1133,6 +1133,28 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                 "accesskey and secretkey go together".to_owned(),
             );
         }
+        for (key, v) in [
+            ("storage.s3.connecttimeout", &s3.connecttimeout),
+            ("storage.s3.responsetimeout", &s3.responsetimeout),
+            ("storage.s3.idletimeout", &s3.idletimeout),
+        ] {
+            if let Some(v) = v {
+                match parse_duration(v) {
+                    Ok(d) if d.is_zero() => bad(
+                        key,
+                        "0 would wait forever on a stalled S3: give a duration".to_owned(),
+                    ),
+                    Ok(_) => {}
+                    Err(e) => bad(key, e),
+                }
+            }
+        }
+        if s3.maxattempts == Some(0) {
+            bad(
+                "storage.s3.maxattempts",
+                "at least 1 (the first attempt)".to_owned(),
+            );
+        }
     }
     if let Some(level) = c.log.level.as_deref().or(c.loglevel.as_deref()) {
         // distribution lowercases the level and knows these four only (2.8 and 3.x alike):

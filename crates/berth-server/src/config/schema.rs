@@ -239,6 +239,16 @@ pub struct S3 {
     pub usefipsendpoint: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub useragent: Option<String>,
+    /// Berth's own: deadlines of each S3 call (see `berth_storage::S3Config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connecttimeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub responsetimeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idletimeout: Option<String>,
+    /// Berth's own: attempts per S3 call, the first included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxattempts: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -9,6 +9,9 @@
 #   systemd (systemd-socket-activate) passes a listening socket the way a .socket unit does
 #   moto_server (PyPI moto[server])  an S3-compatible server; pinned: 5.2.1-5.2.4 answer
 #                                    CompleteMultipartUpload with the wrong XML root element
+#   garage (crates.io)               a production S3 server (the driver contract, S3 stalls);
+#                                    built once (about 10 minutes on two cores), kept in
+#                                    ~/.cargo/bin
 set -euo pipefail
 
 need=()
@@ -46,3 +49,13 @@ if ! { have moto_server && python3 -c "import moto, sys; sys.exit(moto.__version
   hash -r
 fi
 have moto_server || { echo "install-test-deps: moto_server is not on PATH after installing moto" >&2; exit 1; }
+
+GARAGE_VERSION=2.5.0
+if ! { have garage && garage --version 2>/dev/null | grep -q "cargo:$GARAGE_VERSION "; }; then
+  echo "test dependencies: building garage $GARAGE_VERSION from crates.io (once; about 10 minutes on two cores)"
+  build="$(mktemp -d)"
+  CARGO_TARGET_DIR="$build" cargo install garage --version "$GARAGE_VERSION" --locked --quiet
+  rm -rf "$build"
+  hash -r
+fi
+have garage || { echo "install-test-deps: garage is not on PATH after cargo install (is ~/.cargo/bin on PATH?)" >&2; exit 1; }

@@ -403,6 +403,134 @@ impl Drop for Moto {
     }
 }
 
+/// A single-node Garage (<https://garagehq.deuxfleurs.fr>, `cargo install garage`), a
+/// production S3 server for self-hosted clusters, on ephemeral loopback ports with its data in
+/// a temporary directory and a cleared environment. One key, imported with fixed credentials,
+/// owns every bucket [`Garage::create_bucket`] makes.
+pub struct Garage {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The S3 API (`http://127.0.0.1:port`).
+    pub url: String,
+    pub key_id: String,
+    pub secret: String,
+}
+
+/// The binary: `$GARAGE_BIN`, else `garage` on `PATH` (`~/.cargo/bin` after `cargo install`).
+pub fn garage_bin() -> String {
+    std::env::var("GARAGE_BIN").unwrap_or_else(|_| "garage".to_owned())
+}
+
+impl Garage {
+    pub fn start() -> Garage {
+        let dir = tempfile::tempdir().unwrap();
+        let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+        let config = format!(
+            "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+            meta = dir.path().join("meta").display(),
+            data = dir.path().join("data").display(),
+            secret = "1799bccfd7411eddcf9ebd316bc1f5287ad12a68094e1c6ac6abde7e6feae1ec",
+        );
+        std::fs::write(dir.path().join("garage.toml"), config).unwrap();
+        let child = Self::command(dir.path())
+            .arg("server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("garage (cargo install garage; scripts/install-test-deps.sh)");
+        let g = Garage {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{s3}"),
+            key_id: "GK31c2f218a2e44f485b94239e".to_owned(),
+            secret: "4420d99ef5ac0b4e53a27c5e1b7eabf66ac8d6e8d4b76c7f3d4b0d41d1fc8a21".to_owned(),
+        };
+        // The node answers its CLI once its RPC is up; then it gets a role in the layout.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            let out = g.cli(&["node", "id", "-q"]);
+            if out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                break text.split('@').next().unwrap_or_default().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "garage did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        g.cli_ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
+        g.cli_ok(&["layout", "apply", "--version", "1"]);
+        g.cli_ok(&[
+            "key",
+            "import",
+            "--yes",
+            &g.key_id.clone(),
+            &g.secret.clone(),
+            "-n",
+            "berth",
+        ]);
+        g
+    }
+
+    fn command(dir: &Path) -> Command {
+        let mut cmd = Command::new(garage_bin());
+        cmd.arg("-c")
+            .arg(dir.join("garage.toml"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default());
+        cmd
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Self::command(self.dir.path())
+            .args(args)
+            .output()
+            .expect("garage CLI")
+    }
+
+    fn cli_ok(&self, args: &[&str]) {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "garage {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Makes a bucket (at least three characters) owned by the key.
+    pub fn create_bucket(&self, name: &str) {
+        self.cli_ok(&["bucket", "create", name]);
+        self.cli_ok(&[
+            "bucket", "allow", "--read", "--write", "--owner", name, "--key", "berth",
+        ]);
+    }
+
+    /// The server's process id (to stop and resume it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// distribution's `storage.s3` section for a bucket on this server; `s3_extra` goes inside
+    /// `s3` (four spaces), `extra` after it under `storage`.
+    pub fn storage_yaml(&self, bucket: &str, s3_extra: &str, extra: &str) -> String {
+        format!(
+            "storage:\n  s3:\n    region: garage\n    regionendpoint: {}\n    bucket: {bucket}\n    accesskey: {}\n    secretkey: {}\n    secure: false\n    forcepathstyle: true\n    chunksize: 5242880\n{s3_extra}  delete:\n    enabled: true\n{extra}",
+            self.url, self.key_id, self.secret
+        )
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Berth {
     /// Berth on a bucket of `moto`; `extra` is appended to the config (other sections).
     pub fn start_s3(

@@ -10,7 +10,7 @@ mod support;
 use berth_conformance::client::{with_query, Body, Client};
 use berth_conformance::fixtures::{bytes, digest, expect_status, location, Image, OCTET};
 use berth_conformance::{run, Gaps, Options};
-use support::{Berth, Distribution, Moto, Redis};
+use support::{Berth, Distribution, Garage, Moto, Redis};
 
 const REDIS_CACHE: &str = "  cache:\n    blobdescriptor: redis\n";
 
@@ -333,18 +333,19 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-/// S3 that accepts connections and never answers (the server stopped with SIGSTOP: what a
-/// partition or an overloaded gateway looks like): requests end with distribution's 503
-/// `UNAVAILABLE` within the configured deadlines instead of hanging, `/readyz` says so, and
-/// both recover on their own once S3 answers again. Then S3 killed (connections refused):
-/// also a 503, not a 500.
+/// S3 (Garage) that accepts connections and never answers (the server stopped with SIGSTOP:
+/// what a partition or an overloaded gateway looks like): requests end with distribution's
+/// 503 `UNAVAILABLE` within the configured deadlines instead of hanging, `/readyz` says so,
+/// and both recover on their own once S3 answers again. Then S3 killed (connections
+/// refused): also a 503, not a 500.
 #[test]
 fn a_stalled_s3_is_a_503_within_the_deadlines_and_readiness_follows_it() {
-    let moto = Moto::start();
-    moto.create_bucket("stall");
-    let storage = moto.storage_yaml("stall", "").replace(
-        "    chunksize: 5242880\n",
-        "    chunksize: 5242880\n    connecttimeout: 1s\n    responsetimeout: 1s\n    maxattempts: 2\n",
+    let garage = Garage::start();
+    garage.create_bucket("stall");
+    let storage = garage.storage_yaml(
+        "stall",
+        "    connecttimeout: 1s\n    responsetimeout: 1s\n    maxattempts: 2\n",
+        "",
     );
     let cfg = format!("version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n");
     let dir = tempfile::tempdir().unwrap();
@@ -364,7 +365,7 @@ fn a_stalled_s3_is_a_503_within_the_deadlines_and_readiness_follows_it() {
     };
     assert_eq!(ready(200).status, 200);
 
-    signal(moto.pid(), "-STOP");
+    signal(garage.pid(), "-STOP");
     let started = std::time::Instant::now();
     let r = c.get("/v2/app/tags/list", &[]).unwrap();
     let took = started.elapsed();
@@ -377,13 +378,13 @@ fn a_stalled_s3_is_a_503_within_the_deadlines_and_readiness_follows_it() {
     let text = String::from_utf8_lossy(&r.body);
     assert!(text.contains("storage"), "{text}");
 
-    signal(moto.pid(), "-CONT");
+    signal(garage.pid(), "-CONT");
     // No request needed: readiness probes storage while it is down.
     assert_eq!(ready(200).status, 200, "{}", berth.log());
     let r = c.get("/v2/app/tags/list", &[]).unwrap();
     assert_eq!(r.status, 200, "{}", r.describe());
 
-    drop(moto);
+    drop(garage);
     let r = c.get("/v2/app/tags/list", &[]).unwrap();
     assert_eq!(r.status, 503, "{}", r.describe());
     assert_eq!(r.error_codes(), ["UNAVAILABLE"], "{}", r.describe());

@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 
 use berth_conformance::client::Client;
 use berth_conformance::fixtures::{digest, Image};
-pub use berth_testkit::{free_port, Distribution, Moto, Redis, DISTRIBUTION_BIN};
+pub use berth_testkit::{free_port, Distribution, Garage, Moto, Redis, DISTRIBUTION_BIN};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,

@@ -80,9 +80,14 @@ async fn driver(m: &Moto, bucket_name: &str, root: &str) -> S3Driver {
 async fn contract() {
     let m = moto();
     let d = driver(&m, "contract", "").await;
-    berth_storage::testsuite::run(&d).await;
+    contract_on(&d).await;
+}
+
+/// The contract suite, and that staging used multipart uploads and the 13 MB move a multipart
+/// copy.
+async fn contract_on(d: &S3Driver) {
+    berth_storage::testsuite::run(d).await;
     let counts = d.request_counts().snapshot();
-    // Staging used multipart uploads and the 13 MB move a multipart copy.
     for op in [
         "CreateMultipartUpload",
         "UploadPart",
@@ -153,17 +158,5 @@ async fn contract_on_garage() {
     })
     .await
     .unwrap();
-    berth_storage::testsuite::run(&d).await;
-    let counts = d.request_counts().snapshot();
-    for op in [
-        "CreateMultipartUpload",
-        "UploadPart",
-        "UploadPartCopy",
-        "CompleteMultipartUpload",
-    ] {
-        assert!(
-            counts.get(op).copied().unwrap_or(0) > 0,
-            "{op} never used: {counts:?}"
-        );
-    }
+    contract_on(&d).await;
 }

@@ -93,23 +93,21 @@ pub async fn handle(
         }
         (Endpoint::Manifest(name, r), Method::DELETE) => {
             let tags = state.registry.delete_manifest(&name, &r).await?;
-            Ok(with_notice(
-                empty(StatusCode::ACCEPTED),
-                deleted_notice(&name, &r, tags),
-            ))
+            Ok(with_notice(state, empty(StatusCode::ACCEPTED), || {
+                deleted_notice(&name, &r, tags)
+            }))
         }
         (Endpoint::Blob(name, d), Method::GET | Method::HEAD) => {
             get_blob(state, &name, &d, req).await
         }
         (Endpoint::Blob(name, d), Method::DELETE) => {
             state.registry.delete_blob(&name, &d).await?;
-            Ok(with_notice(
-                empty(StatusCode::ACCEPTED),
+            Ok(with_notice(state, empty(StatusCode::ACCEPTED), || {
                 Notice::BlobDeleted {
                     repository: name,
                     digest: d,
-                },
-            ))
+                }
+            }))
         }
         (Endpoint::UploadStart(name), Method::POST) => {
             start_upload(state, &name, req, body.take(), principal).await
@@ -150,9 +148,16 @@ pub async fn handle(
     }
 }
 
-/// Attaches what the request did, for notification events (see [`crate::notify`]).
-pub(crate) fn with_notice(mut r: Response, notice: Notice) -> Response {
-    r.extensions_mut().insert(notice);
+/// Attaches what the request did, for notification events (see [`crate::notify`]); built
+/// only when notifications are configured (an extension costs an allocation per response).
+pub(crate) fn with_notice(
+    state: &AppState,
+    mut r: Response,
+    notice: impl FnOnce() -> Notice,
+) -> Response {
+    if state.notifier.is_some() {
+        r.extensions_mut().insert(notice());
+    }
     r
 }
 
@@ -246,8 +251,8 @@ pub(crate) async fn get_blob(
             let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
             set(&mut r, "location", url);
             set(&mut r, "docker-content-digest", digest.to_string());
-            let notice = blob_notice(Action::Pull, name, digest, info.size, None);
-            return Ok(with_notice(r, notice));
+            let notice = || blob_notice(Action::Pull, name, digest, info.size, None);
+            return Ok(with_notice(state, r, notice));
         }
     }
     let body = if req.method == Method::HEAD || len == 0 {
@@ -271,8 +276,8 @@ pub(crate) async fn get_blob(
         );
     }
     // distribution reports a HEAD as a pull too (both are its `ServeBlob`).
-    let notice = blob_notice(Action::Pull, name, digest, info.size, None);
-    Ok(with_notice(r, notice))
+    let notice = || blob_notice(Action::Pull, name, digest, info.size, None);
+    Ok(with_notice(state, r, notice))
 }
 
 // ---------------------------------------------------------------- uploads
@@ -386,8 +391,8 @@ async fn start_upload(
         if let Some(from) = from {
             if let Some(info) = state.registry.mount_blob(name, &from, &digest).await? {
                 let r = blob_created(state, name, &digest, &req.headers);
-                let notice = blob_notice(Action::Mount, name, &digest, info.size, Some(from));
-                return Ok(with_notice(r, notice));
+                let notice = || blob_notice(Action::Mount, name, &digest, info.size, Some(from));
+                return Ok(with_notice(state, r, notice));
             }
         }
     } else if let Some(digest) = digest_param(&q)? {
@@ -399,10 +404,9 @@ async fn start_upload(
             .complete_upload(name, &st.id, &digest, None, Some(body))
             .await?;
         let r = blob_created(state, name, &digest, &req.headers);
-        return Ok(with_notice(
-            r,
-            blob_notice(Action::Push, name, &digest, info.size, None),
-        ));
+        return Ok(with_notice(state, r, || {
+            blob_notice(Action::Push, name, &digest, info.size, None)
+        }));
     }
     let st = state.registry.start_upload(name).await?;
     Ok(upload_progress(
@@ -461,10 +465,9 @@ async fn put_upload(
             .complete_upload(name, id, &digest, start, body)
             .await?;
         let r = blob_created(state, name, &digest, headers);
-        Ok(with_notice(
-            r,
-            blob_notice(Action::Push, name, &digest, info.size, None),
-        ))
+        Ok(with_notice(state, r, || {
+            blob_notice(Action::Push, name, &digest, info.size, None)
+        }))
     }
     .await;
     with_upload_position(state, name, id, headers, result).await
@@ -503,11 +506,12 @@ async fn get_manifest(
     reference: &Reference,
 ) -> Result<Response> {
     let m = state.registry.get_manifest(name, reference).await?;
-    Ok(manifest_response(name, reference, m))
+    Ok(manifest_response(state, name, reference, m))
 }
 
 /// A manifest as the API serves it (GET and HEAD, both pulls for notifications).
 pub(crate) fn manifest_response(
+    state: &AppState,
     name: &RepoName,
     reference: &Reference,
     m: berth_registry::manifests::StoredManifest,
@@ -517,15 +521,16 @@ pub(crate) fn manifest_response(
     set(&mut r, "content-length", m.body.len().to_string());
     set(&mut r, "docker-content-digest", m.digest.to_string());
     set(&mut r, "etag", format!("\"{}\"", m.digest));
-    let notice = manifest_notice(
-        Action::Pull,
-        name,
-        reference,
-        m.digest,
-        m.media_type,
-        m.body,
-    );
-    with_notice(r, notice)
+    with_notice(state, r, || {
+        manifest_notice(
+            Action::Pull,
+            name,
+            reference,
+            m.digest,
+            m.media_type,
+            m.body,
+        )
+    })
 }
 
 /// The notice of a manifest pushed or served; `tag` when it was named by tag.
@@ -632,9 +637,10 @@ async fn put_manifest(
         let list: Vec<&str> = put.tags.iter().map(Tag::as_str).collect();
         set(&mut r, "oci-tag", list.join(", "));
     }
-    let media_type = berth_core::manifest::stored_media_type(&body);
-    let notice = manifest_notice(Action::Push, name, reference, put.digest, media_type, body);
-    Ok(with_notice(r, notice))
+    Ok(with_notice(state, r, || {
+        let media_type = berth_core::manifest::stored_media_type(&body);
+        manifest_notice(Action::Push, name, reference, put.digest, media_type, body)
+    }))
 }
 
 /// distribution's `policy.repository.classes`: with classes configured, a pushed manifest's

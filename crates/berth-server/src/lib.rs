@@ -289,10 +289,19 @@ async fn dispatch(State(state): State<AppState>, mut req: Request<Body>) -> Resp
         otel.status_code = tracing::field::Empty,
     );
     telemetry::set_parent(&span, req.headers());
-    // What a notification event says about the request (taken before the body is consumed).
+    // What a notification event says about the request (taken before the body is consumed),
+    // for the routes that can have events.
+    let notifies = matches!(
+        &routed,
+        Routed::Api(Ok(endpoint::Endpoint::Manifest(..)
+            | endpoint::Endpoint::Blob(..)
+            | endpoint::Endpoint::UploadStart(_)
+            | endpoint::Endpoint::Upload(..)))
+    );
     let event_request = state
         .notifier
         .as_ref()
+        .filter(|_| notifies)
         .map(|_| event_request(&state.options, &req, &request_id));
     let handled = serve(&state, req, routed).instrument(span.clone()).await;
     let (mut resp, account, bytes_in, logged) = handled;

@@ -62,26 +62,26 @@ pub async fn handle(
                 .proxy
                 .manifest(t.upstream, t.remote, t.local, &reference)
                 .await?;
-            Ok(manifest_response(&name, &reference, m))
+            Ok(manifest_response(state, &name, &reference, m))
         }
         Endpoint::Manifest(name, reference) if req.method == Method::DELETE => {
             let tags = state.registry.delete_manifest(t.local, &reference).await?;
-            let notice = deleted_notice(&name, &reference, tags);
-            Ok(with_notice(empty(StatusCode::ACCEPTED), notice))
+            let notice = || deleted_notice(&name, &reference, tags);
+            Ok(with_notice(state, empty(StatusCode::ACCEPTED), notice))
         }
         Endpoint::Blob(name, digest) if read => {
             let (r, size) = blob(state, t, &digest, req).await?;
             // Events name the repository as the client asked for it (as distribution does).
-            let notice = blob_notice(Action::Pull, &name, &digest, size, None);
-            Ok(with_notice(r, notice))
+            let notice = || blob_notice(Action::Pull, &name, &digest, size, None);
+            Ok(with_notice(state, r, notice))
         }
         Endpoint::Blob(name, digest) if req.method == Method::DELETE => {
             state.registry.delete_blob(t.local, &digest).await?;
-            let notice = Notice::BlobDeleted {
+            let notice = || Notice::BlobDeleted {
                 repository: name,
                 digest,
             };
-            Ok(with_notice(empty(StatusCode::ACCEPTED), notice))
+            Ok(with_notice(state, empty(StatusCode::ACCEPTED), notice))
         }
         Endpoint::Tags(name) if read => {
             let query = req.uri.query().unwrap_or("");

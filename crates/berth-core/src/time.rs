@@ -1,5 +1,11 @@
 //! Timestamps as the registry protocols write them.
 
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// RFC 3339 UTC timestamp with second precision (`2023-11-14T22:13:20Z`), as distribution
 /// writes in an upload's `startedat` and token servers return in `issued_at`.
 pub fn rfc3339(t: std::time::SystemTime) -> String {

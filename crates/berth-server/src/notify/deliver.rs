@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -107,12 +107,6 @@ pub struct EndpointStats {
     pub statuses: Mutex<BTreeMap<String, u64>>,
 }
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl EndpointStats {
     pub fn new(cfg: &EndpointConfig) -> EndpointStats {
         EndpointStats {
@@ -147,7 +141,7 @@ impl EndpointStats {
         match self.oldest_ms.load(Ordering::Relaxed) {
             0 => None,
             t => Some(Duration::from_millis(
-                ms(SystemTime::now()).saturating_sub(t),
+                berth_core::time::unix_millis(SystemTime::now()).saturating_sub(t),
             )),
         }
     }
@@ -157,7 +151,7 @@ impl EndpointStats {
         match self.failing_since_ms.load(Ordering::Relaxed) {
             0 => None,
             t => Some(Duration::from_millis(
-                ms(SystemTime::now()).saturating_sub(t),
+                berth_core::time::unix_millis(SystemTime::now()).saturating_sub(t),
             )),
         }
     }
@@ -400,9 +394,10 @@ pub async fn run(
                     e.clone_from(&why);
                 }
                 if stats.failing_for().is_none() {
-                    stats
-                        .failing_since_ms
-                        .store(ms(SystemTime::now()).max(1), Ordering::Relaxed);
+                    stats.failing_since_ms.store(
+                        berth_core::time::unix_millis(SystemTime::now()).max(1),
+                        Ordering::Relaxed,
+                    );
                     tracing::warn!(
                         endpoint = %cfg.name,
                         "notifications: endpoint is failing ({why}); events stay queued and are retried (after {} failures in a row, every {:?}); one INFO line follows when it recovers",
@@ -508,7 +503,8 @@ async fn enforce_bounds(
         }
     }
     if let Some(max_age) = cfg.max_age {
-        let cutoff = ms(SystemTime::now()).saturating_sub(max_age.as_millis() as u64);
+        let cutoff = berth_core::time::unix_millis(SystemTime::now())
+            .saturating_sub(max_age.as_millis() as u64);
         while let Some(front) = q.segments.front() {
             if front.newest < cutoff {
                 dropped.1 += front.remaining() as u64;

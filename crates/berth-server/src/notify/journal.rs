@@ -24,7 +24,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use berth_storage::{StorageDriver, StorageError};
 use bytes::Bytes;
@@ -70,10 +70,7 @@ impl Instance {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    berth_core::time::unix_millis(SystemTime::now())
 }
 
 /// An endpoint's directory name: its name where that is a safe path element, else hex.
@@ -484,7 +481,7 @@ impl Host {
                 .unwrap_or_default()
         };
         Host {
-            name: read("/proc/sys/kernel/hostname"),
+            name: super::hostname().unwrap_or_default(),
             boot: read("/proc/sys/kernel/random/boot_id"),
             pid: std::process::id(),
             started: process_start("self").unwrap_or_default(),
@@ -685,6 +682,7 @@ async fn claim(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn a_crashed_predecessor_on_this_host_is_gone_at_once() {

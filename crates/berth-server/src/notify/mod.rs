@@ -131,18 +131,12 @@ pub struct Record {
 /// Records are shared by the endpoints that want them.
 pub type Rec = Arc<Record>;
 
-fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Record {
     fn of(e: &Event, at: SystemTime) -> Option<Rec> {
         let json = serde_json::to_vec(e).ok()?;
         Some(Arc::new(Record {
             json: Bytes::from(json),
-            time_ms: epoch_ms(at),
+            time_ms: berth_core::time::unix_millis(at),
             action: e.action.clone(),
             media_type: e.target.media_type.clone(),
         }))
@@ -163,7 +157,8 @@ impl Record {
             media_type: String,
         }
         let m: Meta = serde_json::from_slice(&line)?;
-        let time_ms = berth_core::time::parse_rfc3339(&m.timestamp).map_or(0, epoch_ms);
+        let time_ms =
+            berth_core::time::parse_rfc3339(&m.timestamp).map_or(0, berth_core::time::unix_millis);
         Ok(Arc::new(Record {
             json: line,
             time_ms,
@@ -691,14 +686,18 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// The `source.addr` distribution writes: this host's name with the port of `http.addr`.
-pub fn source_addr(http_addr: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This host's name (the kernel's, else `$HOSTNAME`), as Go's `os.Hostname` reads it.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()));
-    let Some(host) = host else {
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+}
+
+/// The `source.addr` distribution writes: this host's name with the port of `http.addr`.
+pub fn source_addr(http_addr: &str) -> String {
+    let Some(host) = hostname() else {
         return http_addr.to_owned();
     };
     match http_addr.rsplit_once(':') {

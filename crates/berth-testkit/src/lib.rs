@@ -793,26 +793,22 @@ impl Webhook {
         accepted_events(&self.shared.requests.lock().unwrap())
     }
 
-    /// Waits until at least `n` events were accepted and returns all accepted so far; fails
-    /// the test with what did arrive when `timeout` passes first.
-    pub fn wait_events(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    /// Waits until `done` says yes of the requests received, or `timeout` passes; returns
+    /// the requests and whether `done` said yes.
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[WebhookRequest]) -> bool,
+    ) -> (Vec<WebhookRequest>, bool) {
         let deadline = Instant::now() + timeout;
         let mut reqs = self.shared.requests.lock().unwrap();
         loop {
-            let events = accepted_events(&reqs);
-            if events.len() >= n {
-                return events;
+            if done(&reqs) {
+                return (reqs.clone(), true);
             }
             let now = Instant::now();
             if now >= deadline {
-                let msg = format!(
-                    "the webhook accepted {} events within {timeout:?}, {n} expected; requests: {}",
-                    events.len(),
-                    describe_requests(&reqs)
-                );
-                // Not holding the lock: the listener threads keep working while this unwinds.
-                drop(reqs);
-                panic!("{msg}");
+                return (reqs.clone(), false);
             }
             reqs = self
                 .shared
@@ -823,23 +819,23 @@ impl Webhook {
         }
     }
 
+    /// Waits until at least `n` events were accepted and returns all accepted so far; fails
+    /// the test with what did arrive when `timeout` passes first.
+    pub fn wait_events(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let (reqs, ok) = self.wait_until(timeout, |r| accepted_events(r).len() >= n);
+        let events = accepted_events(&reqs);
+        assert!(
+            ok,
+            "the webhook accepted {} events within {timeout:?}, {n} expected; requests: {}",
+            events.len(),
+            describe_requests(&reqs)
+        );
+        events
+    }
+
     /// Waits until at least `n` requests arrived (whatever the answer); false on timeout.
     pub fn wait_requests(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut reqs = self.shared.requests.lock().unwrap();
-        while reqs.len() < n {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            reqs = self
-                .shared
-                .arrived
-                .wait_timeout(reqs, deadline - now)
-                .unwrap()
-                .0;
-        }
-        true
+        self.wait_until(timeout, |r| r.len() >= n).1
     }
 
     /// Closes the port and every open connection; returns once nothing listens.

@@ -764,6 +764,14 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         match &self.0.kind {
             Kind::Seq(items) => v.visit_seq(SeqDe(items.iter(), self.1)),
             _ if self.0.is_null() => v.visit_seq(SeqDe([].iter(), self.1)),
+            // A list of one written as a bare value (`Authorization: Bearer x` for a header
+            // of distribution's `map of lists`) is the common slip: say how to write it.
+            Kind::Scalar { .. } => {
+                return Err(self.err(format!(
+                    "expected a list, found {}: write a list, `[...]` or one `- ` line per item",
+                    self.what()
+                )))
+            }
             _ => return Err(self.err(format!("expected a list, found {}", self.what()))),
         }
         .map_err(|e: Error| e.at(&self.0.origin))

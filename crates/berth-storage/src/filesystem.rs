@@ -34,8 +34,8 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use crate::{
-    validate_path, AppendWriter, ByteStream, FileInfo, NameFilter, Result, StorageDriver,
-    StorageError,
+    rolled_up, validate_path, AppendWriter, ByteStream, FileInfo, ListEntry, ListFrom, ListPage,
+    NameFilter, Result, StorageDriver, StorageError, LIST_PAGE_MAX,
 };
 
 /// Reads are issued in blocks of this size (large reads, few syscalls).
@@ -532,6 +532,33 @@ impl StorageDriver for FilesystemDriver {
         blocking(path, move || read_names(&full)).await
     }
 
+    /// One blocking walk in key order that stops at `max` entries: a directory whose path
+    /// already holds the delimiter is one rolled-up entry and is not read, and one that sorts
+    /// wholly before the start is skipped.
+    async fn list_page(
+        &self,
+        dir: &str,
+        delimiter: Option<&str>,
+        from: ListFrom,
+        max: usize,
+    ) -> Result<ListPage> {
+        let full = self.full(dir)?;
+        let mut walk = KeyWalk {
+            delimiter: delimiter.filter(|d| !d.is_empty()).map(str::to_owned),
+            after: match from {
+                ListFrom::Start => None,
+                ListFrom::After(a) | ListFrom::Token(a) => Some(a),
+            },
+            max: max.clamp(1, LIST_PAGE_MAX),
+            page: ListPage::default(),
+        };
+        blocking(dir, move || {
+            walk.visit(&full, "")?;
+            Ok(walk.page)
+        })
+        .await
+    }
+
     /// One blocking walk: no hand-off per directory, and entries that are not directories
     /// (by the type `readdir` reports) are never opened.
     async fn find_dirs(
@@ -649,6 +676,103 @@ fn open_range(full: &Path, offset: u64, len: Option<u64>) -> std::io::Result<Ope
 }
 
 /// A directory's entry names, without the temporaries older Berth left beside their target.
+/// [`StorageDriver::list_page`] on a directory tree: a depth-first walk in key order.
+struct KeyWalk {
+    delimiter: Option<String>,
+    after: Option<String>,
+    max: usize,
+    page: ListPage,
+}
+
+impl KeyWalk {
+    /// Lists `dir`, whose keys start with `rel` (empty or ending in `/`). Stops (with
+    /// `page.next` set) once one entry more than `max` is found.
+    fn visit(&mut self, dir: &Path, rel: &str) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            // Gone since its parent was read, or no such directory: nothing below it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        let mut children = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with(LEGACY_PREFIX) {
+                continue;
+            }
+            let is_dir = entry.file_type()?.is_dir();
+            // A directory's keys continue with `/`, which decides its place among its
+            // siblings (`a-b` before `a/`).
+            let key = if is_dir {
+                format!("{rel}{name}/")
+            } else {
+                format!("{rel}{name}")
+            };
+            children.push((key, is_dir, entry));
+        }
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, is_dir, entry) in children {
+            if self.page.next.is_some() {
+                break;
+            }
+            if let Some(r) = rolled_up(&key, self.delimiter.as_deref()) {
+                let r = r.to_owned();
+                self.push(r, true, || Ok((0, None)))?;
+            } else if is_dir {
+                let before = self
+                    .after
+                    .as_deref()
+                    .is_some_and(|a| key.as_str() <= a && !a.starts_with(&key));
+                if !before {
+                    self.visit(&entry.path(), &key)?;
+                }
+            } else if !self.after.as_deref().is_some_and(|a| key.as_str() <= a) {
+                self.push(key, false, || {
+                    let m = entry.metadata()?;
+                    Ok((m.len(), m.modified().ok()))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        key: String,
+        rolled: bool,
+        meta: impl FnOnce() -> std::io::Result<(u64, Option<SystemTime>)>,
+    ) -> std::io::Result<()> {
+        if rolled {
+            let seen = self.page.entries.last().is_some_and(|e| e.key == key);
+            if seen || self.after.as_deref().is_some_and(|a| key.as_str() <= a) {
+                return Ok(());
+            }
+        }
+        if self.page.entries.len() == self.max {
+            self.page.next = self.page.entries.last().map(|e| e.key.clone());
+            return Ok(());
+        }
+        let (size, modified) = meta()?;
+        self.page.entries.push(ListEntry {
+            key,
+            rolled,
+            size,
+            modified,
+        });
+        Ok(())
+    }
+}
+
 fn read_names(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {

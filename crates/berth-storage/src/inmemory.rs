@@ -10,7 +10,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::{
-    validate_path, AppendWriter, ByteStream, FileInfo, Result, StorageDriver, StorageError,
+    rolled_up, validate_path, AppendWriter, ByteStream, FileInfo, ListEntry, ListFrom, ListPage,
+    Result, StorageDriver, StorageError, LIST_PAGE_MAX,
 };
 
 type Objects = BTreeMap<String, (Bytes, SystemTime)>;
@@ -152,6 +153,60 @@ impl StorageDriver for InMemoryDriver {
             return Err(StorageError::NotFound(path.to_owned()));
         }
         Ok(out)
+    }
+
+    async fn list_page(
+        &self,
+        dir: &str,
+        delimiter: Option<&str>,
+        from: ListFrom,
+        max: usize,
+    ) -> Result<ListPage> {
+        use std::ops::Bound;
+        validate_path(dir)?;
+        let prefix = format!("{dir}/");
+        let max = max.clamp(1, LIST_PAGE_MAX);
+        let after = match from {
+            ListFrom::Start => None,
+            ListFrom::After(a) | ListFrom::Token(a) => Some(a),
+        };
+        let start = match &after {
+            Some(a) => Bound::Excluded(format!("{prefix}{a}")),
+            None => Bound::Included(prefix.clone()),
+        };
+        let objects = self.read();
+        let mut page = ListPage::default();
+        for (k, (bytes, modified)) in objects.range((start, Bound::Unbounded)) {
+            let Some(rel) = k.strip_prefix(&prefix) else {
+                break;
+            };
+            let entry = match rolled_up(rel, delimiter) {
+                Some(r) => {
+                    let seen = page.entries.last().is_some_and(|e| e.key == r);
+                    if seen || after.as_deref().is_some_and(|a| r <= a) {
+                        continue;
+                    }
+                    ListEntry {
+                        key: r.to_owned(),
+                        rolled: true,
+                        size: 0,
+                        modified: None,
+                    }
+                }
+                None => ListEntry {
+                    key: rel.to_owned(),
+                    rolled: false,
+                    size: bytes.len() as u64,
+                    modified: Some(*modified),
+                },
+            };
+            if page.entries.len() == max {
+                page.next = page.entries.last().map(|e| e.key.clone());
+                break;
+            }
+            page.entries.push(entry);
+        }
+        Ok(page)
     }
 
     async fn move_object(&self, from: &str, to: &str) -> Result<()> {

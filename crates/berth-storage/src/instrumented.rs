@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument;
 
-use crate::{AppendWriter, ByteStream, FileInfo, NameFilter, Result, StorageDriver};
+use crate::{
+    AppendWriter, ByteStream, FileInfo, ListFrom, ListPage, NameFilter, Result, StorageDriver,
+};
 
 /// The operations counted, in the order of [`StorageStats::ops`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +38,11 @@ pub enum Op {
     Touch,
     StatTouched,
     FindDirs,
+    ListPage,
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::GetContent,
         Op::PutContent,
         Op::Reader,
@@ -57,6 +60,7 @@ impl Op {
         Op::Touch,
         Op::StatTouched,
         Op::FindDirs,
+        Op::ListPage,
     ];
 
     /// The metric label (and span name suffix).
@@ -79,6 +83,7 @@ impl Op {
             Op::Touch => "touch",
             Op::StatTouched => "stat_touched",
             Op::FindDirs => "find_dirs",
+            Op::ListPage => "list_page",
         }
     }
 }
@@ -346,6 +351,21 @@ impl StorageDriver for Instrumented {
             Op::FindDirs,
             root,
             self.inner.find_dirs(root, marks, prunes),
+        )
+        .await
+    }
+
+    async fn list_page(
+        &self,
+        dir: &str,
+        delimiter: Option<&str>,
+        from: ListFrom,
+        max: usize,
+    ) -> Result<ListPage> {
+        self.timed(
+            Op::ListPage,
+            dir,
+            self.inner.list_page(dir, delimiter, from, max),
         )
         .await
     }

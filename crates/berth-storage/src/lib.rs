@@ -83,6 +83,42 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// A test of an entry's base name ([`StorageDriver::find_dirs`]).
 pub type NameFilter = fn(&str) -> bool;
 
+/// Where a [`StorageDriver::list_page`] starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListFrom {
+    /// At the first key.
+    Start,
+    /// At the first key after this one (relative to the listed directory; S3's `StartAfter`).
+    /// A rolled-up prefix that sorts at or before it may still be listed: callers skip what
+    /// they have already seen.
+    After(String),
+    /// Where the previous page ended ([`ListPage::next`], opaque).
+    Token(String),
+}
+
+/// One entry of a [`ListPage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// The key relative to the listed directory (`a/b/link`), or for a rolled-up prefix
+    /// the key up to and including the first occurrence of the delimiter (`a/b/_`).
+    pub key: String,
+    /// Whether this entry stands for every key that starts with it (a rolled-up prefix).
+    pub rolled: bool,
+    /// The object's size (0 for a rolled-up prefix).
+    pub size: u64,
+    /// The object's modification time, where the listing reports one.
+    pub modified: Option<SystemTime>,
+}
+
+/// A page of a flat key listing ([`StorageDriver::list_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// In key order: the byte order of the keys, in which `a-b/x` sorts before `a/x`.
+    pub entries: Vec<ListEntry>,
+    /// Where the next page starts; `None` when the listing is complete.
+    pub next: Option<String>,
+}
+
 /// Metadata of an object or directory.
 #[derive(Debug, Clone)]
 pub struct FileInfo {
@@ -200,6 +236,21 @@ pub trait StorageDriver: Send + Sync + 'static {
     ) -> Result<Vec<String>> {
         find_dirs_by_listing(self, root, marks, prunes).await
     }
+    /// One page of the objects below `dir` as one flat key space, S3's `ListObjectsV2`:
+    /// at most `max` entries (the drivers cap it at 1,000) in key order, from `from`. With a
+    /// `delimiter`, every key that contains it after `dir/` is rolled up into one entry, its
+    /// key up to and including the first occurrence (`/_` rolls a repository's whole
+    /// `_manifests`, `_layers`, `_uploads` into `name/_`). A missing `dir` is an empty page.
+    ///
+    /// This is what lets a listing cost what it returns rather than what the bucket holds:
+    /// one request on S3 for up to 1,000 entries, however deep the keys below them.
+    async fn list_page(
+        &self,
+        dir: &str,
+        delimiter: Option<&str>,
+        from: ListFrom,
+        max: usize,
+    ) -> Result<ListPage>;
     /// Atomically moves an object, replacing any object at `to`. The moved object's modified
     /// time is the time of the move (garbage collection's grace period counts from when
     /// content appears at its path; see [`touch`](Self::touch)).
@@ -207,6 +258,9 @@ pub trait StorageDriver: Send + Sync + 'static {
     /// Deletes an object or a whole directory tree.
     async fn delete(&self, path: &str) -> Result<()>;
 }
+
+/// The most entries a [`StorageDriver::list_page`] returns (S3's page size).
+pub const LIST_PAGE_MAX: usize = 1000;
 
 /// Directory listings in flight in [`StorageDriver::find_dirs`]'s default walk.
 pub const WALK_CONCURRENCY: usize = 32;
@@ -256,6 +310,13 @@ async fn find_dirs_by_listing<D: StorageDriver + ?Sized>(
         }
     }
     Ok(found)
+}
+
+/// The entry `key` belongs to in a listing rolled up at `delimiter` (S3's rule: up to and
+/// including the delimiter's first occurrence), or `None` when the key stands for itself.
+pub(crate) fn rolled_up<'a>(key: &'a str, delimiter: Option<&str>) -> Option<&'a str> {
+    let d = delimiter.filter(|d| !d.is_empty())?;
+    key.find(d).map(|i| &key[..i + d.len()])
 }
 
 /// Checks a driver path: absolute, `/`-separated, no empty, `.` or `..` components, no NUL.

@@ -35,7 +35,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::{
-    validate_path, AppendWriter, ByteStream, FileInfo, Result, StorageDriver, StorageError,
+    rolled_up, validate_path, AppendWriter, ByteStream, FileInfo, ListEntry, ListFrom, ListPage,
+    Result, StorageDriver, StorageError, LIST_PAGE_MAX,
 };
 
 /// The smallest part S3 accepts (except the last).
@@ -146,6 +147,8 @@ struct Inner {
     /// `rootdirectory` without slashes at either end ("" for the bucket's root).
     root: String,
     counts: RequestCounts,
+    /// The one WARN about a server that ignores listing delimiters was logged.
+    warned_delimiter: std::sync::atomic::AtomicBool,
 }
 
 /// The S3 driver. Cheap to clone.
@@ -243,6 +246,7 @@ impl S3Driver {
                 config,
                 root,
                 counts: RequestCounts::default(),
+                warned_delimiter: Default::default(),
             }),
         })
     }
@@ -277,6 +281,12 @@ impl S3Driver {
                 }
             },
         }
+    }
+
+    /// Whether the server has answered a listing with a delimiter other than `/` with every
+    /// key, ignoring the delimiter.
+    pub fn delimiter_ignored(&self) -> bool {
+        self.inner.warned_delimiter.load(Ordering::Relaxed)
     }
 
     /// Requests made so far, by operation.
@@ -1039,6 +1049,90 @@ impl StorageDriver for S3Driver {
         out.sort_unstable();
         out.dedup();
         Ok(out)
+    }
+
+    /// One `ListObjectsV2`. A server that ignores a delimiter other than `/` (S3 allows any
+    /// string; some S3-compatible servers do not) answers with every key: the page is then
+    /// rolled up here, still correct but as costly as the keys below, with one WARN.
+    async fn list_page(
+        &self,
+        dir: &str,
+        delimiter: Option<&str>,
+        from: ListFrom,
+        max: usize,
+    ) -> Result<ListPage> {
+        let prefix = format!("{}/", self.key(dir)?);
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let mut req = self
+            .inner
+            .client
+            .list_objects_v2()
+            .bucket(&self.inner.config.bucket)
+            .prefix(&prefix)
+            .max_keys(max.clamp(1, LIST_PAGE_MAX) as i32)
+            .set_delimiter(delimiter.map(str::to_owned));
+        req = match from {
+            ListFrom::Start => req,
+            ListFrom::After(a) => req.start_after(format!("{prefix}{a}")),
+            ListFrom::Token(t) => req.continuation_token(t),
+        };
+        self.count("ListObjectsV2");
+        let out = req
+            .send()
+            .await
+            .map_err(|e| Self::io(dir, "ListObjectsV2", e))?;
+        let mut entries = Vec::new();
+        let mut ignored = false;
+        for o in out.contents() {
+            let Some(rel) = o.key().and_then(|k| k.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if let Some(r) = rolled_up(rel, delimiter) {
+                ignored = true;
+                if entries.last().is_some_and(|e: &ListEntry| e.key == r) {
+                    continue;
+                }
+                entries.push(ListEntry {
+                    key: r.to_owned(),
+                    rolled: true,
+                    size: 0,
+                    modified: None,
+                });
+                continue;
+            }
+            entries.push(ListEntry {
+                key: rel.to_owned(),
+                rolled: false,
+                size: o.size().unwrap_or(0).max(0) as u64,
+                modified: o
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok()),
+            });
+        }
+        for p in out.common_prefixes() {
+            if let Some(rel) = p.prefix().and_then(|k| k.strip_prefix(&prefix)) {
+                entries.push(ListEntry {
+                    key: rel.to_owned(),
+                    rolled: true,
+                    size: 0,
+                    modified: None,
+                });
+            }
+        }
+        if ignored && !self.inner.warned_delimiter.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                bucket = %self.inner.config.bucket,
+                delimiter = delimiter.unwrap_or(""),
+                "the S3 server ignored a listing delimiter other than \"/\" and listed every key: catalog pages cost as many requests as the keys below them; AWS S3 and Garage support them"
+            );
+        }
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        entries.dedup_by(|b, a| a.rolled && b.rolled && a.key == b.key);
+        let next = match out.next_continuation_token() {
+            Some(t) if out.is_truncated().unwrap_or(false) => Some(t.to_owned()),
+            _ => None,
+        };
+        Ok(ListPage { entries, next })
     }
 
     /// A marker object beside the object (`<key>.berth-touched`): one small PutObject, where

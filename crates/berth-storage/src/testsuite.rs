@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 
-use crate::{StorageDriver, StorageError};
+use crate::{ListFrom, ListPage, StorageDriver, StorageError};
 
 async fn read_all(d: &dyn StorageDriver, path: &str, offset: u64, len: Option<u64>) -> Vec<u8> {
     let s = d
@@ -183,6 +183,76 @@ async fn find_dirs(d: &dyn StorageDriver) {
     d.delete("/w").await.unwrap();
 }
 
+/// `list_page`: one flat key space in byte order (`a-b` and `a.c` before `a/`, `a/0c` before
+/// `a/_`), rolled up at the first delimiter, paged by tokens without loss or repetition.
+async fn list_pages(d: &dyn StorageDriver) {
+    for p in [
+        "/l/a/_m/x",
+        "/l/a/_l/y",
+        "/l/a/_l/q/r",
+        "/l/a-b/_m/x",
+        "/l/a/0c/_m/x",
+        "/l/a/b/_u/z",
+        "/l/a.c/file",
+        "/l/z",
+    ] {
+        d.put_content(p, Bytes::from_static(b"12")).await.unwrap();
+    }
+    async fn all(d: &dyn StorageDriver, delimiter: Option<&str>, max: usize) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut from = ListFrom::Start;
+        loop {
+            let page = d.list_page("/l", delimiter, from, max).await.unwrap();
+            assert!(page.entries.len() <= max, "{delimiter:?} {max}");
+            for e in &page.entries {
+                assert_eq!(e.rolled, delimiter.is_some_and(|dl| e.key.ends_with(dl)));
+                if !e.rolled {
+                    assert_eq!(e.size, 2, "{}", e.key);
+                }
+            }
+            keys.extend(page.entries.into_iter().map(|e| e.key));
+            match page.next {
+                Some(t) => from = ListFrom::Token(t),
+                None => return keys,
+            }
+        }
+    }
+    let flat = [
+        "a-b/_m/x",
+        "a.c/file",
+        "a/0c/_m/x",
+        "a/_l/q/r",
+        "a/_l/y",
+        "a/_m/x",
+        "a/b/_u/z",
+        "z",
+    ];
+    let rolled = ["a-b/_", "a.c/file", "a/0c/_", "a/_", "a/b/_", "z"];
+    for max in [1, 2, 3, 1000] {
+        assert_eq!(all(d, None, max).await, flat, "max {max}");
+        assert_eq!(all(d, Some("/_"), max).await, rolled, "max {max}");
+    }
+    let after = d
+        .list_page("/l", Some("/_"), ListFrom::After("a.c/file".into()), 1000)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = after.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["a/0c/_", "a/_", "a/b/_", "z"]);
+    assert_eq!(after.next, None);
+    let dirs = d
+        .list_page("/l/a", Some("/"), ListFrom::Start, 1000)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = dirs.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["0c/", "_l/", "_m/", "b/"]);
+    let none = d
+        .list_page("/nowhere", Some("/"), ListFrom::Start, 10)
+        .await
+        .unwrap();
+    assert_eq!(none, ListPage::default());
+    d.delete("/l").await.unwrap();
+}
+
 pub async fn run(d: &dyn StorageDriver) {
     // Missing objects are NotFound, for every operation.
     assert!(d.get_content("/missing").await.unwrap_err().is_not_found());
@@ -248,6 +318,7 @@ pub async fn run(d: &dyn StorageDriver) {
     assert_eq!(names, vec!["a", "empty", "sub"]);
     assert!(d.list_names("/missing").await.unwrap_err().is_not_found());
     find_dirs(d).await;
+    list_pages(d).await;
 
     // Ranged reads.
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();

@@ -21,6 +21,7 @@ pub mod expire;
 mod fresh;
 pub mod gc;
 mod link;
+mod listing;
 pub mod manifests;
 pub mod paths;
 pub mod purge;

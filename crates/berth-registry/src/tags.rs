@@ -2,6 +2,7 @@
 
 use berth_core::{ErrorCode, RepoName, Tag};
 
+use crate::listing::NameLayout;
 use crate::{paths, Registry, RegistryError, Result};
 
 /// One page of a listing.
@@ -10,19 +11,6 @@ pub struct Page {
     pub entries: Vec<String>,
     /// Whether entries remain after this page (a `Link` header is due).
     pub more: bool,
-}
-
-/// Applies `last` (exclusive start) and `n` (page size) to a sorted list.
-pub fn paginate(mut entries: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
-    if let Some(l) = last {
-        let start = entries.partition_point(|e| e.as_str() <= l);
-        entries.drain(..start);
-    }
-    let more = n.is_some_and(|n| entries.len() > n);
-    if let Some(n) = n {
-        entries.truncate(n);
-    }
-    Page { entries, more }
 }
 
 impl Registry {
@@ -56,62 +44,26 @@ impl Registry {
         }
     }
 
-    /// A page of the repository's tags.
+    /// A page of the repository's tags: the tag directories from `last` on, one listing
+    /// for up to 1,000 tags whatever the repository holds ([`crate::listing`]).
     pub async fn list_tags(
         &self,
         name: &RepoName,
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<Page> {
-        Ok(paginate(self.tag_names(name).await?, n, last))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn pagination() {
-        let all = v(&["a", "b", "c", "d"]);
-        assert_eq!(
-            paginate(all.clone(), Some(2), None),
-            Page {
-                entries: v(&["a", "b"]),
-                more: true
-            }
-        );
-        assert_eq!(
-            paginate(all.clone(), Some(2), Some("b")),
-            Page {
-                entries: v(&["c", "d"]),
-                more: false
-            }
-        );
-        assert_eq!(
-            paginate(all.clone(), None, Some("bb")),
-            Page {
-                entries: v(&["c", "d"]),
-                more: false
-            }
-        );
-        assert_eq!(
-            paginate(all.clone(), Some(0), None),
-            Page {
-                entries: vec![],
-                more: true
-            }
-        );
-        assert_eq!(
-            paginate(all, Some(10), Some("z")),
-            Page {
-                entries: vec![],
-                more: false
-            }
-        );
+        let dir = paths::tags_dir(name);
+        let layout = NameLayout {
+            dir: &dir,
+            delimiter: "/",
+            valid: Tag::is_valid,
+        };
+        let (page, listed) = layout
+            .page(self.driver.as_ref(), n.unwrap_or(usize::MAX), last)
+            .await?;
+        if !listed && !self.repository_exists(name).await? {
+            return Err(RegistryError::code(ErrorCode::NameUnknown));
+        }
+        Ok(page)
     }
 }

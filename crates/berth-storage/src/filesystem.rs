@@ -736,7 +736,7 @@ impl KeyWalk {
                 if !before {
                     self.visit(&entry.path(), &key)?;
                 }
-            } else if !self.after.as_deref().is_some_and(|a| key.as_str() <= a) {
+            } else if self.after.as_deref().is_none_or(|a| key.as_str() > a) {
                 self.push(key, false, || {
                     let m = entry.metadata()?;
                     Ok((m.len(), m.modified().ok()))

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant, SystemTime};
 use berth_core::{Digest, RepoName};
 use futures_util::{StreamExt, TryStreamExt};
 
+use berth_storage::{ListFrom, LIST_PAGE_MAX};
+
+use crate::scan::RepoKeys;
 use crate::{paths, Registry, RegistryError};
 
 /// How often the registry touches content it confirms (`storage.maintenance.gc.touchinterval`).
@@ -296,6 +299,8 @@ struct RepoPlan {
     name: String,
     revs: HashMap<Digest, Refs>,
     tags: Vec<String>,
+    /// The tag history entries (`tags/<tag>/index/<digest>`) the listing saw.
+    tag_index: HashSet<(String, Digest)>,
     /// Planned deletions, in a safe order (parents and subjects first).
     doomed: Vec<Digest>,
 }
@@ -415,13 +420,14 @@ impl Registry {
             },
         };
         progress.set_phase(Phase::Marking);
-        let repos = self.repository_dirs().await.map_err(GcError::Walk)?;
+        let repos = self.scan_repositories().await.map_err(GcError::Walk)?;
         progress
             .repositories_total
             .store(repos.len() as u64, Ordering::Relaxed);
+        let root = paths::repositories();
         let mut plans = Vec::new();
-        for (name, dir) in &repos {
-            let plan = run.mark_repo(name, dir).await?;
+        for (name, keys) in &repos {
+            let plan = run.mark_repo(name, &format!("{root}/{name}"), keys).await?;
             progress.repositories_marked.fetch_add(1, Ordering::Relaxed);
             if !plan.doomed.is_empty() {
                 plans.push(plan);
@@ -440,61 +446,14 @@ impl Registry {
 
         progress.set_phase(Phase::Unlinking);
         if !swept.is_empty() {
-            for (name, dir) in &repos {
-                run.unlink(name, dir, &swept).await;
+            for (name, keys) in &repos {
+                run.unlink(name, &format!("{root}/{name}"), keys, &swept)
+                    .await;
             }
         }
         progress.set_phase(Phase::Done);
         run.report.duration = clock.elapsed();
         Ok(run.report)
-    }
-
-    /// Every repository directory: `(name, path)`. A directory is a repository when it has
-    /// `_manifests`, `_layers` or `_uploads`; `_`-prefixed directories are not descended into.
-    pub(crate) async fn repository_dirs(&self) -> crate::Result<Vec<(String, String)>> {
-        let root = paths::repositories();
-        let mut out: Vec<(String, String)> = self
-            .driver
-            .find_dirs(
-                &root,
-                |n| matches!(n, "_manifests" | "_layers" | "_uploads"),
-                |n| n.starts_with('_'),
-            )
-            .await?
-            .into_iter()
-            .map(|name| {
-                let dir = format!("{root}/{name}");
-                (name, dir)
-            })
-            .collect();
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    /// The digests of the entries under `dir/<alg>/<hex>` (revisions, layer links), with the
-    /// entry's path (which may have lost its `link`). A missing directory has none.
-    async fn digest_dirs(&self, dir: &str) -> crate::Result<Vec<(Digest, String)>> {
-        let algs = match self.driver.list(dir).await {
-            Ok(a) => a,
-            Err(e) if e.is_not_found() => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for alg_dir in algs {
-            let alg = alg_dir.rsplit('/').next().unwrap_or("").to_owned();
-            let entries = match self.driver.list(&alg_dir).await {
-                Ok(e) => e,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for entry in entries {
-                let hex = entry.rsplit('/').next().unwrap_or("");
-                if let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() {
-                    out.push((d, entry));
-                }
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -537,26 +496,23 @@ impl Run<'_> {
         }
     }
 
-    async fn mark_repo(&mut self, name: &str, dir: &str) -> Result<RepoPlan, GcError> {
+    async fn mark_repo(
+        &mut self,
+        name: &str,
+        dir: &str,
+        keys: &RepoKeys,
+    ) -> Result<RepoPlan, GcError> {
         let fail = |source: RegistryError| GcError::Mark {
             repo: name.to_owned(),
             source,
         };
         let reg = self.reg;
-        let entries = reg
-            .digest_dirs(&format!("{dir}/_manifests/revisions"))
-            .await
-            .map_err(fail)?;
-        // A revision is a directory with a `link`: distribution deletes a manifest by
-        // deleting only the link file, leaving the directory.
-        let bodies: Vec<Option<(Digest, Option<bytes::Bytes>)>> =
-            futures_util::stream::iter(entries.into_iter().map(|(d, entry)| async move {
-                if reg.read_link(&format!("{entry}/link")).await?.is_none() {
-                    return Ok(None);
-                }
-                match reg.driver.get_content(&paths::blob_data(&d)).await {
-                    Ok(b) => Ok(Some((d, Some(b)))),
-                    Err(e) if e.is_not_found() => Ok(Some((d, None))),
+        // The listing saw each revision's `link`: only the manifests themselves are read.
+        let bodies: Vec<(Digest, Option<bytes::Bytes>)> =
+            futures_util::stream::iter(keys.revisions.iter().map(|d| async move {
+                match reg.driver.get_content(&paths::blob_data(d)).await {
+                    Ok(b) => Ok((d.clone(), Some(b))),
+                    Err(e) if e.is_not_found() => Ok((d.clone(), None)),
                     Err(e) => Err(RegistryError::from(e)),
                 }
             }))
@@ -565,7 +521,7 @@ impl Run<'_> {
             .await
             .map_err(fail)?;
         let mut revs = HashMap::new();
-        for (d, body) in bodies.into_iter().flatten() {
+        for (d, body) in bodies {
             let Some(body) = body else {
                 self.report.broken_manifests += 1;
                 (self.events)(&Event::Warning(format!(
@@ -581,21 +537,14 @@ impl Run<'_> {
             revs.insert(d, refs);
         }
 
-        // Tags: what each one's `current` link names.
         let tags_dir = format!("{dir}/_manifests/tags");
-        let tags: Vec<String> = match reg.driver.list(&tags_dir).await {
-            Ok(t) => t
-                .iter()
-                .filter_map(|p| p.rsplit('/').next().map(str::to_owned))
-                .collect(),
-            Err(e) if e.is_not_found() => Vec::new(),
-            Err(e) => return Err(fail(e.into())),
-        };
+        let tags = keys.tags.clone();
         let mut plan = RepoPlan {
             dir: dir.to_owned(),
             name: name.to_owned(),
             revs,
             tags,
+            tag_index: keys.tag_index.clone(),
             doomed: Vec::new(),
         };
 
@@ -712,7 +661,8 @@ impl Run<'_> {
                 ))
                 .await?;
         }
-        for t in &plan.tags {
+        // A tag that names this manifest since the listing made it recent: it is kept.
+        for (t, _) in plan.tag_index.iter().filter(|(_, x)| x == d) {
             self.reg
                 .delete_if_exists(&format!(
                     "{}/_manifests/tags/{t}/index/{alg}/{hex}",
@@ -734,94 +684,88 @@ impl Run<'_> {
         let reg = self.reg;
         let mut swept = BTreeSet::new();
         let root = format!("{}/blobs", paths::ROOT);
-        let mut prefixes = Vec::new();
-        match reg.driver.list(&root).await {
-            Ok(algs) => {
-                for alg in algs {
-                    match reg.driver.list(&alg).await {
-                        Ok(p) => prefixes.extend(p.into_iter().map(|p| (alg.clone(), p))),
-                        Err(e) if e.is_not_found() => {}
-                        Err(e) => self.report.errors.push(format!("listing {alg}: {e}")),
-                    }
-                }
-            }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => self.report.errors.push(format!("listing {root}: {e}")),
-        }
-        for (alg_dir, prefix) in prefixes {
-            let alg = alg_dir.rsplit('/').next().unwrap_or("").to_owned();
-            let entries = match reg.driver.list(&prefix).await {
-                Ok(e) => e,
-                Err(e) if e.is_not_found() => continue,
+        let mut from = ListFrom::Start;
+        loop {
+            let page = match reg.driver.list_page(&root, None, from, LIST_PAGE_MAX).await {
+                Ok(p) => p,
                 Err(e) => {
-                    self.report.errors.push(format!("listing {prefix}: {e}"));
-                    continue;
+                    self.report.errors.push(format!("listing {root}: {e}"));
+                    break;
                 }
             };
+            // `<alg>/<xx>/<hex>/data`: one page of blobs at a time.
             let mut candidates = Vec::new();
-            for entry in entries {
-                let hex = entry.rsplit('/').next().unwrap_or("");
+            for e in &page.entries {
+                let [alg, _, hex, "data"] = e.key.split('/').collect::<Vec<_>>()[..] else {
+                    continue;
+                };
                 let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
                     continue;
                 };
                 self.progress.blobs_checked.fetch_add(1, Ordering::Relaxed);
                 if !self.marked.contains(&d) {
-                    candidates.push((d, entry));
+                    let dir = format!("{root}/{}", &e.key[..e.key.len() - "/data".len()]);
+                    candidates.push((d, dir, e.size));
                 }
             }
-            let (cutoff, dry_run, progress) = (self.cutoff, self.opts.dry_run, self.progress);
-            let results: Vec<(Digest, SweepOutcome)> =
-                futures_util::stream::iter(candidates.into_iter().map(|(d, dir)| async move {
-                    let outcome = sweep_one(reg, &dir, cutoff, dry_run).await;
-                    if let SweepOutcome::Deleted(size) = &outcome {
-                        progress.blobs_deleted.fetch_add(1, Ordering::Relaxed);
-                        progress.bytes_freed.fetch_add(*size, Ordering::Relaxed);
-                    }
-                    (d, outcome)
-                }))
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            for (d, outcome) in results {
-                match outcome {
-                    SweepOutcome::Deleted(size) => {
-                        if !dry_run {
-                            reg.cache.forget_blob(&d).await;
-                            reg.forget_fresh(&paths::blob_data(&d));
-                        }
-                        self.report.blobs_deleted += 1;
-                        self.report.bytes_freed += size;
-                        (self.events)(&Event::Blob {
-                            digest: d.clone(),
-                            size,
-                        });
-                        swept.insert(d);
-                    }
-                    SweepOutcome::Recent => self.report.blobs_kept_recent += 1,
-                    SweepOutcome::NoData => {}
-                    SweepOutcome::Failed(e) => self.report.errors.push(format!("blob {d}: {e}")),
-                }
+            self.sweep_candidates(candidates, &mut swept).await;
+            match page.next {
+                Some(t) => from = ListFrom::Token(t),
+                None => break,
             }
         }
         swept
     }
 
+    async fn sweep_candidates(
+        &mut self,
+        candidates: Vec<(Digest, String, u64)>,
+        swept: &mut BTreeSet<Digest>,
+    ) {
+        let reg = self.reg;
+        let (cutoff, dry_run, progress) = (self.cutoff, self.opts.dry_run, self.progress);
+        let results: Vec<(Digest, SweepOutcome)> =
+            futures_util::stream::iter(candidates.into_iter().map(|(d, dir, size)| async move {
+                let outcome = sweep_one(reg, &dir, size, cutoff, dry_run).await;
+                if let SweepOutcome::Deleted(size) = &outcome {
+                    progress.blobs_deleted.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes_freed.fetch_add(*size, Ordering::Relaxed);
+                }
+                (d, outcome)
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (d, outcome) in results {
+            match outcome {
+                SweepOutcome::Deleted(size) => {
+                    if !dry_run {
+                        reg.cache.forget_blob(&d).await;
+                        reg.forget_fresh(&paths::blob_data(&d));
+                    }
+                    self.report.blobs_deleted += 1;
+                    self.report.bytes_freed += size;
+                    (self.events)(&Event::Blob {
+                        digest: d.clone(),
+                        size,
+                    });
+                    swept.insert(d);
+                }
+                SweepOutcome::Recent => self.report.blobs_kept_recent += 1,
+                SweepOutcome::NoData => {}
+                SweepOutcome::Failed(e) => self.report.errors.push(format!("blob {d}: {e}")),
+            }
+        }
+    }
+
     /// Removes `name`'s layer links to swept blobs. Online, a link written since the run
     /// started, or to a blob that is back (uploaded again meanwhile), stays.
-    async fn unlink(&mut self, name: &str, dir: &str, swept: &BTreeSet<Digest>) {
-        let links = match self.reg.digest_dirs(&format!("{dir}/_layers")).await {
-            Ok(l) => l,
-            Err(e) => {
-                self.report
-                    .errors
-                    .push(format!("{name}: listing layer links: {e}"));
-                return;
-            }
-        };
-        for (d, link_dir) in links {
-            if !swept.contains(&d) {
+    async fn unlink(&mut self, name: &str, dir: &str, keys: &RepoKeys, swept: &BTreeSet<Digest>) {
+        for d in &keys.layers {
+            if !swept.contains(d) {
                 continue;
             }
+            let link_dir = format!("{dir}/_layers/{}/{}", d.algorithm().as_str(), d.hex());
             if self.cutoff.is_some() && !self.opts.dry_run {
                 let link = self
                     .reg
@@ -829,7 +773,7 @@ impl Run<'_> {
                     .stat_touched(&format!("{link_dir}/link"))
                     .await;
                 let relinked = matches!(&link, Ok(i) if i.modified >= self.started);
-                let back = self.reg.exists(&paths::blob_data(&d)).await;
+                let back = self.reg.exists(&paths::blob_data(d)).await;
                 if relinked || !matches!(back, Ok(false)) {
                     continue;
                 }
@@ -842,14 +786,14 @@ impl Run<'_> {
                     continue;
                 }
                 if let Ok(repo) = name.parse::<RepoName>() {
-                    self.reg.cache.forget_repo_blob(&repo, &d).await;
+                    self.reg.cache.forget_repo_blob(&repo, d).await;
                 }
             }
             self.report.layer_links_removed += 1;
             self.progress.links_removed.fetch_add(1, Ordering::Relaxed);
             (self.events)(&Event::LayerLink {
                 repo: name.to_owned(),
-                digest: d,
+                digest: d.clone(),
             });
         }
     }
@@ -862,16 +806,21 @@ enum SweepOutcome {
     Failed(String),
 }
 
-/// One unmarked blob: its size and time read right before it is deleted.
+/// One unmarked blob: its size and time read right before it is deleted. An offline dry run
+/// trusts the listing (`listed` bytes) and reads nothing more.
 async fn sweep_one(
     reg: &Registry,
     dir: &str,
+    listed: u64,
     cutoff: Option<SystemTime>,
     dry_run: bool,
 ) -> SweepOutcome {
+    if dry_run && cutoff.is_none() {
+        return SweepOutcome::Deleted(listed);
+    }
     let info = match reg.driver.stat_touched(&format!("{dir}/data")).await {
         Ok(i) => i,
-        // A digest directory without data is not a blob (nothing to free).
+        // Gone since the listing (deleted through the API): nothing to free.
         Err(e) if e.is_not_found() => return SweepOutcome::NoData,
         Err(e) => return SweepOutcome::Failed(e.to_string()),
     };

@@ -26,6 +26,7 @@ pub mod manifests;
 pub mod paths;
 pub mod purge;
 pub mod referrers;
+mod scan;
 pub mod tags;
 pub mod uploads;
 

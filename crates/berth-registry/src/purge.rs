@@ -26,32 +26,19 @@ pub struct PurgeReport {
 
 impl Registry {
     /// Purges the upload sessions of every repository whose last write is older than `age`.
-    /// With `dry_run`, only counts them.
+    /// With `dry_run`, only counts them. One flat listing of the repositories finds every
+    /// session with its newest write and size ([`crate::scan`]).
     pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<PurgeReport> {
         let cutoff = SystemTime::now() - age;
         let mut report = PurgeReport::default();
-        for (name, dir) in self.repository_dirs().await? {
-            let uploads = format!("{dir}/_uploads");
-            let sessions = match self.driver.list(&uploads).await {
-                Ok(s) => s,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for session in sessions {
+        let root = crate::paths::repositories();
+        for (name, keys) in self.scan_repositories().await? {
+            for (id, (last, bytes)) in keys.uploads {
                 report.sessions += 1;
-                let (last, bytes) = match self.last_write(&session).await {
-                    Ok(Some(v)) => v,
-                    // Nothing in it yet (being created): not abandoned.
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!("upload purging: examining {session}: {e}");
-                        report.errors += 1;
-                        continue;
-                    }
-                };
                 if last >= cutoff {
                     continue;
                 }
+                let session = format!("{root}/{name}/_uploads/{id}");
                 report.purged += 1;
                 report.bytes += bytes;
                 if dry_run {
@@ -67,33 +54,6 @@ impl Registry {
             }
         }
         Ok(report)
-    }
-
-    /// The newest modification time under a session directory and the bytes it holds;
-    /// `None` when it holds no object.
-    async fn last_write(&self, dir: &str) -> Result<Option<(SystemTime, u64)>> {
-        let mut newest: Option<SystemTime> = None;
-        let mut bytes = 0;
-        let mut stack = vec![dir.to_owned()];
-        while let Some(d) = stack.pop() {
-            let children = match self.driver.list(&d).await {
-                Ok(c) => c,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for child in children {
-                match self.driver.stat_object(&child).await {
-                    Ok(info) => {
-                        bytes += info.size;
-                        newest = Some(newest.map_or(info.modified, |n| n.max(info.modified)));
-                    }
-                    // Not an object: a directory (hashstates/sha256).
-                    Err(e) if e.is_not_found() => stack.push(child),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(newest.map(|n| (n, bytes)))
     }
 
     /// Cancels a session as a client's DELETE would (aborting driver-side staging); a

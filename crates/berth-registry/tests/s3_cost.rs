@@ -224,3 +224,115 @@ async fn catalog_and_tag_pages_cost_what_they_return() {
     println!("3,000 tags in pages of 1,000: {cost} S3 requests");
     assert!(cost <= 6, "{cost}");
 }
+
+/// Garbage collection reads every key once, through flat listings, and each manifest once:
+/// at N repositories about N + keys/1,000 requests, where walking directory by directory
+/// cost five to six per repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_lists_each_key_once() {
+    use berth_core::Digest;
+    use berth_registry::gc::{GcOptions, Progress};
+
+    let g = berth_testkit::Garage::start();
+    g.create_bucket("gcscale");
+    let d = S3Driver::new(S3Config {
+        region: "garage".into(),
+        region_endpoint: Some(g.url.clone()),
+        bucket: "gcscale".into(),
+        access_key: Some(g.key_id.clone()),
+        secret_key: Some(g.secret.clone()),
+        force_path_style: true,
+        ..S3Config::default()
+    })
+    .await
+    .unwrap();
+    let reg = Registry::new(Arc::new(d.clone()), Options::default());
+    let blob_key = |d: &Digest| {
+        format!(
+            "/docker/registry/v2/blobs/sha256/{}/{}/data",
+            &d.hex()[..2],
+            d.hex()
+        )
+    };
+    let (config, layer) = (b"{}".to_vec(), b"layer".to_vec());
+    let (cd, ld) = (Digest::sha256_of(&config), Digest::sha256_of(&layer));
+    let mut objects: Vec<(String, Vec<u8>)> = vec![(blob_key(&cd), config), (blob_key(&ld), layer)];
+    let repos = 600;
+    for i in 0..repos {
+        let name = format!("team-{}/app-{i}", i % 9);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":5}}],"annotations":{{"i":"{i}"}}}}"#
+        );
+        let md = Digest::sha256_of(manifest.as_bytes());
+        let link = md.to_string().into_bytes();
+        let r = format!("{ROOT}/{name}");
+        objects.push((blob_key(&md), manifest.into_bytes()));
+        for l in [&cd, &ld, &md] {
+            let p = format!("{r}/_layers/sha256/{}/link", l.hex());
+            objects.push((p, l.to_string().into_bytes()));
+        }
+        objects.push((
+            format!("{r}/_manifests/revisions/sha256/{}/link", md.hex()),
+            link.clone(),
+        ));
+        objects.push((
+            format!("{r}/_manifests/tags/latest/current/link"),
+            link.clone(),
+        ));
+        objects.push((
+            format!("{r}/_manifests/tags/latest/index/sha256/{}/link", md.hex()),
+            link,
+        ));
+    }
+    // Five blobs nothing references.
+    let orphans: Vec<Digest> = (0..5)
+        .map(|i| {
+            let data = format!("orphan {i}").into_bytes();
+            let od = Digest::sha256_of(&data);
+            objects.push((blob_key(&od), data));
+            od
+        })
+        .collect();
+    let keys = objects.len() as u64;
+    stream::iter(objects)
+        .for_each_concurrent(64, |(k, v)| {
+            let d = &d;
+            async move { d.put_content(&k, Bytes::from(v)).await.unwrap() }
+        })
+        .await;
+
+    let run = |dry_run| {
+        let reg = reg.clone();
+        async move {
+            let opts = GcOptions {
+                dry_run,
+                ..GcOptions::default()
+            };
+            reg.garbage_collect(&opts, &Progress::default(), &|_| {})
+                .await
+                .unwrap()
+        }
+    };
+    let (report, cost) = counted(&d, run(true)).await;
+    assert_eq!(report.repositories, repos as u64);
+    assert_eq!(report.blobs_deleted, 5, "{report:?}");
+    println!(
+        "gc dry run: {repos} repositories, {keys} keys: {cost} S3 requests ({:?})",
+        d.request_counts().snapshot()
+    );
+    // One GET per manifest, one listing per 1,000 keys, and a few more.
+    let budget = repos as u64 + keys / 1000 + 5;
+    assert!(cost <= budget, "{cost} > {budget}");
+
+    let (report, cost) = counted(&d, run(false)).await;
+    assert_eq!(report.blobs_deleted, 5, "{report:?}");
+    println!("gc: {cost} S3 requests, deleting 5 blobs");
+    for od in &orphans {
+        assert!(d
+            .stat_object(&blob_key(od))
+            .await
+            .unwrap_err()
+            .is_not_found());
+    }
+    assert!(d.stat_object(&blob_key(&cd)).await.is_ok());
+}

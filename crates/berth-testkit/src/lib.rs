@@ -514,6 +514,45 @@ impl Garage {
         self.child.id()
     }
 
+    /// Every key of `bucket` under `prefix`, listed by an S3 client that is not Berth's
+    /// (boto3, which moto brings along), with a cleared environment.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let script = [
+            "import sys, boto3",
+            "c = boto3.client('s3', endpoint_url=sys.argv[1], region_name='garage', aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])",
+            "for page in c.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[4], Prefix=sys.argv[5]):",
+            "    for o in page.get('Contents', []):",
+            "        print(o['Key'])",
+        ]
+        .join("\n");
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                &script,
+                &self.url,
+                &self.key_id,
+                &self.secret,
+                bucket,
+                prefix,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .output()
+            .expect(
+                "python3 with boto3 (scripts/install-test-deps.sh installs moto, which has it)",
+            );
+        assert!(
+            out.status.success(),
+            "listing {bucket}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// distribution's `storage.s3` section for a bucket on this server; `s3_extra` goes inside
     /// `s3` (four spaces), `extra` after it under `storage`.
     pub fn storage_yaml(&self, bucket: &str, s3_extra: &str, extra: &str) -> String {
@@ -543,6 +582,27 @@ impl Berth {
         let cfg = format!(
             "version: 0.1\nlog:\n  level: info\n{}http:\n  addr: 127.0.0.1:0\n{extra}",
             moto.storage_yaml(bucket, storage_extra)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Berth::start_with_config(bin, &cfg, dir.path());
+        b._dir = Some(dir);
+        b
+    }
+}
+
+impl Berth {
+    /// Berth on a bucket of `garage`; `storage_extra` goes under `storage` (after `s3` and
+    /// `delete`), `extra` is appended to the config (other sections).
+    pub fn start_garage(
+        bin: &Path,
+        garage: &Garage,
+        bucket: &str,
+        storage_extra: &str,
+        extra: &str,
+    ) -> Berth {
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: info\n{}http:\n  addr: 127.0.0.1:0\n{extra}",
+            garage.storage_yaml(bucket, "", storage_extra)
         );
         let dir = tempfile::tempdir().unwrap();
         let mut b = Berth::start_with_config(bin, &cfg, dir.path());

@@ -24,7 +24,7 @@ use berth_conformance::client::{Body, Client};
 use berth_conformance::fixtures::{digest, Image};
 use serde::Deserialize as _;
 use serde_yaml::Value;
-use support::{debug_url, get, Moto, Redis};
+use support::{debug_url, get, Garage, Redis};
 
 /// What kubelet injects (docker-links style) into every pod of the namespace for the Services of
 /// deploy/kubernetes: `registry` (port `http` 5000) and `registry-redis` (port `redis` 6379).
@@ -611,7 +611,7 @@ fn filesystem_configs_serve_with_kubernetes_service_links() {
 }
 
 /// The S3 + Redis overlay's configuration, verbatim but for the paths of the issuer's files,
-/// as two replicas on one bucket (moto) and one Redis: a token issued by one replica is valid on
+/// as two replicas on one bucket (Garage) and one Redis: a token issued by one replica is valid on
 /// the other, and an upload started on one is finished on the other.
 #[test]
 fn s3_redis_config_runs_replicas_that_share_tokens_and_uploads() {
@@ -631,17 +631,18 @@ fn s3_redis_config_runs_replicas_that_share_tokens_and_uploads() {
     let text = read("deploy/kubernetes/overlays/s3-redis/config.yml")
         .replace("/etc/berth/issuer", &secrets.display().to_string());
 
-    let moto = Moto::start();
+    let garage = Garage::start();
     let bucket = "registry";
     assert!(text.contains(&format!("bucket: {bucket}")));
-    moto.create_bucket(bucket);
+    garage.create_bucket(bucket);
     let redis = Redis::start();
     let redis_addr = format!("127.0.0.1:{}", redis.port);
     let env = [
-        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", moto.url.as_str()),
+        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", garage.url.as_str()),
+        ("REGISTRY_STORAGE_S3_REGION", "garage"),
         ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
-        ("REGISTRY_STORAGE_S3_ACCESSKEY", "test"),
-        ("REGISTRY_STORAGE_S3_SECRETKEY", "test"),
+        ("REGISTRY_STORAGE_S3_ACCESSKEY", garage.key_id.as_str()),
+        ("REGISTRY_STORAGE_S3_SECRETKEY", garage.secret.as_str()),
         ("REGISTRY_REDIS_ADDR", redis_addr.as_str()),
     ];
     let a = serve(&text, dir.path(), &env);

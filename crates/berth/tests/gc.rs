@@ -1,5 +1,5 @@
 //! `berth garbage-collect` and upload purging, end to end with the real binary: offline
-//! collection on the filesystem and on S3 (moto) with every remaining image pulled back
+//! collection on the filesystem and on S3 (Garage) with every remaining image pulled back
 //! byte-identical and the freed blobs gone from storage; dry runs; `--delete-untagged` keeping
 //! index children and referrers; the Redis blob-descriptor cache invalidated; an online
 //! collection racing a pusher that reuses old layers; layouts shared with distribution 2.8 in
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use berth_conformance::client::{Body, Client, MANIFEST_ACCEPT};
 use berth_conformance::fixtures::{bytes, digest, expect_status, index, Image, OCI_INDEX, OCTET};
-use support::{bin, Berth, Distribution, Garage, Moto, Redis, DISTRIBUTION_BIN};
+use support::{bin, Berth, Distribution, Garage, Redis, DISTRIBUTION_BIN};
 
 /// What a `garbage-collect` run printed.
 struct Run {
@@ -627,9 +627,9 @@ fn race(urls: &[&str], config: &Path, grace: &str, touch_ms: u64) -> Vec<String>
 
 #[test]
 fn offline_gc_on_s3() {
-    let moto = Moto::start();
-    moto.create_bucket("gcoffline");
-    let mut berth = Berth::start_s3(&moto, "gcoffline", "", "");
+    let garage = Garage::start();
+    garage.create_bucket("gcoffline");
+    let mut berth = Berth::start_garage(&garage, "gcoffline", "", "");
     let c = Client::new(&berth.url, None);
     let f = push_fixture(&c);
     let config = berth.config_path.clone();
@@ -645,14 +645,9 @@ fn offline_gc_on_s3() {
         "{run}"
     );
     // Gone from the bucket itself.
-    let listing = ureq::get(&format!(
-        "{}/gcoffline?list-type=2&prefix=docker/registry/v2/blobs/",
-        moto.url
-    ))
-    .call()
-    .unwrap()
-    .into_string()
-    .unwrap();
+    let listing = garage
+        .keys("gcoffline", "docker/registry/v2/blobs/")
+        .join("\n");
     for d in &f.freed {
         assert!(
             !listing.contains(&d["sha256:".len()..]),
@@ -669,10 +664,10 @@ fn offline_gc_on_s3() {
 /// On S3 a touch is a marker object: an online run keeps the blob a client asked about.
 #[test]
 fn online_gc_on_s3_honours_touches() {
-    let moto = Moto::start();
-    moto.create_bucket("gconline");
-    let berth = Berth::start_s3(
-        &moto,
+    let garage = Garage::start();
+    garage.create_bucket("gconline");
+    let berth = Berth::start_garage(
+        &garage,
         "gconline",
         "  maintenance:\n    gc:\n      touchinterval: 1s\n",
         "",

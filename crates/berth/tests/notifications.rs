@@ -1431,8 +1431,8 @@ fn maxage_drops_old_events() {
 /// for good (SIGKILL): B delivers A's events once the listener is up.
 #[test]
 fn replica_killed_for_good_survivor_delivers() {
-    let moto = support::Moto::start();
-    moto.create_bucket("notify");
+    let garage = support::Garage::start();
+    garage.create_bucket("notify");
     let redis = support::Redis::start();
     let mut hook = Webhook::start_stopped();
     let extra = format!(
@@ -1440,7 +1440,7 @@ fn replica_killed_for_good_survivor_delivers() {
         redis.yaml(),
         notifications_yaml(&hook, "")
     );
-    let cfg = config(&moto.storage_yaml("notify", ""), &extra);
+    let cfg = config(&garage.storage_yaml("notify", "", ""), &extra);
     let dir = tempfile::tempdir().unwrap();
     let mut a = Berth::start_with_config(&cfg, &dir.path().join("a"));
     let b = Berth::start_with_config(&cfg, &dir.path().join("b"));

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use berth_conformance::client::{Body, Client};
 use berth_conformance::fixtures::{digest, expect_status, Image};
 use prost::Message as _;
-use support::{Berth, Moto, Redis};
+use support::{Berth, Garage, Redis};
 
 /// Accepts connections on `addr` and counts them (a would-be collector).
 struct Sentinel {
@@ -183,15 +183,15 @@ fn default_config_opens_no_connection_of_its_own() {
 #[test]
 fn s3_and_redis_are_the_only_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    moto.create_bucket("quiet");
+    let garage = Garage::start();
+    garage.create_bucket("quiet");
     let redis = Redis::start();
     let sentinel = Sentinel::bind("127.0.0.1:0").unwrap();
     let trace = dir.path().join("connect.strace");
     let wrapper = straced_berth(dir.path(), &trace);
     let yaml = format!(
         "version: 0.1\n{}http:\n  addr: 127.0.0.1:0\n{}",
-        moto.storage_yaml("quiet", "  cache:\n    blobdescriptor: redis\n"),
+        garage.storage_yaml("quiet", "", "  cache:\n    blobdescriptor: redis\n"),
         redis.yaml()
     );
     let env = otel_env(&sentinel.addr);
@@ -202,7 +202,7 @@ fn s3_and_redis_are_the_only_connections() {
     stop_traced(&mut b);
 
     assert_eq!(sentinel.hits(), 0);
-    let moto_port: u16 = moto.url.rsplit(':').next().unwrap().parse().unwrap();
+    let s3_port: u16 = garage.url.rsplit(':').next().unwrap().parse().unwrap();
     let log = std::fs::read_to_string(&trace).unwrap();
     let all = connects(&log);
     let inet: Vec<_> = all
@@ -210,7 +210,7 @@ fn s3_and_redis_are_the_only_connections() {
         .filter(|(f, _, _)| f.starts_with("AF_INET"))
         .collect();
     assert!(
-        inet.iter().any(|(_, p, _)| *p == Some(moto_port)),
+        inet.iter().any(|(_, p, _)| *p == Some(s3_port)),
         "no connection to S3 seen: the trace does not work\n{log}"
     );
     assert!(
@@ -219,7 +219,7 @@ fn s3_and_redis_are_the_only_connections() {
     );
     let stray: Vec<_> = inet
         .iter()
-        .filter(|(_, p, _)| *p != Some(moto_port) && *p != Some(redis.port))
+        .filter(|(_, p, _)| *p != Some(s3_port) && *p != Some(redis.port))
         .collect();
     assert!(
         stray.is_empty(),

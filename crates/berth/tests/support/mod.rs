@@ -65,6 +65,17 @@ impl Berth {
         ))
     }
 
+    /// On a bucket of `garage`.
+    pub fn start_garage(garage: &Garage, bucket: &str, storage_extra: &str, extra: &str) -> Berth {
+        Berth(berth_testkit::Berth::start_garage(
+            bin(),
+            garage,
+            bucket,
+            storage_extra,
+            extra,
+        ))
+    }
+
     /// On a bucket of `moto`.
     pub fn start_s3(moto: &Moto, bucket: &str, storage_extra: &str, extra: &str) -> Berth {
         Berth(berth_testkit::Berth::start_s3(

@@ -7,8 +7,7 @@
 #   strace                           proves Berth opens no connection it was not configured for
 #   curl                             HTTP/2 by ALPN, mutual TLS and TLS version checks
 #   systemd (systemd-socket-activate) passes a listening socket the way a .socket unit does
-#   moto_server (PyPI moto[server])  an S3-compatible server; pinned: 5.2.1-5.2.4 answer
-#                                    CompleteMultipartUpload with the wrong XML root element
+#   boto3 (PyPI)                     an S3 client that is not Berth's, to look into buckets
 #   garage (crates.io)               a production S3 server (the driver contract, S3 stalls);
 #                                    built once (about 10 minutes on two cores), kept in
 #                                    ~/.cargo/bin
@@ -42,13 +41,11 @@ else
   echo "test dependencies: installed ${need[*]}"
 fi
 
-MOTO_VERSION=5.2.5
-if ! { have moto_server && python3 -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; }; then
-  echo "test dependencies: installing moto[server]==$MOTO_VERSION (PyPI)"
-  python3 -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
-  hash -r
+BOTO3_VERSION=1.43.11
+if ! python3 -c "import boto3, sys; sys.exit(boto3.__version__ != '$BOTO3_VERSION')" 2>/dev/null; then
+  echo "test dependencies: installing boto3==$BOTO3_VERSION (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check "boto3==$BOTO3_VERSION"
 fi
-have moto_server || { echo "install-test-deps: moto_server is not on PATH after installing moto" >&2; exit 1; }
 
 GARAGE_VERSION=2.5.0
 if ! { have garage && garage --version 2>/dev/null | grep -q "cargo:$GARAGE_VERSION "; }; then

@@ -1,5 +1,5 @@
 //! What a push and a pull cost on S3, for Berth and for distribution 2.8 on the same S3
-//! server (moto): requests by operation, and throughput. The two registries run side by side
+//! server (Garage, counted by its own metrics): requests by operation, and throughput. The two registries run side by side
 //! and take turns.
 //!
 //! ```sh
@@ -14,7 +14,7 @@ use berth_conformance::client::{with_query, Body, Client};
 use berth_conformance::fixtures::{
     bytes, descriptor, digest, expect_status, location, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, OCTET,
 };
-use berth_testkit::{Berth, Distribution, Moto};
+use berth_testkit::{Berth, Distribution, Garage};
 
 /// The image: a config and layers of 1 KiB, 1 MiB and 40 MiB (above S3's part size).
 fn image(seed: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
@@ -81,28 +81,18 @@ fn pull(c: &Client, repo: &str, blobs: &[Vec<u8>], manifest: &[u8]) {
     }
 }
 
-/// S3 requests by operation since `from` (moto's log lines are `METHOD /bucket/key?query`).
-fn operations(reqs: &[String]) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in reqs {
-        let (method, path) = r.split_once(' ').unwrap_or((r, ""));
-        let q = path.split_once('?').map(|x| x.1).unwrap_or("");
-        let op = match method {
-            "GET" if q.contains("list-type=2") || q.contains("prefix=") => "ListObjectsV2",
-            "GET" => "GetObject",
-            "HEAD" => "HeadObject",
-            "PUT" if q.contains("partNumber=") => "UploadPart(Copy)",
-            "PUT" => "PutObject/CopyObject",
-            "POST" if q.contains("uploads") && !q.contains("uploadId") => "CreateMultipartUpload",
-            "POST" if q.contains("uploadId") => "CompleteMultipartUpload",
-            "POST" if q.contains("delete") => "DeleteObjects",
-            "DELETE" if q.contains("uploadId") => "AbortMultipartUpload",
-            "DELETE" => "DeleteObject",
-            _ => "other",
-        };
-        *out.entry(op.to_owned()).or_default() += 1;
-    }
-    out
+/// What the server counted between two snapshots of its counters, by operation.
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, usize> {
+    after
+        .iter()
+        .map(|(op, n)| {
+            (
+                op.clone(),
+                (n - before.get(op).copied().unwrap_or(0)) as usize,
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 fn main() {
@@ -110,12 +100,12 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(3);
-    let moto = Moto::start();
-    moto.create_bucket("berth");
-    moto.create_bucket("dist");
+    let garage = Garage::start();
+    garage.create_bucket("berth");
+    garage.create_bucket("dist");
     let cache = "  cache:\n    blobdescriptor: inmemory\n";
-    let berth = Berth::start_s3(&berth_bin(), &moto, "berth", cache, "");
-    let dist = Distribution::start_storage(&moto.storage_yaml("dist", cache));
+    let berth = Berth::start_garage(&berth_bin(), &garage, "berth", cache, "");
+    let dist = Distribution::start_storage(&garage.storage_yaml("dist", "", cache));
     let registries = [
         ("berth", Client::new(&berth.url, None)),
         ("distribution 2.8", Client::new(&dist.url, None)),
@@ -128,27 +118,27 @@ fn main() {
         for (name, c) in &registries {
             let (blobs, manifest) = image(&format!("{name}-{round}"));
             let repo = format!("bench/r{round}");
-            let before = moto.requests().len();
+            let before = garage.s3_requests();
             let (_, t) = timed(|| push(c, &repo, &blobs, &manifest));
-            let mid = moto.requests().len();
+            let mid = garage.s3_requests();
             speed
                 .entry((name, "push"))
                 .or_default()
                 .push(mib_per_s(total, t));
             let (_, t) = timed(|| pull(c, &repo, &blobs, &manifest));
-            let after = moto.requests();
+            let after = garage.s3_requests();
             speed
                 .entry((name, "pull"))
                 .or_default()
                 .push(mib_per_s(total, t));
             if round == 0 {
-                counts.insert((name, "push"), operations(&after[before..mid]));
-                counts.insert((name, "pull"), operations(&after[mid..]));
+                counts.insert((name, "push"), delta(&before, &mid));
+                counts.insert((name, "pull"), delta(&mid, &after));
             }
         }
     }
 
-    println!("S3 requests for one image (config + layers of 1 KiB, 1 MiB, 40 MiB; chunksize 5 MiB), moto {}:\n", moto.url);
+    println!("S3 requests for one image (config + layers of 1 KiB, 1 MiB, 40 MiB; chunksize 5 MiB), Garage {}:\n", garage.url);
     println!("| operation | berth push | distribution push | berth pull | distribution pull |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     let mut ops: Vec<String> = counts.values().flat_map(|m| m.keys().cloned()).collect();
@@ -183,7 +173,7 @@ fn main() {
         sum("berth", "pull"),
         sum("distribution 2.8", "pull")
     );
-    println!("\nThroughput (MiB/s, median of {rounds}; moto is the bottleneck of both):\n");
+    println!("\nThroughput (MiB/s, median of {rounds}; one Garage node on the same two cores):\n");
     println!("| | berth | distribution 2.8 | ratio |");
     println!("| --- | ---: | ---: | ---: |");
     for phase in ["push", "pull"] {

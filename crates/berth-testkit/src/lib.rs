@@ -1,8 +1,7 @@
 //! The process harness of Berth's tests and benchmarks: a real `berth serve`, Debian's
-//! `docker-registry` (distribution 2.8), `moto_server` (S3) and `redis-server`, each on an
+//! `docker-registry` (distribution 2.8), Garage (S3) and `redis-server`, each on an
 //! ephemeral loopback port with temporary data, each stopped on drop. No fixed ports, no
-//! sleep-and-hope: readiness is Berth's listening line, moto's "Running on" line, or an
-//! answer to a request. The processes get a controlled environment (no stray `AWS_*`,
+//! sleep-and-hope: readiness is Berth's listening line or an answer to a request. The processes get a controlled environment (no stray `AWS_*`,
 //! `REGISTRY_*` or proxy variables). [`Webhook`] is a notification listener that records what it
 //! receives.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -322,87 +321,6 @@ impl Drop for Distribution {
     }
 }
 
-/// A running `moto_server` (PyPI moto): an S3-compatible server on an ephemeral port. Its
-/// access log counts the S3 requests made.
-pub struct Moto {
-    child: Child,
-    pub url: String,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Moto {
-    pub fn start() -> Moto {
-        let mut child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", std::env::var("HOME").unwrap_or_default())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("moto_server (pip install 'moto[server]'; scripts/install-test-deps.sh)");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("Running on ").nth(1) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.trim().to_owned());
-                    }
-                }
-                if line.contains("\" ") && line.contains(" HTTP/1.1\"") {
-                    log2.lock().unwrap().push(line);
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("moto_server did not say where it listens");
-        Moto { child, url, log }
-    }
-
-    /// The server's process id (to stop and resume it).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn create_bucket(&self, name: &str) {
-        ureq::put(&format!("{}/{name}", self.url)).call().unwrap();
-    }
-
-    /// S3 requests served so far, as `METHOD path` lines.
-    pub fn requests(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| {
-                let req = l.split('"').nth(1)?;
-                let mut parts = req.split(' ');
-                Some(format!("{} {}", parts.next()?, parts.next()?))
-            })
-            .collect()
-    }
-
-    /// distribution's `storage.s3` section for a bucket on this server.
-    pub fn storage_yaml(&self, bucket: &str, extra: &str) -> String {
-        format!(
-            "storage:\n  s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: {bucket}\n    accesskey: test\n    secretkey: test\n    secure: false\n    forcepathstyle: true\n    v4auth: true\n    chunksize: 5242880\n  delete:\n    enabled: true\n{extra}",
-            self.url
-        )
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A single-node Garage (<https://garagehq.deuxfleurs.fr>, `cargo install garage`), a
 /// production S3 server for self-hosted clusters, on ephemeral loopback ports with its data in
 /// a temporary directory and a cleared environment. One key, imported with fixed credentials,
@@ -540,7 +458,7 @@ impl Garage {
     }
 
     /// Every key of `bucket` under `prefix`, listed by an S3 client that is not Berth's
-    /// (boto3, which moto brings along), with a cleared environment.
+    /// (boto3, from PyPI), with a cleared environment.
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let script = [
             "import sys, boto3",
@@ -564,9 +482,7 @@ impl Garage {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", std::env::var("HOME").unwrap_or_default())
             .output()
-            .expect(
-                "python3 with boto3 (scripts/install-test-deps.sh installs moto, which has it)",
-            );
+            .expect("python3 with boto3 (scripts/install-test-deps.sh installs it)");
         assert!(
             out.status.success(),
             "listing {bucket}: {}",
@@ -592,26 +508,6 @@ impl Drop for Garage {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Berth {
-    /// Berth on a bucket of `moto`; `extra` is appended to the config (other sections).
-    pub fn start_s3(
-        bin: &Path,
-        moto: &Moto,
-        bucket: &str,
-        storage_extra: &str,
-        extra: &str,
-    ) -> Berth {
-        let cfg = format!(
-            "version: 0.1\nlog:\n  level: info\n{}http:\n  addr: 127.0.0.1:0\n{extra}",
-            moto.storage_yaml(bucket, storage_extra)
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = Berth::start_with_config(bin, &cfg, dir.path());
-        b._dir = Some(dir);
-        b
     }
 }
 

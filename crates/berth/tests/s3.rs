@@ -1,4 +1,4 @@
-//! Berth on S3 (a real `moto_server`) with the Redis blob-descriptor cache (a real
+//! Berth on S3 (a real Garage server) with the Redis blob-descriptor cache (a real
 //! `redis-server`): the conformance runner passes; three replicas share one bucket and one
 //! Redis and serve a chunked push and a pull round-robin; Redis dies mid-test and requests
 //! still succeed; distribution 2.8 and Berth serve each other's bucket; and what a push and a
@@ -10,7 +10,7 @@ mod support;
 use berth_conformance::client::{with_query, Body, Client};
 use berth_conformance::fixtures::{bytes, digest, expect_status, location, Image, OCTET};
 use berth_conformance::{run, Gaps, Options};
-use support::{Berth, Distribution, Garage, Moto, Redis};
+use support::{Berth, Distribution, Garage, Redis};
 
 const REDIS_CACHE: &str = "  cache:\n    blobdescriptor: redis\n";
 
@@ -33,10 +33,10 @@ fn redis_keys(redis: &Redis, pattern: &str) -> Vec<String> {
 
 #[test]
 fn conformance_on_s3_with_redis_cache() {
-    let moto = Moto::start();
-    moto.create_bucket("conf");
+    let garage = Garage::start();
+    garage.create_bucket("conf");
     let redis = Redis::start();
-    let berth = Berth::start_s3(&moto, "conf", REDIS_CACHE, &redis.yaml());
+    let berth = Berth::start_garage(&garage, "conf", REDIS_CACHE, &redis.yaml());
     let report = run(&Options::new(&berth.url));
     let verdict = report.judge(&Gaps::default());
     assert!(
@@ -48,14 +48,32 @@ fn conformance_on_s3_with_redis_cache() {
     // The cache was used, with distribution's keys.
     assert!(!redis_keys(&redis, "repository::*::blobs").is_empty());
     assert!(!redis_keys(&redis, "blobs::sha256:*").is_empty());
-    // Blob downloads went to presigned S3 URLs.
+    // Blob downloads go to presigned S3 URLs, which S3 serves.
+    let c = Client::new(&berth.url, None);
+    let blob = bytes("presigned", 3000);
+    let d = c.push_blob("presigned/app", &blob).unwrap();
+    let (status, location) =
+        without_redirects(&format!("{}/v2/presigned/app/blobs/{d}", berth.url));
+    assert_eq!(status, 307);
     assert!(
-        moto.requests()
-            .iter()
-            .any(|r| r.starts_with("GET /conf/docker/registry/v2/blobs/")
-                && r.contains("X-Amz-Signature")),
-        "no presigned blob download in moto's log"
+        location.starts_with(&garage.url) && location.contains("X-Amz-Signature"),
+        "{location}"
     );
+    let fetched = ureq::get(&location).call().unwrap();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut fetched.into_reader(), &mut body).unwrap();
+    assert!(body == blob, "the presigned URL served other bytes");
+}
+
+/// A GET that does not follow redirects: the status and `Location`.
+fn without_redirects(url: &str) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let r = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    (r.status(), r.header("location").unwrap_or("").to_owned())
 }
 
 /// The path of an upload URL, to send it to another replica.
@@ -65,11 +83,11 @@ fn path_of(location: &str) -> String {
 
 #[test]
 fn three_replicas_serve_one_push_and_pull_round_robin() {
-    let moto = Moto::start();
-    moto.create_bucket("shared");
+    let garage = Garage::start();
+    garage.create_bucket("shared");
     let redis = Redis::start();
     let replicas: Vec<Berth> = (0..3)
-        .map(|_| Berth::start_s3(&moto, "shared", REDIS_CACHE, &redis.yaml()))
+        .map(|_| Berth::start_garage(&garage, "shared", REDIS_CACHE, &redis.yaml()))
         .collect();
     let c: Vec<Client> = replicas.iter().map(|b| Client::new(&b.url, None)).collect();
     let repo = "team/app";
@@ -158,18 +176,14 @@ fn three_replicas_serve_one_push_and_pull_round_robin() {
     let r = c[0].get(&format!("/v2/{repo}/tags/list"), &[]).unwrap();
     assert_eq!(r.json().unwrap()["tags"], serde_json::json!([]));
     // The layer went up as a multipart upload continued across replicas.
-    let reqs = moto.requests();
+    let reqs = garage.s3_requests();
     assert!(
-        reqs.iter()
-            .any(|r| r.starts_with("POST ") && r.ends_with("?uploads")),
-        "no CreateMultipartUpload"
+        reqs.get("CreateMultipartUpload").copied().unwrap_or(0) >= 1,
+        "no CreateMultipartUpload: {reqs:?}"
     );
     assert!(
-        reqs.iter()
-            .filter(|r| r.starts_with("PUT ") && r.contains("partNumber="))
-            .count()
-            >= 2,
-        "no UploadPart"
+        reqs.get("UploadPart").copied().unwrap_or(0) >= 2,
+        "no UploadPart: {reqs:?}"
     );
     for (i, b) in replicas.iter().enumerate() {
         assert!(
@@ -182,10 +196,10 @@ fn three_replicas_serve_one_push_and_pull_round_robin() {
 
 #[test]
 fn requests_succeed_while_redis_is_down() {
-    let moto = Moto::start();
-    moto.create_bucket("flaky");
+    let garage = Garage::start();
+    garage.create_bucket("flaky");
     let mut redis = Redis::start();
-    let berth = Berth::start_s3(&moto, "flaky", REDIS_CACHE, &redis.yaml());
+    let berth = Berth::start_garage(&garage, "flaky", REDIS_CACHE, &redis.yaml());
     let c = Client::new(&berth.url, None);
     let before = Image::oci("before the outage", 2, "");
     c.push_image("app", "before", &before).unwrap();
@@ -246,10 +260,10 @@ fn requests_succeed_while_redis_is_down() {
 /// way round.
 #[test]
 fn distribution_and_berth_serve_one_bucket() {
-    let moto = Moto::start();
-    moto.create_bucket("both");
-    let dist = Distribution::start_storage(&moto.storage_yaml("both", ""));
-    let berth = Berth::start_s3(&moto, "both", "", "");
+    let garage = Garage::start();
+    garage.create_bucket("both");
+    let dist = Distribution::start_storage(&garage.storage_yaml("both", "", ""));
+    let berth = Berth::start_garage(&garage, "both", "", "");
     let (cd, cb) = (Client::new(&dist.url, None), Client::new(&berth.url, None));
     for (from, to, repo) in [(&cd, &cb, "from/distribution"), (&cb, &cd, "from/berth")] {
         let img = Image::with_layers(repo, vec![bytes(repo, 2000), bytes(repo, 7_000_000)], "");
@@ -264,11 +278,15 @@ fn distribution_and_berth_serve_one_bucket() {
 /// environment; without them no request can be signed and the push fails).
 #[test]
 fn credentials_from_the_aws_environment() {
-    let moto = Moto::start();
-    moto.create_bucket("envcreds");
-    let yaml = moto
-        .storage_yaml("envcreds", "")
-        .replace("    accesskey: test\n    secretkey: test\n", "");
+    let garage = Garage::start();
+    garage.create_bucket("envcreds");
+    let yaml = garage.storage_yaml("envcreds", "", "").replace(
+        &format!(
+            "    accesskey: {}\n    secretkey: {}\n",
+            garage.key_id, garage.secret
+        ),
+        "",
+    );
     assert!(!yaml.contains("accesskey"));
     let cfg = format!("version: 0.1\n{yaml}http:\n  addr: 127.0.0.1:0\n");
     let dir = tempfile::tempdir().unwrap();
@@ -277,8 +295,8 @@ fn credentials_from_the_aws_environment() {
         &cfg,
         dir.path(),
         &[
-            ("AWS_ACCESS_KEY_ID", "from-env"),
-            ("AWS_SECRET_ACCESS_KEY", "from-env-secret"),
+            ("AWS_ACCESS_KEY_ID", garage.key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", garage.secret.as_str()),
         ],
     );
     let c = Client::new(&berth.url, None);
@@ -291,9 +309,14 @@ fn credentials_from_the_aws_environment() {
 /// With `storage.redirect.disable`, blobs stream from S3 through Berth, ranges included.
 #[test]
 fn downloads_stream_through_berth_when_redirects_are_off() {
-    let moto = Moto::start();
-    moto.create_bucket("noredirect");
-    let berth = Berth::start_s3(&moto, "noredirect", "  redirect:\n    disable: true\n", "");
+    let garage = Garage::start();
+    garage.create_bucket("noredirect");
+    let berth = Berth::start_garage(
+        &garage,
+        "noredirect",
+        "  redirect:\n    disable: true\n",
+        "",
+    );
     let mut opts = Options::new(&berth.url);
     opts.workflows = [berth_conformance::Workflow::Pull].into_iter().collect();
     let report = run(&opts);
@@ -303,17 +326,13 @@ fn downloads_stream_through_berth_when_redirects_are_off() {
         "{}\n{verdict}",
         report.render(&Gaps::default())
     );
-    assert!(
-        !moto
-            .requests()
-            .iter()
-            .any(|r| r.contains("X-Amz-Signature")),
-        "a presigned URL was used although redirects are off"
-    );
     let c = Client::new(&berth.url, None);
     let img = Image::with_layers("ranged", vec![bytes("ranged", 9_000_000)], "");
     c.push_image("ranged", "v1", &img).unwrap();
     let d = digest(&img.layers[0]);
+    // Served by Berth itself, not redirected to S3.
+    let (status, location) = without_redirects(&format!("{}/v2/ranged/blobs/{d}", berth.url));
+    assert_eq!((status, location.as_str()), (200, ""));
     let r = c
         .get(
             &format!("/v2/ranged/blobs/{d}"),

@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 
 use berth_conformance::client::Client;
 use berth_conformance::fixtures::{digest, Image};
-pub use berth_testkit::{free_port, Distribution, Garage, Moto, Redis, DISTRIBUTION_BIN};
+pub use berth_testkit::{free_port, Distribution, Garage, Redis, DISTRIBUTION_BIN};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -70,17 +70,6 @@ impl Berth {
         Berth(berth_testkit::Berth::start_garage(
             bin(),
             garage,
-            bucket,
-            storage_extra,
-            extra,
-        ))
-    }
-
-    /// On a bucket of `moto`.
-    pub fn start_s3(moto: &Moto, bucket: &str, storage_extra: &str, extra: &str) -> Berth {
-        Berth(berth_testkit::Berth::start_s3(
-            bin(),
-            moto,
             bucket,
             storage_extra,
             extra,

@@ -343,10 +343,46 @@ pub fn garage_bin() -> String {
 
 impl Garage {
     pub fn start() -> Garage {
+        let (g, id) = Garage::spawn(1);
+        let node = id.split('@').next().unwrap_or_default().to_owned();
+        g.cli_ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        g.cli_ok(&["layout", "apply", "--version", "1"]);
+        g.import_key();
+        g
+    }
+
+    /// `n` nodes that replicate every object on all of them (`replication_factor = n`), one
+    /// zone each, connected over loopback RPC. Each has its own S3 endpoint ([`Garage::url`]);
+    /// the key and the buckets made through any node are the cluster's.
+    pub fn cluster(n: usize) -> Vec<Garage> {
+        let nodes: Vec<(Garage, String)> = (0..n).map(|_| Garage::spawn(n)).collect();
+        let first = &nodes[0].0;
+        for (_, id) in &nodes[1..] {
+            first.cli_ok(&["node", "connect", id]);
+        }
+        for (i, (_, id)) in nodes.iter().enumerate() {
+            let node = id.split('@').next().unwrap_or_default();
+            first.cli_ok(&[
+                "layout",
+                "assign",
+                "-z",
+                &format!("dc{i}"),
+                "-c",
+                "1G",
+                node,
+            ]);
+        }
+        first.cli_ok(&["layout", "apply", "--version", "1"]);
+        first.import_key();
+        nodes.into_iter().map(|(g, _)| g).collect()
+    }
+
+    /// One node on fresh ports; returns it once its CLI answers, with its `id@address`.
+    fn spawn(replication: usize) -> (Garage, String) {
         let dir = tempfile::tempdir().unwrap();
         let (s3, rpc, admin) = (free_port(), free_port(), free_port());
         let config = format!(
-            "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+            "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\nreplication_factor = {replication}\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
             meta = dir.path().join("meta").display(),
             data = dir.path().join("data").display(),
             secret = "1799bccfd7411eddcf9ebd316bc1f5287ad12a68094e1c6ac6abde7e6feae1ec",
@@ -366,13 +402,12 @@ impl Garage {
             secret: "4420d99ef5ac0b4e53a27c5e1b7eabf66ac8d6e8d4b76c7f3d4b0d41d1fc8a21".to_owned(),
             admin_url: format!("http://127.0.0.1:{admin}"),
         };
-        // The node answers its CLI once its RPC is up; then it gets a role in the layout.
+        // The node answers its CLI once its RPC is up.
         let deadline = Instant::now() + Duration::from_secs(30);
         let id = loop {
             let out = g.cli(&["node", "id", "-q"]);
             if out.status.success() {
-                let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                break text.split('@').next().unwrap_or_default().to_owned();
+                break String::from_utf8_lossy(&out.stdout).trim().to_owned();
             }
             assert!(
                 Instant::now() < deadline,
@@ -381,18 +416,19 @@ impl Garage {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        g.cli_ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
-        g.cli_ok(&["layout", "apply", "--version", "1"]);
-        g.cli_ok(&[
+        (g, id)
+    }
+
+    fn import_key(&self) {
+        self.cli_ok(&[
             "key",
             "import",
             "--yes",
-            &g.key_id.clone(),
-            &g.secret.clone(),
+            &self.key_id.clone(),
+            &self.secret.clone(),
             "-n",
             "berth",
         ]);
-        g
     }
 
     fn command(dir: &Path) -> Command {

@@ -1,8 +1,8 @@
 //! Berth on S3 (a real Garage server) with the Redis blob-descriptor cache (a real
 //! `redis-server`): the conformance runner passes; three replicas share one bucket and one
 //! Redis and serve a chunked push and a pull round-robin; Redis dies mid-test and requests
-//! still succeed; distribution 2.8 and Berth serve each other's bucket; and what a push and a
-//! pull cost in S3 requests, for Berth and for distribution.
+//! still succeed; distribution 2.8 and Berth serve each other's bucket; replicas on the three
+//! nodes of a Garage cluster; and a stalled S3.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -407,4 +407,76 @@ fn a_stalled_s3_is_a_503_within_the_deadlines_and_readiness_follows_it() {
     let r = c.get("/v2/app/tags/list", &[]).unwrap();
     assert_eq!(r.status, 503, "{}", r.describe());
     assert_eq!(r.error_codes(), ["UNAVAILABLE"], "{}", r.describe());
+}
+
+/// Three replicas, each talking to a different node of a three-node Garage cluster that keeps
+/// every object on all three: a push whose chunks go to different replicas (so to different
+/// S3 nodes), then pulls, listings and deletes through the others, with no shared cache.
+#[test]
+fn replicas_on_a_three_node_garage_cluster() {
+    let nodes = Garage::cluster(3);
+    nodes[0].create_bucket("cluster");
+    let replicas: Vec<Berth> = nodes
+        .iter()
+        .map(|n| Berth::start_garage(n, "cluster", "", ""))
+        .collect();
+    let c: Vec<Client> = replicas.iter().map(|b| Client::new(&b.url, None)).collect();
+    let repo = "cluster/app";
+    let layer = bytes("clustered layer", 11_000_000);
+    let mut loc = path_of(&c[0].start_upload(repo).unwrap());
+    let mut start = 0;
+    for (i, chunk) in layer.chunks(4_000_000).enumerate() {
+        let range = format!("{start}-{}", start + chunk.len() - 1);
+        let r = c[(i + 1) % 3]
+            .send(
+                "PATCH",
+                &loc,
+                &[("Content-Type", OCTET), ("Content-Range", &range)],
+                Body::Bytes(chunk),
+            )
+            .unwrap();
+        assert_eq!(r.status, 202, "chunk {i}: {}", r.describe());
+        start += chunk.len();
+        loc = path_of(&location(&r).unwrap());
+    }
+    let r = c[0]
+        .send(
+            "PUT",
+            &with_query(&loc, "digest", &digest(&layer)),
+            &[],
+            Body::Bytes(&[]),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let img = Image::with_layers("clustered", vec![layer.clone()], "");
+    c[1].push_blob(repo, &img.config).unwrap();
+    let r = c[2]
+        .put_manifest(repo, "v1", img.media_type, &img.manifest)
+        .unwrap();
+    expect_status(&r, &[201]).unwrap();
+    for (i, ci) in c.iter().enumerate() {
+        support::pull_checked(ci, repo, "v1", &img);
+        let r = ci.get("/v2/_catalog", &[]).unwrap();
+        assert_eq!(
+            r.json().unwrap()["repositories"],
+            serde_json::json!([repo]),
+            "replica {i}"
+        );
+    }
+    // A tag deleted through one node is gone through the others.
+    let r = c[0].delete(&format!("/v2/{repo}/manifests/v1")).unwrap();
+    assert_eq!(r.status, 202);
+    for (i, ci) in c.iter().enumerate() {
+        let r = ci.get(&format!("/v2/{repo}/manifests/v1"), &[]).unwrap();
+        assert_eq!(r.status, 404, "replica {i}");
+    }
+    // Every node holds the data.
+    for (i, n) in nodes.iter().enumerate() {
+        let keys = n.keys("cluster", "docker/registry/v2/blobs/");
+        assert!(
+            keys.iter()
+                .any(|k| k.contains(&digest(&layer)["sha256:".len()..])),
+            "node {i}: {keys:?}"
+        );
+    }
 }

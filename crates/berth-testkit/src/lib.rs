@@ -419,6 +419,29 @@ impl Garage {
         (g, id)
     }
 
+    /// Kills the server (SIGKILL); [`restart`](Self::restart) brings it back on the same
+    /// ports and data.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on its configuration, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::command(self.dir.path())
+            .arg("server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("garage");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.cli(&["status"]).status.success() {
+            assert!(Instant::now() < deadline, "garage did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn import_key(&self) {
         self.cli_ok(&[
             "key",

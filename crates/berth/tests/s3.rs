@@ -403,10 +403,41 @@ fn a_stalled_s3_is_a_503_within_the_deadlines_and_readiness_follows_it() {
     let r = c.get("/v2/app/tags/list", &[]).unwrap();
     assert_eq!(r.status, 200, "{}", r.describe());
 
-    drop(garage);
+    // A chunk upload whose S3 part upload stalls while sending: 503 within the deadlines
+    // too, and the client's next push works once S3 is back.
+    let loc = c.start_upload("app").unwrap();
+    signal(garage.pid(), "-STOP");
+    let started = std::time::Instant::now();
+    let chunk = bytes("stalled chunk", 6_000_000);
+    let r = c
+        .send(
+            "PATCH",
+            &loc,
+            &[("Content-Type", OCTET), ("Content-Range", "0-5999999")],
+            Body::Bytes(&chunk),
+        )
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.describe());
+    assert_eq!(r.error_codes(), ["UNAVAILABLE"], "{}", r.describe());
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    signal(garage.pid(), "-CONT");
+    assert_eq!(ready(200).status, 200, "{}", berth.log());
+    c.push_image("app", "v2", &Image::oci("after the stall", 1, ""))
+        .unwrap();
+
+    // Killed: 503; restarted on the same data: everything is there again.
+    let mut garage = garage;
+    garage.kill();
     let r = c.get("/v2/app/tags/list", &[]).unwrap();
     assert_eq!(r.status, 503, "{}", r.describe());
     assert_eq!(r.error_codes(), ["UNAVAILABLE"], "{}", r.describe());
+    assert_eq!(ready(503).status, 503);
+    garage.restart();
+    assert_eq!(ready(200).status, 200, "{}", berth.log());
+    let r = c.get("/v2/app/tags/list", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json().unwrap()["tags"], serde_json::json!(["v1", "v2"]));
 }
 
 /// Three replicas, each talking to a different node of a three-node Garage cluster that keeps

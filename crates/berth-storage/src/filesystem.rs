@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::{
     rolled_up, validate_path, AppendWriter, ByteStream, FileInfo, ListEntry, ListFrom, ListPage,
-    NameFilter, Result, StorageDriver, StorageError, LIST_PAGE_MAX,
+    Result, StorageDriver, StorageError, LIST_PAGE_MAX,
 };
 
 /// Reads are issued in blocks of this size (large reads, few syscalls).
@@ -555,53 +555,6 @@ impl StorageDriver for FilesystemDriver {
         blocking(dir, move || {
             walk.visit(&full, "")?;
             Ok(walk.page)
-        })
-        .await
-    }
-
-    /// One blocking walk: no hand-off per directory, and entries that are not directories
-    /// (by the type `readdir` reports) are never opened.
-    async fn find_dirs(
-        &self,
-        root: &str,
-        marks: NameFilter,
-        prunes: NameFilter,
-    ) -> Result<Vec<String>> {
-        let full = self.full(root)?;
-        blocking(root, move || {
-            let mut found = Vec::new();
-            let mut stack = vec![(full, String::new())];
-            while let Some((dir, rel)) = stack.pop() {
-                let entries = match std::fs::read_dir(&dir) {
-                    Ok(e) => e,
-                    // Gone since its parent was read (or no root yet).
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                let mut marked = false;
-                for entry in entries {
-                    let entry = entry?;
-                    let name = entry.file_name();
-                    let Some(name) = name.to_str() else { continue };
-                    if marks(name) {
-                        marked = true;
-                    } else if !prunes(name)
-                        && !name.starts_with(LEGACY_PREFIX)
-                        && entry.file_type()?.is_dir()
-                    {
-                        let child = if rel.is_empty() {
-                            name.to_owned()
-                        } else {
-                            format!("{rel}/{name}")
-                        };
-                        stack.push((entry.path(), child));
-                    }
-                }
-                if marked && !rel.is_empty() {
-                    found.push(rel);
-                }
-            }
-            Ok(found)
         })
         .await
     }

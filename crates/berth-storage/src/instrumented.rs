@@ -14,9 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument;
 
-use crate::{
-    AppendWriter, ByteStream, FileInfo, ListFrom, ListPage, NameFilter, Result, StorageDriver,
-};
+use crate::{AppendWriter, ByteStream, FileInfo, ListFrom, ListPage, Result, StorageDriver};
 
 /// The operations counted, in the order of [`StorageStats::ops`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +35,11 @@ pub enum Op {
     Delete,
     Touch,
     StatTouched,
-    FindDirs,
     ListPage,
 }
 
 impl Op {
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 17] = [
         Op::GetContent,
         Op::PutContent,
         Op::Reader,
@@ -59,7 +56,6 @@ impl Op {
         Op::Delete,
         Op::Touch,
         Op::StatTouched,
-        Op::FindDirs,
         Op::ListPage,
     ];
 
@@ -82,7 +78,6 @@ impl Op {
             Op::Delete => "delete",
             Op::Touch => "touch",
             Op::StatTouched => "stat_touched",
-            Op::FindDirs => "find_dirs",
             Op::ListPage => "list_page",
         }
     }
@@ -339,20 +334,6 @@ impl StorageDriver for Instrumented {
     async fn list_names(&self, path: &str) -> Result<Vec<String>> {
         self.timed(Op::List, path, self.inner.list_names(path))
             .await
-    }
-
-    async fn find_dirs(
-        &self,
-        root: &str,
-        marks: NameFilter,
-        prunes: NameFilter,
-    ) -> Result<Vec<String>> {
-        self.timed(
-            Op::FindDirs,
-            root,
-            self.inner.find_dirs(root, marks, prunes),
-        )
-        .await
     }
 
     async fn list_page(

@@ -80,9 +80,6 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
-/// A test of an entry's base name ([`StorageDriver::find_dirs`]).
-pub type NameFilter = fn(&str) -> bool;
-
 /// Where a [`StorageDriver::list_page`] starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListFrom {
@@ -222,20 +219,6 @@ pub trait StorageDriver: Send + Sync + 'static {
         }
         Ok(paths)
     }
-    /// Walks the directories under `root` and returns, unsorted and relative to `root`, each
-    /// directory below it that has a child `marks` accepts. Children that `marks` or `prunes`
-    /// accept are not descended into. A missing `root` is an empty answer. (The catalog:
-    /// repositories are directories with `_manifests` or `_layers`; `_` entries are pruned.)
-    /// The default lists directory by directory, [`WALK_CONCURRENCY`] listings at a time
-    /// (a listing is a round trip on S3); the filesystem walks in one blocking call.
-    async fn find_dirs(
-        &self,
-        root: &str,
-        marks: NameFilter,
-        prunes: NameFilter,
-    ) -> Result<Vec<String>> {
-        find_dirs_by_listing(self, root, marks, prunes).await
-    }
     /// One page of the objects below `dir` as one flat key space, S3's `ListObjectsV2`:
     /// at most `max` entries (the drivers cap it at 1,000) in key order, from `from`. With a
     /// `delimiter`, every key that contains it after `dir/` is rolled up into one entry, its
@@ -261,56 +244,6 @@ pub trait StorageDriver: Send + Sync + 'static {
 
 /// The most entries a [`StorageDriver::list_page`] returns (S3's page size).
 pub const LIST_PAGE_MAX: usize = 1000;
-
-/// Directory listings in flight in [`StorageDriver::find_dirs`]'s default walk.
-pub const WALK_CONCURRENCY: usize = 32;
-
-/// [`StorageDriver::find_dirs`] by listing each directory, several at a time.
-async fn find_dirs_by_listing<D: StorageDriver + ?Sized>(
-    driver: &D,
-    root: &str,
-    marks: NameFilter,
-    prunes: NameFilter,
-) -> Result<Vec<String>> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
-    let prefix = format!("{root}/");
-    let mut found = Vec::new();
-    let mut pending = vec![root.to_owned()];
-    let mut running = FuturesUnordered::new();
-    loop {
-        while running.len() < WALK_CONCURRENCY {
-            let Some(dir) = pending.pop() else { break };
-            running.push(async move {
-                let listed = driver.list(&dir).await;
-                (dir, listed)
-            });
-        }
-        let Some((dir, listed)) = running.next().await else {
-            break;
-        };
-        let children = match listed {
-            Ok(c) => c,
-            // Gone since its parent was listed.
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        let mut marked = false;
-        for child in children {
-            let base = child.rsplit('/').next().unwrap_or("");
-            if marks(base) {
-                marked = true;
-            } else if !prunes(base) {
-                pending.push(child);
-            }
-        }
-        if marked {
-            if let Some(rel) = dir.strip_prefix(&prefix) {
-                found.push(rel.to_owned());
-            }
-        }
-    }
-    Ok(found)
-}
 
 /// The entry `key` belongs to in a listing rolled up at `delimiter` (S3's rule: up to and
 /// including the delimiter's first occurrence), or `None` when the key stands for itself.

@@ -157,32 +157,6 @@ async fn touch(d: &dyn StorageDriver) {
 }
 
 /// Runs every contract check against `d`.
-/// `find_dirs`: marked directories at any depth (nested ones too), pruned and marking
-/// entries not descended into, files never taken for directories.
-async fn find_dirs(d: &dyn StorageDriver) {
-    let marks = |n: &str| n == "_m";
-    let prunes = |n: &str| n.starts_with('_');
-    for p in [
-        "/w/a/_m/x",
-        "/w/a/b/_m/x",
-        "/w/c/d/e/_m/x",
-        "/w/f/_other/g/_m/x",
-        "/w/h/file",
-        "/w/_m/x",
-    ] {
-        d.put_content(p, Bytes::from_static(b"1")).await.unwrap();
-    }
-    let mut got = d.find_dirs("/w", marks, prunes).await.unwrap();
-    got.sort();
-    assert_eq!(got, vec!["a", "a/b", "c/d/e"]);
-    assert!(d
-        .find_dirs("/nowhere", marks, prunes)
-        .await
-        .unwrap()
-        .is_empty());
-    d.delete("/w").await.unwrap();
-}
-
 /// `list_page`: one flat key space in byte order (`a-b` and `a.c` before `a/`, `a/0c` before
 /// `a/_`), rolled up at the first delimiter, paged by tokens without loss or repetition.
 async fn list_pages(d: &dyn StorageDriver) {
@@ -317,7 +291,6 @@ pub async fn run(d: &dyn StorageDriver) {
     names.sort();
     assert_eq!(names, vec!["a", "empty", "sub"]);
     assert!(d.list_names("/missing").await.unwrap_err().is_not_found());
-    find_dirs(d).await;
     list_pages(d).await;
 
     // Ranged reads.

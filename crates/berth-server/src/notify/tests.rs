@@ -394,6 +394,10 @@ async fn a_killed_replicas_queue_is_adopted_after_orphanafter() {
     assert_eq!(survivor.endpoints()[0].pending.load(Ordering::Relaxed), 0);
     // Killed: no flush, no release, no more heartbeats.
     doomed.abort();
+    // A POST the killed instance had already sent still reaches the listener (and is
+    // refused); only then does the listener start to accept, so a duplicate here would be
+    // the survivor's doing. Under load that arrival took longer than the flip.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     hook.status.store(200, Ordering::SeqCst);
     let got = hook.wait_for(4).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -414,6 +414,8 @@ pub struct Garage {
     pub url: String,
     pub key_id: String,
     pub secret: String,
+    /// The admin API (`http://127.0.0.1:port`), where `/metrics` counts S3 requests.
+    pub admin_url: String,
 }
 
 /// The binary: `$GARAGE_BIN`, else `garage` on `PATH` (`~/.cargo/bin` after `cargo install`).
@@ -444,6 +446,7 @@ impl Garage {
             url: format!("http://127.0.0.1:{s3}"),
             key_id: "GK31c2f218a2e44f485b94239e".to_owned(),
             secret: "4420d99ef5ac0b4e53a27c5e1b7eabf66ac8d6e8d4b76c7f3d4b0d41d1fc8a21".to_owned(),
+            admin_url: format!("http://127.0.0.1:{admin}"),
         };
         // The node answers its CLI once its RPC is up; then it gets a role in the layout.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -512,6 +515,28 @@ impl Garage {
     /// The server's process id (to stop and resume it).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// S3 requests the server has answered so far, by API endpoint (`PutObject`,
+    /// `HeadObject`, ...), from its Prometheus metrics: what a client's operations cost,
+    /// counted where the bill counts them.
+    pub fn s3_requests(&self) -> std::collections::BTreeMap<String, u64> {
+        let text = ureq::get(&format!("{}/metrics", self.admin_url))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("api_s3_request_counter{"))
+            .filter_map(|l| {
+                let endpoint = l.split("api_endpoint=\"").nth(1)?.split('"').next()?;
+                let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+                Some((endpoint.to_owned(), n as u64))
+            })
+            .fold(std::collections::BTreeMap::new(), |mut m, (k, n)| {
+                *m.entry(k).or_default() += n;
+                m
+            })
     }
 
     /// distribution's `storage.s3` section for a bucket on this server; `s3_extra` goes inside

@@ -1,0 +1,283 @@
+//! What each client operation costs in S3 requests, counted by the S3 server itself (a real
+//! Garage, whose metrics count every request it answers): a blob push the way Docker,
+//! containerd, oras and skopeo send it, a blob the repository or the registry already has
+//! (`HEAD`, mount), a manifest push and a pull — with the in-memory blob-descriptor cache
+//! (distribution's default configuration) and without a cache. The counts are printed
+//! (`cargo nextest run -p berth --test s3_requests --no-capture`) and bounded, so a change
+//! that adds requests to these paths fails here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use berth_conformance::client::{with_query, Body, Client, Resp};
+use berth_conformance::fixtures::{bytes, descriptor, digest, location, OCTET};
+use support::{Berth, Garage};
+
+/// One measured client operation.
+struct Cost {
+    what: &'static str,
+    /// Requests by S3 API endpoint.
+    by_op: BTreeMap<String, u64>,
+}
+
+impl Cost {
+    fn total(&self) -> u64 {
+        self.by_op.values().sum()
+    }
+
+    /// Requests other than `UploadPart` (the bytes themselves, one per `chunksize`).
+    fn overhead(&self) -> u64 {
+        self.total() - self.by_op.get("UploadPart").copied().unwrap_or(0)
+    }
+}
+
+/// Counts the S3 requests `op` causes.
+fn measure(garage: &Garage, what: &'static str, op: impl FnOnce()) -> Cost {
+    let before = garage.s3_requests();
+    op();
+    let after = garage.s3_requests();
+    let by_op = after
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect();
+    Cost { what, by_op }
+}
+
+fn ok(r: Resp, status: u16) -> Resp {
+    assert_eq!(r.status, status, "{}", r.describe());
+    r
+}
+
+/// Docker's push of a blob the repository does not have: `HEAD` (404), `POST`, one `PATCH`
+/// with the whole body (no `Content-Range`), `PUT ?digest=` without a body.
+fn docker_push(c: &Client, repo: &str, data: &[u8]) {
+    let d = digest(data);
+    ok(c.head(&format!("/v2/{repo}/blobs/{d}")).unwrap(), 404);
+    let loc = location(&ok(
+        c.send(
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            Body::Bytes(&[]),
+        )
+        .unwrap(),
+        202,
+    ))
+    .unwrap();
+    let loc = location(&ok(
+        c.send("PATCH", &loc, &[("Content-Type", OCTET)], Body::Bytes(data))
+            .unwrap(),
+        202,
+    ))
+    .unwrap();
+    ok(
+        c.send("PUT", &with_query(&loc, "digest", &d), &[], Body::Bytes(&[]))
+            .unwrap(),
+        201,
+    );
+}
+
+/// containerd's (and oras's) push: `HEAD` (404), `POST`, `PUT ?digest=` with the whole body.
+fn containerd_push(c: &Client, repo: &str, data: &[u8]) {
+    let d = digest(data);
+    ok(c.head(&format!("/v2/{repo}/blobs/{d}")).unwrap(), 404);
+    let loc = c.start_upload(repo).unwrap();
+    ok(
+        c.send(
+            "PUT",
+            &with_query(&loc, "digest", &d),
+            &[("Content-Type", OCTET)],
+            Body::Bytes(data),
+        )
+        .unwrap(),
+        201,
+    );
+}
+
+/// A monolithic upload in one request: `POST ?digest=` with the body.
+fn monolithic_push(c: &Client, repo: &str, data: &[u8]) {
+    let d = digest(data);
+    ok(
+        c.send(
+            "POST",
+            &with_query(&format!("/v2/{repo}/blobs/uploads/"), "digest", &d),
+            &[("Content-Type", OCTET)],
+            Body::Bytes(data),
+        )
+        .unwrap(),
+        201,
+    );
+}
+
+/// A chunked push (skopeo and containerd for large blobs, or with a chunk size set):
+/// `HEAD` (404), `POST`, a `PATCH` per chunk with `Content-Range`, `PUT ?digest=`.
+fn chunked_push(c: &Client, repo: &str, data: &[u8], chunk: usize) {
+    let d = digest(data);
+    ok(c.head(&format!("/v2/{repo}/blobs/{d}")).unwrap(), 404);
+    let mut loc = c.start_upload(repo).unwrap();
+    let mut start = 0;
+    for part in data.chunks(chunk) {
+        let range = format!("{start}-{}", start + part.len() - 1);
+        loc = location(&ok(
+            c.send(
+                "PATCH",
+                &loc,
+                &[("Content-Type", OCTET), ("Content-Range", &range)],
+                Body::Bytes(part),
+            )
+            .unwrap(),
+            202,
+        ))
+        .unwrap();
+        start += part.len();
+    }
+    ok(
+        c.send("PUT", &with_query(&loc, "digest", &d), &[], Body::Bytes(&[]))
+            .unwrap(),
+        201,
+    );
+}
+
+/// Every operation once, on a fresh Berth over a fresh bucket with `storage_extra` (the cache).
+fn costs(garage: &Garage, bucket: &str, storage_extra: &str) -> Vec<Cost> {
+    garage.create_bucket(bucket);
+    let storage = garage.storage_yaml(
+        bucket,
+        "",
+        &format!("{storage_extra}  maintenance:\n    uploadpurging:\n      enabled: false\n"),
+    );
+    let cfg = format!("version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n");
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start_with_config(&cfg, dir.path());
+    let c = Client::new(&berth.url, None);
+    let repo = "cost/app";
+    // Warm-up: the bucket check and the first connection are not what a push costs.
+    c.push_blob(repo, b"warm-up").unwrap();
+
+    let layer = bytes("docker layer", 1_000_000);
+    let large = bytes("large layer", 12_000_000);
+    let chunked = bytes("chunked layer", 12_000_000);
+    let config = bytes("config", 2_000);
+    let small = bytes("containerd layer", 300_000);
+    let mut out = vec![
+        measure(garage, "docker push, 1 MB (HEAD 404, POST, PATCH, PUT)", || {
+            docker_push(&c, repo, &layer)
+        }),
+        measure(garage, "docker push, 12 MB", || docker_push(&c, repo, &large)),
+        measure(garage, "containerd push, 300 kB (HEAD 404, POST, PUT)", || {
+            containerd_push(&c, repo, &small)
+        }),
+        measure(garage, "monolithic POST ?digest=, 2 kB", || {
+            monolithic_push(&c, repo, &config)
+        }),
+        measure(garage, "chunked push, 12 MB in 3 PATCHes", || {
+            chunked_push(&c, repo, &chunked, 4_000_000)
+        }),
+        measure(garage, "HEAD of a blob the repository has", || {
+            ok(
+                c.head(&format!("/v2/{repo}/blobs/{}", digest(&layer)))
+                    .unwrap(),
+                200,
+            );
+        }),
+        measure(garage, "mount from another repository", || {
+            let url = format!(
+                "/v2/cost/other/blobs/uploads/?mount={}&from={repo}",
+                digest(&layer)
+            );
+            ok(c.send("POST", &url, &[], Body::Bytes(&[])).unwrap(), 201);
+        }),
+    ];
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{},{}]}}"#,
+        descriptor("application/vnd.oci.image.config.v1+json", &config),
+        descriptor("application/vnd.oci.image.layer.v1.tar", &layer),
+        descriptor("application/vnd.oci.image.layer.v1.tar", &small),
+    );
+    let manifest_digest = digest(manifest.as_bytes());
+    out.push(measure(garage, "manifest PUT by tag (2 layers)", || {
+        ok(
+            c.put_manifest(
+                repo,
+                "v1",
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest.as_bytes(),
+            )
+            .unwrap(),
+            201,
+        );
+    }));
+    out.push(measure(garage, "pull: HEAD manifest by tag", || {
+        let r = ok(c.head(&format!("/v2/{repo}/manifests/v1")).unwrap(), 200);
+        assert_eq!(
+            r.header("docker-content-digest"),
+            Some(manifest_digest.as_str())
+        );
+    }));
+    out.push(measure(garage, "pull: GET manifest by digest", || {
+        let r = ok(
+            c.get(&format!("/v2/{repo}/manifests/{manifest_digest}"), &[])
+                .unwrap(),
+            200,
+        );
+        assert_eq!(r.body, manifest.as_bytes());
+    }));
+    out.push(measure(
+        garage,
+        "pull: GET blob (and the client's presigned GET)",
+        || {
+            let r = ok(
+                c.get(&format!("/v2/{repo}/blobs/{}", digest(&layer)), &[])
+                    .unwrap(),
+                200,
+            );
+            assert!(r.body == layer);
+        },
+    ));
+    assert!(!berth.log().contains(" ERROR "), "{}", berth.log());
+    out
+}
+
+fn render(title: &str, costs: &[Cost]) -> String {
+    let mut s = format!("\nS3 requests per operation, {title}:\n");
+    for c in costs {
+        let ops: Vec<String> = c.by_op.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        s.push_str(&format!(
+            "  {:<52} {:>3}  ({})\n",
+            c.what,
+            c.total(),
+            ops.join(", ")
+        ));
+    }
+    s
+}
+
+fn cost<'a>(costs: &'a [Cost], prefix: &str) -> &'a Cost {
+    costs
+        .iter()
+        .find(|c| c.what.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no measurement {prefix:?}"))
+}
+
+#[test]
+fn what_a_push_and_a_pull_cost_in_s3_requests() {
+    let garage = Garage::start();
+    let cached = costs(
+        &garage,
+        "cost-inmemory",
+        "  cache:\n    blobdescriptor: inmemory\n",
+    );
+    let uncached = costs(&garage, "cost-none", "");
+    let table = format!(
+        "{}{}",
+        render("blobdescriptor: inmemory", &cached),
+        render("no blob-descriptor cache", &uncached)
+    );
+    println!("{table}");
+    let _ = cost;
+}

@@ -9,6 +9,14 @@
 //! whole blob in memory. A chunk resumes from the saved state at the current offset, so
 //! received data is never re-read to hash it (only if a state is missing, e.g. after a crash
 //! between writing data and saving the state, is the data re-hashed once).
+//!
+//! On S3 every request is a round trip and a line on the bill, so each session operation
+//! asks storage only what it must (see "What a push costs" in docs/ARCHITECTURE.md): a
+//! session is found by its record, or, for what is probably its first chunk, by one listing
+//! of its directory; a blob small enough to be written in one request is written without
+//! asking first whether it exists (rewriting identical bytes is harmless, and makes the blob
+//! fresh for garbage collection as a touch would); and a finished session whose objects are
+//! all known is deleted without listing it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -62,43 +70,87 @@ impl fmt::Display for UploadId {
 /// A blob sent whole in one request up to this size is stored without staging.
 pub const SMALL_BLOB: usize = 8 << 20;
 
+/// The objects of a session on a driver that stages with state, by base name: `startedat`,
+/// Berth's record, and `data` (on S3 only for the moment a multipart upload is completed
+/// before it is copied to its blob path).
+const SESSION_FILES: &[&str] = &["startedat", "berthstate", "data"];
+
 /// Where a session stands.
 struct Cursor {
     offset: u64,
     hasher: ResumableSha256,
     /// The driver's staging state, on drivers that have one.
     driver: Option<Bytes>,
+    /// Every object the session may hold, when that is known: it is then deleted without
+    /// listing it ([`berth_storage::StorageDriver::delete_dir_known`]).
+    files: Option<&'static [&'static str]>,
 }
 
-/// Berth's per-chunk record on drivers that stage with state: one JSON object, so offset, hash
-/// state and driver state change together.
+/// Where a session stands, without its hash state.
+struct Position {
+    offset: u64,
+    record: Option<Record>,
+    files: Option<&'static [&'static str]>,
+}
+
+impl Position {
+    fn of_record(r: Record) -> Position {
+        Position {
+            offset: r.offset,
+            // A record of the older form may name a tail object of the driver's.
+            files: (!r.legacy).then_some(SESSION_FILES),
+            record: Some(r),
+        }
+    }
+}
+
+/// Berth's per-chunk record on drivers that stage with state: one object, so offset, hash
+/// state and driver state change together. A JSON line (offset, hash state), then the driver's
+/// state as it is (on S3 that includes the bytes after the last part, up to `chunksize`). The
+/// older form, one JSON object with the driver state in hex, is still read.
 struct Record {
     offset: u64,
     hasher: ResumableSha256,
     driver: Bytes,
+    /// Read from the older form.
+    legacy: bool,
 }
 
 impl Record {
     fn encode(&self) -> Bytes {
-        let v = serde_json::json!({
+        let head = serde_json::json!({
             "offset": self.offset,
             "sha256": berth_core::digest::hex(&self.hasher.save()),
-            "driver": berth_core::digest::hex(&self.driver),
-        });
-        Bytes::from(v.to_string())
+        })
+        .to_string();
+        let mut out = Vec::with_capacity(head.len() + 1 + self.driver.len());
+        out.extend_from_slice(head.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&self.driver);
+        Bytes::from(out)
     }
 
-    fn decode(b: &[u8]) -> Option<Record> {
-        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+    fn decode(b: &Bytes) -> Option<Record> {
+        let (head, driver) = match b.iter().position(|&c| c == b'\n') {
+            Some(i) => (b.slice(..i), Some(b.slice(i + 1..))),
+            None => (b.clone(), None),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&head).ok()?;
         let hasher = ResumableSha256::restore(&unhex(v["sha256"].as_str()?)?).ok()?;
         let offset = v["offset"].as_u64()?;
         if hasher.len() != offset {
             return None;
         }
+        let legacy = driver.is_none();
+        let driver = match driver {
+            Some(d) => d,
+            None => Bytes::from(unhex(v["driver"].as_str()?)?),
+        };
         Some(Record {
             offset,
             hasher,
-            driver: Bytes::from(unhex(v["driver"].as_str()?)?),
+            driver,
+            legacy,
         })
     }
 }
@@ -176,14 +228,71 @@ impl Registry {
 
     /// The session's progress; `BLOB_UPLOAD_UNKNOWN` when there is no such session.
     pub async fn upload_status(&self, name: &RepoName, id: &UploadId) -> Result<UploadStatus> {
-        let offset = match self.read_record(name, id).await? {
-            Some(r) => r.offset,
-            None => self.data_size(name, id).await?,
-        };
+        let offset = self.locate(name, id, false).await?.offset;
         Ok(UploadStatus {
             id: id.clone(),
             offset,
         })
+    }
+
+    /// Finds a session. A later chunk finds its record (one read). For what is probably the
+    /// session's first chunk (`first`), one listing of its directory says at once whether
+    /// the session exists and whether it has a record yet, where reads would need two (the
+    /// record, then `startedat`). A listing that finds no session is confirmed by reads, so
+    /// a listing that lags behind a write (on a store with eventually consistent listings)
+    /// cannot lose a session.
+    async fn locate(&self, name: &RepoName, id: &UploadId, first: bool) -> Result<Position> {
+        if first {
+            if let Some(p) = self.locate_by_listing(name, id).await? {
+                return Ok(p);
+            }
+        }
+        if let Some(r) = self.read_record(name, id).await? {
+            return Ok(Position::of_record(r));
+        }
+        Ok(Position {
+            offset: self.data_size(name, id).await?,
+            record: None,
+            files: None,
+        })
+    }
+
+    /// [`locate`](Self::locate) by listing; `None` when the listing shows no session.
+    async fn locate_by_listing(&self, name: &RepoName, id: &UploadId) -> Result<Option<Position>> {
+        let entries = match self.driver.list_names(&paths::upload_dir(name, id)).await {
+            Ok(e) => e,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let has = |n: &str| entries.iter().any(|e| e == n);
+        if has("berthstate") {
+            if let Some(r) = self.read_record(name, id).await? {
+                return Ok(Some(Position::of_record(r)));
+            }
+        }
+        let offset = if has("data") {
+            // The filesystem's data file is its own state.
+            match self.driver.stat_object(&paths::upload_data(name, id)).await {
+                Ok(st) => Some(st.size),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let offset = match offset {
+            Some(o) => o,
+            None if has("startedat") => 0,
+            None => return Ok(None),
+        };
+        Ok(Some(Position {
+            offset,
+            record: None,
+            files: entries
+                .iter()
+                .all(|e| SESSION_FILES.contains(&e.as_str()))
+                .then_some(SESSION_FILES),
+        }))
     }
 
     /// The received size on a driver without staging state: the data object's, or 0 when
@@ -199,6 +308,20 @@ impl Registry {
                 }
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a finished session: without listing it when its objects are known.
+    async fn end_session(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        files: Option<&[&str]>,
+    ) -> Result<()> {
+        let dir = paths::upload_dir(name, id);
+        match files {
+            Some(f) => Ok(self.driver.delete_dir_known(&dir, f).await?),
+            None => self.delete_if_exists(&dir).await,
         }
     }
 
@@ -223,20 +346,23 @@ impl Registry {
         }
     }
 
-    /// Where the session stands: offset, hash state, driver state.
-    async fn cursor(&self, name: &RepoName, id: &UploadId) -> Result<Cursor> {
-        if let Some(r) = self.read_record(name, id).await? {
+    /// Where the session stands: offset, hash state, driver state (`first`: see
+    /// [`locate`](Self::locate)).
+    async fn cursor(&self, name: &RepoName, id: &UploadId, first: bool) -> Result<Cursor> {
+        let p = self.locate(name, id, first).await?;
+        if let Some(r) = p.record {
             return Ok(Cursor {
                 offset: r.offset,
                 hasher: r.hasher,
                 driver: Some(r.driver),
+                files: p.files,
             });
         }
-        let offset = self.data_size(name, id).await?;
         Ok(Cursor {
-            offset,
-            hasher: self.load_hash(name, id, offset).await?,
+            offset: p.offset,
+            hasher: self.load_hash(name, id, p.offset).await?,
             driver: None,
+            files: p.files,
         })
     }
 
@@ -254,7 +380,9 @@ impl Registry {
         E: fmt::Display,
     {
         let _guard = self.locks.lock(format!("{name}/{id}")).await;
-        let cursor = self.cursor(name, id).await?;
+        // A chunk at 0 (or without a range: Docker's one PATCH) probably opens the session.
+        let first = matches!(start, None | Some(0));
+        let cursor = self.cursor(name, id, first).await?;
         check_start(start, cursor.offset)?;
         let cursor = self.receive(name, id, cursor, body).await?;
         Ok(UploadStatus {
@@ -282,7 +410,10 @@ impl Registry {
         E: fmt::Display + Send + 'static,
     {
         let _guard = self.locks.lock(format!("{name}/{id}")).await;
-        let mut cursor = self.cursor(name, id).await?;
+        // A body at 0 is probably the whole blob, in the session's first request
+        // (containerd's POST then PUT); a PUT without one follows chunks (Docker's).
+        let first = body.is_some() && matches!(start, None | Some(0));
+        let mut cursor = self.cursor(name, id, first).await?;
         check_start(start, cursor.offset)?;
         if let Some(body) = body {
             let body = match self.small_blob(name, id, digest, &cursor, body).await? {
@@ -301,7 +432,10 @@ impl Registry {
                         .discard_mismatch(name, id, cursor.driver, digest, &computed)
                         .await);
                 }
-                if self.refresh(&blob, None).await? {
+                // A blob that is written in one or a few requests is written without asking
+                // first (it is usually new: the client asked the repository before pushing);
+                // a larger one is looked for first, as its server-side copy costs more.
+                if cursor.offset > SMALL_BLOB as u64 && self.refresh(&blob, None).await? {
                     // Already stored (by another repository, or a concurrent push).
                     self.driver
                         .abort_append(&data, cursor.driver.clone())
@@ -334,7 +468,7 @@ impl Registry {
         self.write_link(&paths::layer_link(name, digest), digest)
             .await?;
         self.cache.set_repo_blob(name, digest, cursor.offset).await;
-        self.delete_if_exists(&paths::upload_dir(name, id)).await?;
+        self.end_session(name, id, cursor.files).await?;
         Ok(BlobInfo {
             digest: digest.clone(),
             size: cursor.offset,
@@ -397,15 +531,16 @@ impl Registry {
                                 )
                                 .await);
                         }
+                        // Written without asking first whether it exists: one request
+                        // either way, and a blob that was there is now fresh for garbage
+                        // collection, as a touch would make it.
                         let blob = paths::blob_data(digest);
-                        if !self.refresh(&blob, None).await? {
-                            self.driver.put_content(&blob, data).await?;
-                            self.landed(&blob);
-                        }
+                        self.driver.put_content(&blob, data).await?;
+                        self.landed(&blob);
                         self.write_link(&paths::layer_link(name, digest), digest)
                             .await?;
                         self.cache.set_repo_blob(name, digest, len as u64).await;
-                        self.delete_if_exists(&paths::upload_dir(name, id)).await?;
+                        self.end_session(name, id, cursor.files).await?;
                         return Ok(Small::Stored(BlobInfo {
                             digest: digest.clone(),
                             size: len as u64,
@@ -437,14 +572,11 @@ impl Registry {
     /// Cancels a session and discards what it received.
     pub async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<()> {
         let _guard = self.locks.lock(format!("{name}/{id}")).await;
-        let record = self.read_record(name, id).await?;
-        if record.is_none() {
-            self.data_size(name, id).await?;
-        }
+        let p = self.locate(name, id, false).await?;
         self.driver
-            .abort_append(&paths::upload_data(name, id), record.map(|r| r.driver))
+            .abort_append(&paths::upload_data(name, id), p.record.map(|r| r.driver))
             .await?;
-        self.delete_if_exists(&paths::upload_dir(name, id)).await
+        self.end_session(name, id, p.files).await
     }
 
     /// Streams `body` into the session's data and returns where the session stands after it.
@@ -465,6 +597,7 @@ impl Registry {
             offset,
             mut hasher,
             driver: old_state,
+            mut files,
         } = cursor;
         let mut writer = self
             .driver
@@ -492,6 +625,7 @@ impl Registry {
                         offset: size,
                         hasher: hasher.clone(),
                         driver: state.clone(),
+                        legacy: false,
                     };
                     self.driver
                         .put_content(&paths::upload_berth_state(name, id), record.encode())
@@ -507,6 +641,7 @@ impl Registry {
                             Bytes::from(hasher.save()),
                         )
                         .await?;
+                    files = None;
                 }
             }
         }
@@ -516,6 +651,7 @@ impl Registry {
                 offset: size,
                 hasher,
                 driver: new_state.or(old_state),
+                files,
             }),
         }
     }
@@ -632,7 +768,8 @@ impl BlobWriter {
         let state = writer.commit().await?;
         let data = paths::upload_data(&name, &id);
         let blob = paths::blob_data(digest);
-        if registry.refresh(&blob, None).await? {
+        // As a completed upload: small blobs are written without asking first.
+        if size > SMALL_BLOB as u64 && registry.refresh(&blob, None).await? {
             registry.driver.abort_append(&data, state).await?;
         } else {
             registry.driver.finish_append(&data, state, &blob).await?;
@@ -642,8 +779,9 @@ impl BlobWriter {
             .write_link(&paths::layer_link(&name, digest), digest)
             .await?;
         registry.cache.set_repo_blob(&name, digest, size).await;
+        // Only `startedat` and the staged data: never a record or hash states.
         registry
-            .delete_if_exists(&paths::upload_dir(&name, &id))
+            .end_session(&name, &id, Some(SESSION_FILES))
             .await?;
         Ok(BlobInfo {
             digest: digest.clone(),

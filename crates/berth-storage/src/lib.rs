@@ -144,6 +144,17 @@ pub trait StorageDriver: Send + Sync + 'static {
     async fn abort_append(&self, _path: &str, _state: Option<Bytes>) -> Result<()> {
         Ok(())
     }
+    /// Deletes the directory `dir`, whose objects the caller knows: `names` (base names, some
+    /// of which may not exist). Drivers where listing costs a request (S3) delete exactly
+    /// those objects in one request, without listing; an object the caller did not name stays
+    /// (for the caller's own cleanup to find). Others delete the directory as
+    /// [`delete`](Self::delete) does. A directory that is already gone is no error.
+    async fn delete_dir_known(&self, dir: &str, _names: &[&str]) -> Result<()> {
+        match self.delete(dir).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
     /// A URL the client may fetch the object from directly (a presigned S3 URL), if the
     /// driver has one.
     async fn redirect_url(&self, _path: &str) -> Result<Option<String>> {

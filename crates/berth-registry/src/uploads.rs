@@ -165,6 +165,13 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// `DIGEST_INVALID` with both digests.
+fn digest_invalid(expected: &Digest, computed: &Digest) -> RegistryError {
+    RegistryError::Oci(berth_core::OciError::new(ErrorCode::DigestInvalid).detail(
+        serde_json::json!({ "expected": expected.to_string(), "computed": computed.to_string() }),
+    ))
+}
+
 /// A chunk's `Content-Range` start must be the session's offset.
 fn check_start(start: Option<u64>, offset: u64) -> Result<()> {
     match start {
@@ -413,8 +420,91 @@ impl Registry {
         // A body at 0 is probably the whole blob, in the session's first request
         // (containerd's POST then PUT); a PUT without one follows chunks (Docker's).
         let first = body.is_some() && matches!(start, None | Some(0));
-        let mut cursor = self.cursor(name, id, first).await?;
+        let cursor = self.cursor(name, id, first).await?;
         check_start(start, cursor.offset)?;
+        self.finish_upload(name, id, digest, cursor, body).await
+    }
+
+    /// A whole blob in one request (`POST ?digest=` with a body): when it is at most
+    /// [`SMALL_BLOB`] bytes, verified in memory and stored without an upload session (on S3
+    /// two writes: the blob and its link); a larger one is staged in a session of its own, as
+    /// [`start_upload`](Self::start_upload) then [`complete_upload`](Self::complete_upload)
+    /// would. A body that breaks off leaves nothing (the client never learnt of a session).
+    pub async fn push_blob<S, E>(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        mut body: S,
+    ) -> Result<BlobInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let mut read: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        while len <= SMALL_BLOB {
+            match body.next().await {
+                None => {
+                    let data = Bytes::from(read.concat());
+                    let computed = Digest::compute(digest.algorithm(), &data);
+                    if &computed != digest {
+                        return Err(digest_invalid(digest, &computed));
+                    }
+                    return self.store_small(name, digest, data).await;
+                }
+                Some(Ok(chunk)) => {
+                    len += chunk.len();
+                    read.push(chunk);
+                }
+                Some(Err(e)) => return Err(RegistryError::Body(e.to_string())),
+            }
+        }
+        let st = self.start_upload(name).await?;
+        let _guard = self.locks.lock(format!("{name}/{}", st.id)).await;
+        // Nobody else knows the session yet: it is empty, no storage call needed to say so.
+        let cursor = Cursor {
+            offset: 0,
+            hasher: ResumableSha256::new(),
+            driver: None,
+            files: Some(SESSION_FILES),
+        };
+        let rest: Staged<E> =
+            Box::pin(futures_util::stream::iter(read.into_iter().map(Ok)).chain(body));
+        self.finish_upload(name, &st.id, digest, cursor, Some(rest))
+            .await
+    }
+
+    /// Stores a verified blob held in memory at its blob path and links it into `name`.
+    /// Written without asking first whether it exists: one request either way, and a blob
+    /// that was there is now fresh for garbage collection, as a touch would make it.
+    async fn store_small(&self, name: &RepoName, digest: &Digest, data: Bytes) -> Result<BlobInfo> {
+        let size = data.len() as u64;
+        let blob = paths::blob_data(digest);
+        self.driver.put_content(&blob, data).await?;
+        self.landed(&blob);
+        self.write_link(&paths::layer_link(name, digest), digest)
+            .await?;
+        self.cache.set_repo_blob(name, digest, size).await;
+        Ok(BlobInfo {
+            digest: digest.clone(),
+            size,
+        })
+    }
+
+    /// [`complete_upload`](Self::complete_upload) from where the session stands (its lock
+    /// held).
+    async fn finish_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        mut cursor: Cursor,
+        body: Option<S>,
+    ) -> Result<BlobInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
+        E: fmt::Display + Send + 'static,
+    {
         if let Some(body) = body {
             let body = match self.small_blob(name, id, digest, &cursor, body).await? {
                 Small::Stored(info) => return Ok(info),
@@ -491,9 +581,7 @@ impl Registry {
         if let Err(e) = self.delete_if_exists(&paths::upload_dir(name, id)).await {
             return e;
         }
-        RegistryError::Oci(berth_core::OciError::new(ErrorCode::DigestInvalid).detail(
-            serde_json::json!({ "expected": digest.to_string(), "computed": computed.to_string() }),
-        ))
+        digest_invalid(digest, computed)
     }
 
     /// When the whole blob arrives in one request at offset 0 and fits in
@@ -531,20 +619,9 @@ impl Registry {
                                 )
                                 .await);
                         }
-                        // Written without asking first whether it exists: one request
-                        // either way, and a blob that was there is now fresh for garbage
-                        // collection, as a touch would make it.
-                        let blob = paths::blob_data(digest);
-                        self.driver.put_content(&blob, data).await?;
-                        self.landed(&blob);
-                        self.write_link(&paths::layer_link(name, digest), digest)
-                            .await?;
-                        self.cache.set_repo_blob(name, digest, len as u64).await;
+                        let info = self.store_small(name, digest, data).await?;
                         self.end_session(name, id, cursor.files).await?;
-                        return Ok(Small::Stored(BlobInfo {
-                            digest: digest.clone(),
-                            size: len as u64,
-                        }));
+                        return Ok(Small::Stored(info));
                     }
                     Some(Ok(chunk)) => {
                         len += chunk.len();
@@ -807,6 +884,12 @@ impl BlobWriter {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::convert::Infallible;
+
+    use berth_storage::{InMemoryDriver, StorageDriver};
+
     use super::*;
 
     #[test]
@@ -814,5 +897,82 @@ mod tests {
         assert!("../../etc".parse::<UploadId>().is_err());
         let id = UploadId::new();
         assert_eq!(id.as_str().parse::<UploadId>().ok(), Some(id));
+    }
+
+    /// Records round-trip, driver state byte for byte (newlines included), and the older
+    /// form (driver state in hex) is still read.
+    #[test]
+    fn records() {
+        let mut hasher = ResumableSha256::new();
+        hasher.update(b"abc");
+        let r = Record {
+            offset: 3,
+            hasher: hasher.clone(),
+            driver: Bytes::from_static(b"{\"s3\":1}\n\x00tail\nbytes"),
+            legacy: false,
+        };
+        let back = Record::decode(&r.encode()).unwrap();
+        assert_eq!((back.offset, back.legacy), (3, false));
+        assert_eq!(back.driver, r.driver);
+        assert_eq!(back.hasher.digest(), hasher.digest());
+        let old = serde_json::json!({
+            "offset": 3,
+            "sha256": berth_core::digest::hex(&hasher.save()),
+            "driver": berth_core::digest::hex(b"state"),
+        })
+        .to_string();
+        let back = Record::decode(&Bytes::from(old)).unwrap();
+        assert!(back.legacy);
+        assert_eq!(&back.driver[..], b"state");
+        // An offset the hash state disagrees with is no record.
+        let bad = Record { offset: 4, ..r };
+        assert!(Record::decode(&bad.encode()).is_none());
+    }
+
+    fn body(parts: Vec<Vec<u8>>) -> impl Stream<Item = std::result::Result<Bytes, Infallible>> {
+        futures_util::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from(p))))
+    }
+
+    /// A whole blob in one request: stored and linked without a session when small, through
+    /// a session (then deleted) when large; a wrong digest stores nothing.
+    #[tokio::test]
+    async fn blobs_pushed_whole() {
+        let driver = Arc::new(InMemoryDriver::new());
+        let reg = Registry::new(driver.clone(), crate::Options::default());
+        let name: RepoName = "whole/app".parse().unwrap();
+        let uploads = format!("{}/_uploads", paths::repo(&name));
+        for len in [0, 1000, SMALL_BLOB + 1000] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let d = Digest::sha256_of(&data);
+            let halves = vec![data[..len / 2].to_vec(), data[len / 2..].to_vec()];
+            let info = reg.push_blob(&name, &d, body(halves)).await.unwrap();
+            assert_eq!(info.size, len as u64);
+            assert_eq!(reg.stat_blob(&name, &d).await.unwrap().size, len as u64);
+            let stored = driver.get_content(&paths::blob_data(&d)).await.unwrap();
+            assert!(stored == data, "{len} bytes stored as sent");
+            assert!(
+                driver.list(&uploads).await.is_err(),
+                "no session left after {len} bytes"
+            );
+        }
+        let wrong = Digest::sha256_of(b"something else");
+        let e = reg
+            .push_blob(&name, &wrong, body(vec![b"data".to_vec()]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::Oci(o) if o.code == ErrorCode::DigestInvalid),
+            "{e:?}"
+        );
+        assert!(driver
+            .stat(&paths::blob_data(&wrong))
+            .await
+            .unwrap_err()
+            .is_not_found());
+        assert!(driver
+            .stat(&paths::blob_data(&Digest::sha256_of(b"data")))
+            .await
+            .unwrap_err()
+            .is_not_found());
     }
 }

@@ -124,7 +124,9 @@ pub trait StorageDriver: Send + Sync + 'static {
     async fn append(&self, path: &str, state: Option<Bytes>) -> Result<Box<dyn AppendWriter>>;
     /// Turns a staged object (all writes committed) into a regular object at `dest`, which
     /// may be `path` itself. Where the driver can, the bytes are written once: a move on the
-    /// filesystem, one server-side copy on S3.
+    /// filesystem, one server-side copy on S3. The staged object at `path` may remain when
+    /// `dest` is another path (S3 leaves it rather than pay a request to delete it): the
+    /// caller deletes it, as a registry deletes the upload session it belongs to.
     /// A staged object that never received a byte is an empty object.
     async fn finish_append(&self, path: &str, _state: Option<Bytes>, dest: &str) -> Result<()> {
         let done = if path == dest {

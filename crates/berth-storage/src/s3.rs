@@ -934,9 +934,10 @@ impl StorageDriver for S3Driver {
                     .await?;
                 if key != dest_key {
                     // The multipart object's key was fixed when the upload began; the final
-                    // path is known only now. One server-side copy, then the staged object goes.
+                    // path is known only now. One server-side copy; the staged object is left
+                    // for the caller, which deletes it with the rest of the session (see the
+                    // trait) in the request it makes anyway.
                     self.copy(&key, &dest_key, s.size, path).await?;
-                    self.delete_key(&key, path).await?;
                 }
                 Ok(())
             }

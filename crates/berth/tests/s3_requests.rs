@@ -279,5 +279,34 @@ fn what_a_push_and_a_pull_cost_in_s3_requests() {
         render("no blob-descriptor cache", &uncached)
     );
     println!("{table}");
-    let _ = cost;
+    // Bounds: (operation, with the in-memory cache, without a cache), on requests other than
+    // UploadPart (the bytes themselves: one per 5 MiB `chunksize` here). Why each request is
+    // there: docs/ARCHITECTURE.md, "What a push costs".
+    let bounds: [(&str, u64, u64); 11] = [
+        ("docker push, 1 MB", 8, 8),
+        ("docker push, 12 MB", 11, 11),
+        ("containerd push", 6, 6),
+        ("monolithic POST", 5, 5),
+        ("chunked push", 15, 15),
+        ("HEAD of a blob", 2, 2),
+        // Without a cache: the link in `from` (what the client may read), the content (a
+        // link may outlive it), the new link.
+        ("mount", 2, 3),
+        // Without a cache, one HEAD per referenced blob's link (3 here).
+        ("manifest PUT", 4, 7),
+        ("pull: HEAD manifest", 3, 3),
+        ("pull: GET manifest", 2, 2),
+        ("pull: GET blob", 1, 3),
+    ];
+    for (what, with_cache, without) in bounds {
+        for (costs, bound, config) in [(&cached, with_cache, "inmemory"), (&uncached, without, "none")] {
+            let c = cost(costs, what);
+            assert!(
+                c.overhead() <= bound,
+                "{} with cache {config}: {} S3 requests besides UploadPart, at most {bound} expected\n{table}",
+                c.what,
+                c.overhead()
+            );
+        }
+    }
 }

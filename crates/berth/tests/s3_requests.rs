@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use berth_conformance::client::{with_query, Body, Client, Resp};
 use berth_conformance::fixtures::{bytes, descriptor, digest, location, OCTET};
-use support::{Berth, Garage};
+use support::{Berth, Garage, Redis};
 
 /// One measured client operation.
 struct Cost {
@@ -143,17 +143,24 @@ fn chunked_push(c: &Client, repo: &str, data: &[u8], chunk: usize) {
     );
 }
 
-/// Every operation once, on a fresh Berth over a fresh bucket with `storage_extra` (the cache).
-fn costs(garage: &Garage, bucket: &str, storage_extra: &str) -> Vec<Cost> {
-    garage.create_bucket(bucket);
+/// `berth serve` on `bucket` with `storage_extra` (the cache) and `extra` (other sections).
+fn start(garage: &Garage, bucket: &str, storage_extra: &str, extra: &str) -> Berth {
     let storage = garage.storage_yaml(
         bucket,
         "",
         &format!("{storage_extra}  maintenance:\n    uploadpurging:\n      enabled: false\n"),
     );
-    let cfg = format!("version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n");
+    let cfg = format!(
+        "version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n{extra}"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let berth = Berth::start_with_config(&cfg, dir.path());
+    Berth::start_with_config(&cfg, dir.path())
+}
+
+/// Every operation once, on a fresh Berth over a fresh bucket.
+fn costs(garage: &Garage, bucket: &str, storage_extra: &str, extra: &str) -> Vec<Cost> {
+    garage.create_bucket(bucket);
+    let berth = start(garage, bucket, storage_extra, extra);
     let c = Client::new(&berth.url, None);
     let repo = "cost/app";
     // Warm-up: the bucket check and the first connection are not what a push costs.
@@ -271,12 +278,21 @@ fn what_a_push_and_a_pull_cost_in_s3_requests() {
         &garage,
         "cost-inmemory",
         "  cache:\n    blobdescriptor: inmemory\n",
+        "",
     );
-    let uncached = costs(&garage, "cost-none", "");
+    let uncached = costs(&garage, "cost-none", "", "");
+    let redis = Redis::start();
+    let shared = costs(
+        &garage,
+        "cost-redis",
+        "  cache:\n    blobdescriptor: redis\n",
+        &redis.yaml(),
+    );
     let table = format!(
-        "{}{}",
+        "{}{}{}",
         render("blobdescriptor: inmemory", &cached),
-        render("no blob-descriptor cache", &uncached)
+        render("no blob-descriptor cache", &uncached),
+        render("blobdescriptor: redis", &shared)
     );
     println!("{table}");
     // Bounds: (operation, with the in-memory cache, without a cache), on requests other than
@@ -299,7 +315,11 @@ fn what_a_push_and_a_pull_cost_in_s3_requests() {
         ("pull: GET blob", 1, 3),
     ];
     for (what, with_cache, without) in bounds {
-        for (costs, bound, config) in [(&cached, with_cache, "inmemory"), (&uncached, without, "none")] {
+        for (costs, bound, config) in [
+            (&cached, with_cache, "inmemory"),
+            (&shared, with_cache, "redis"),
+            (&uncached, without, "none"),
+        ] {
             let c = cost(costs, what);
             assert!(
                 c.overhead() <= bound,
@@ -309,4 +329,112 @@ fn what_a_push_and_a_pull_cost_in_s3_requests() {
             );
         }
     }
+}
+
+/// The path of an upload URL, to send it to another replica.
+fn path_of(location: &str) -> String {
+    location[location.find("/v2/").unwrap()..].to_owned()
+}
+
+/// The cheaper session lookups hold across replicas: Docker's push with each request on the
+/// next of three replicas (the one `PATCH` finds the session by listing it, the `PUT` by its
+/// record), and a streamed upload of two `PATCH`es without `Content-Range` (the second finds
+/// the first's record, tail bytes inside, on another replica), each then pulled whole from
+/// every replica; no session is left behind.
+#[test]
+fn sessions_move_between_replicas() {
+    let garage = Garage::start();
+    garage.create_bucket("replicas");
+    let replicas: Vec<Berth> = (0..3)
+        .map(|_| start(&garage, "replicas", "", ""))
+        .collect();
+    let c: Vec<Client> = replicas.iter().map(|b| Client::new(&b.url, None)).collect();
+    let repo = "team/app";
+    let blob = bytes("docker across replicas", 7_000_000);
+    let streamed = bytes("streamed across replicas", 9_000_000);
+    let patch = |i: usize, loc: &str, data: &[u8]| {
+        path_of(
+            &location(&ok(
+                c[i % 3]
+                    .send("PATCH", loc, &[("Content-Type", OCTET)], Body::Bytes(data))
+                    .unwrap(),
+                202,
+            ))
+            .unwrap(),
+        )
+    };
+    for (first, data, pieces) in [(0, &blob, 1), (1, &streamed, 2)] {
+        let d = digest(data);
+        let mut loc = path_of(&c[first].start_upload(repo).unwrap());
+        let mut at = first;
+        for piece in data.chunks(data.len().div_ceil(pieces)) {
+            at += 1;
+            loc = patch(at, &loc, piece);
+            // Every replica reports the same progress.
+            for (j, cj) in c.iter().enumerate() {
+                let st = ok(cj.get(&loc, &[]).unwrap(), 204);
+                assert!(st.header("range").is_some(), "replica {j}");
+            }
+        }
+        ok(
+            c[(at + 1) % 3]
+                .send("PUT", &with_query(&loc, "digest", &d), &[], Body::Bytes(&[]))
+                .unwrap(),
+            201,
+        );
+        for (j, cj) in c.iter().enumerate() {
+            let r = ok(cj.get(&format!("/v2/{repo}/blobs/{d}"), &[]).unwrap(), 200);
+            assert!(r.body == *data, "replica {j} serves other bytes");
+        }
+    }
+    // A wrong digest across replicas: refused, nothing stored, the session gone.
+    let loc = path_of(&c[0].start_upload(repo).unwrap());
+    let loc = patch(1, &loc, b"some bytes");
+    let wrong = digest(b"other bytes");
+    let r = c[2]
+        .send("PUT", &with_query(&loc, "digest", &wrong), &[], Body::Bytes(&[]))
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.describe());
+    assert_eq!(r.error_codes(), ["DIGEST_INVALID"]);
+    ok(c[0].head(&format!("/v2/{repo}/blobs/{wrong}")).unwrap(), 404);
+    ok(c[1].get(&loc, &[]).unwrap(), 404);
+    // Nothing of the sessions is left in the bucket.
+    assert_eq!(
+        listing(
+            &garage,
+            "replicas",
+            &format!("/docker/registry/v2/repositories/{repo}/_uploads")
+        ),
+        Vec::<String>::new()
+    );
+    for (i, b) in replicas.iter().enumerate() {
+        assert!(!b.log().contains(" ERROR "), "replica {i}:\n{}", b.log());
+    }
+}
+
+/// What the bucket holds under a driver path (the directory's entries; none when absent).
+fn listing(garage: &Garage, bucket: &str, path: &str) -> Vec<String> {
+    use berth_storage::{S3Config, S3Driver, StorageDriver};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = S3Driver::new(S3Config {
+            region: "garage".into(),
+            region_endpoint: Some(garage.url.clone()),
+            bucket: bucket.into(),
+            access_key: Some(garage.key_id.clone()),
+            secret_key: Some(garage.secret.clone()),
+            force_path_style: true,
+            ..S3Config::default()
+        })
+        .await
+        .unwrap();
+        match d.list(path).await {
+            Ok(entries) => entries,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => panic!("listing {path}: {e}"),
+        }
+    })
 }

@@ -76,8 +76,13 @@ fn docker_push(c: &Client, repo: &str, data: &[u8]) {
     ))
     .unwrap();
     ok(
-        c.send("PUT", &with_query(&loc, "digest", &d), &[], Body::Bytes(&[]))
-            .unwrap(),
+        c.send(
+            "PUT",
+            &with_query(&loc, "digest", &d),
+            &[],
+            Body::Bytes(&[]),
+        )
+        .unwrap(),
         201,
     );
 }
@@ -137,8 +142,13 @@ fn chunked_push(c: &Client, repo: &str, data: &[u8], chunk: usize) {
         start += part.len();
     }
     ok(
-        c.send("PUT", &with_query(&loc, "digest", &d), &[], Body::Bytes(&[]))
-            .unwrap(),
+        c.send(
+            "PUT",
+            &with_query(&loc, "digest", &d),
+            &[],
+            Body::Bytes(&[]),
+        )
+        .unwrap(),
         201,
     );
 }
@@ -150,9 +160,8 @@ fn start(garage: &Garage, bucket: &str, storage_extra: &str, extra: &str) -> Ber
         "",
         &format!("{storage_extra}  maintenance:\n    uploadpurging:\n      enabled: false\n"),
     );
-    let cfg = format!(
-        "version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n{extra}"
-    );
+    let cfg =
+        format!("version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n{extra}");
     let dir = tempfile::tempdir().unwrap();
     Berth::start_with_config(&cfg, dir.path())
 }
@@ -172,13 +181,19 @@ fn costs(garage: &Garage, bucket: &str, storage_extra: &str, extra: &str) -> Vec
     let config = bytes("config", 2_000);
     let small = bytes("containerd layer", 300_000);
     let mut out = vec![
-        measure(garage, "docker push, 1 MB (HEAD 404, POST, PATCH, PUT)", || {
-            docker_push(&c, repo, &layer)
+        measure(
+            garage,
+            "docker push, 1 MB (HEAD 404, POST, PATCH, PUT)",
+            || docker_push(&c, repo, &layer),
+        ),
+        measure(garage, "docker push, 12 MB", || {
+            docker_push(&c, repo, &large)
         }),
-        measure(garage, "docker push, 12 MB", || docker_push(&c, repo, &large)),
-        measure(garage, "containerd push, 300 kB (HEAD 404, POST, PUT)", || {
-            containerd_push(&c, repo, &small)
-        }),
+        measure(
+            garage,
+            "containerd push, 300 kB (HEAD 404, POST, PUT)",
+            || containerd_push(&c, repo, &small),
+        ),
         measure(garage, "monolithic POST ?digest=, 2 kB", || {
             monolithic_push(&c, repo, &config)
         }),
@@ -345,9 +360,7 @@ fn path_of(location: &str) -> String {
 fn sessions_move_between_replicas() {
     let garage = Garage::start();
     garage.create_bucket("replicas");
-    let replicas: Vec<Berth> = (0..3)
-        .map(|_| start(&garage, "replicas", "", ""))
-        .collect();
+    let replicas: Vec<Berth> = (0..3).map(|_| start(&garage, "replicas", "", "")).collect();
     let c: Vec<Client> = replicas.iter().map(|b| Client::new(&b.url, None)).collect();
     let repo = "team/app";
     let blob = bytes("docker across replicas", 7_000_000);
@@ -378,7 +391,12 @@ fn sessions_move_between_replicas() {
         }
         ok(
             c[(at + 1) % 3]
-                .send("PUT", &with_query(&loc, "digest", &d), &[], Body::Bytes(&[]))
+                .send(
+                    "PUT",
+                    &with_query(&loc, "digest", &d),
+                    &[],
+                    Body::Bytes(&[]),
+                )
                 .unwrap(),
             201,
         );
@@ -392,11 +410,19 @@ fn sessions_move_between_replicas() {
     let loc = patch(1, &loc, b"some bytes");
     let wrong = digest(b"other bytes");
     let r = c[2]
-        .send("PUT", &with_query(&loc, "digest", &wrong), &[], Body::Bytes(&[]))
+        .send(
+            "PUT",
+            &with_query(&loc, "digest", &wrong),
+            &[],
+            Body::Bytes(&[]),
+        )
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.describe());
     assert_eq!(r.error_codes(), ["DIGEST_INVALID"]);
-    ok(c[0].head(&format!("/v2/{repo}/blobs/{wrong}")).unwrap(), 404);
+    ok(
+        c[0].head(&format!("/v2/{repo}/blobs/{wrong}")).unwrap(),
+        404,
+    );
     ok(c[1].get(&loc, &[]).unwrap(), 404);
     // Nothing of the sessions is left in the bucket.
     assert_eq!(

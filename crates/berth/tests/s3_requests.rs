@@ -9,6 +9,9 @@
 
 mod support;
 
+#[path = "support/clients.rs"]
+mod clients_support;
+
 use std::collections::BTreeMap;
 
 use berth_conformance::client::{with_query, Body, Client, Resp};
@@ -463,4 +466,110 @@ fn listing(garage: &Garage, bucket: &str, path: &str) -> Vec<String> {
             Err(e) => panic!("listing {path}: {e}"),
         }
     })
+}
+
+/// Real clients push a five-blob image (a config and four layers, each image its own, so no
+/// blob is in the registry yet) onto Garage: skopeo, Docker (a private dockerd) and
+/// containerd's `ctr`, each counted as a whole (its probes, mounts and manifest included).
+#[test]
+fn real_clients_push_a_five_blob_image() {
+    use clients_support::{Containerd, Dockerd, Lab, Layout};
+    let garage = Garage::start();
+    garage.create_bucket("clients");
+    let lab = Lab::start_with(|_| {
+        start(
+            &garage,
+            "clients",
+            "  cache:\n    blobdescriptor: inmemory\n",
+            "",
+        )
+    });
+    let layout = Layout::init(&lab, &lab.path("in"));
+    let files = |who: &str| -> Vec<(String, String)> {
+        (0..4)
+            .map(|i| (format!("/layer{i}"), format!("{who}: layer {i}\n")))
+            .collect()
+    };
+    let image = |who: &str| {
+        let f = files(who);
+        let f: Vec<(&str, &str)> = f.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let img = layout.add_image(&lab, who, "amd64", &f);
+        assert_eq!(img.layers.len(), 4);
+    };
+    for who in ["skopeo", "docker", "ctr"] {
+        image(who);
+    }
+    let mut out = Vec::new();
+    out.push(measure(&garage, "skopeo copy", || {
+        lab.run(lab.skopeo().args([
+            "copy",
+            "--dest-tls-verify=false",
+            &layout.reference("skopeo"),
+            &lab.docker_ref("team/skopeo", "v1"),
+        ]));
+    }));
+
+    let dockerd = Dockerd::start(&lab, &lab.path("docker"), "vfs");
+    let archive = lab.path("docker.tar");
+    lab.run(lab.skopeo().args([
+        "copy",
+        &layout.reference("docker"),
+        &format!("docker-archive:{}:berth-test/local:v1", archive.display()),
+    ]));
+    lab.run(
+        dockerd
+            .docker(&lab)
+            .arg("load")
+            .arg("--input")
+            .arg(&archive),
+    );
+    let name = lab.image_ref("team/docker", "v1");
+    lab.run(
+        dockerd
+            .docker(&lab)
+            .args(["tag", "berth-test/local:v1", &name]),
+    );
+    out.push(measure(&garage, "docker push", || {
+        lab.run(dockerd.docker(&lab).args(["push", &name]));
+    }));
+    drop(dockerd);
+
+    let containerd = Containerd::start(&lab, &lab.path("containerd"));
+    let archive = lab.path("ctr.tar");
+    lab.run(lab.skopeo().args([
+        "copy",
+        &layout.reference("ctr"),
+        &format!("oci-archive:{}:v1", archive.display()),
+    ]));
+    lab.run(
+        containerd
+            .ctr(&lab)
+            .args(["images", "import", "--base-name"])
+            .arg(format!("{}/team/ctr", lab.berth.host))
+            .arg(&archive),
+    );
+    let name = lab.image_ref("team/ctr", "v1");
+    out.push(measure(&garage, "ctr images push", || {
+        lab.run(
+            containerd
+                .ctr(&lab)
+                .args(["images", "push", "--plain-http", &name]),
+        );
+    }));
+    let table = render(
+        "real clients, 5 new blobs and a manifest (inmemory cache)",
+        &out,
+    );
+    println!("{table}");
+    // At most eight per blob and the manifest's four writes; skopeo asks `HEAD` twice for
+    // each layer (once to reuse it, once before uploading it), one request each.
+    for (c, client_extra) in out.iter().zip([4, 0, 0]) {
+        let bound = 5 * 8 + 4 + client_extra;
+        assert!(
+            c.total() <= bound,
+            "{}: {} S3 requests, at most {bound} expected\n{table}",
+            c.what,
+            c.total()
+        );
+    }
 }

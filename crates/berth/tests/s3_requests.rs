@@ -441,25 +441,33 @@ fn sessions_move_between_replicas() {
     }
 }
 
-/// What the bucket holds under a driver path (the directory's entries; none when absent).
-fn listing(garage: &Garage, bucket: &str, path: &str) -> Vec<String> {
-    use berth_storage::{S3Config, S3Driver, StorageDriver};
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// The S3 driver on a bucket of `garage`.
+async fn driver(garage: &Garage, bucket: &str) -> berth_storage::S3Driver {
+    berth_storage::S3Driver::new(berth_storage::S3Config {
+        region: "garage".into(),
+        region_endpoint: Some(garage.url.clone()),
+        bucket: bucket.into(),
+        access_key: Some(garage.key_id.clone()),
+        secret_key: Some(garage.secret.clone()),
+        force_path_style: true,
+        ..berth_storage::S3Config::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        let d = S3Driver::new(S3Config {
-            region: "garage".into(),
-            region_endpoint: Some(garage.url.clone()),
-            bucket: bucket.into(),
-            access_key: Some(garage.key_id.clone()),
-            secret_key: Some(garage.secret.clone()),
-            force_path_style: true,
-            ..S3Config::default()
-        })
-        .await
-        .unwrap();
+        .unwrap()
+}
+
+/// What the bucket holds under a driver path (the directory's entries; none when absent).
+fn listing(garage: &Garage, bucket: &str, path: &str) -> Vec<String> {
+    use berth_storage::StorageDriver;
+    runtime().block_on(async {
+        let d = driver(garage, bucket).await;
         match d.list(path).await {
             Ok(entries) => entries,
             Err(e) if e.is_not_found() => Vec::new(),
@@ -572,4 +580,35 @@ fn real_clients_push_a_five_blob_image() {
             c.total()
         );
     }
+}
+
+/// `Registry::push_blob`, a whole blob in one request without an upload session (what a
+/// `POST ?digest=` with a body can cost): the blob and its link, two writes.
+#[test]
+fn a_blob_pushed_whole_costs_two_writes() {
+    let garage = Garage::start();
+    garage.create_bucket("whole");
+    runtime().block_on(async {
+        let d = driver(&garage, "whole").await;
+        let reg = berth_registry::Registry::new(
+            std::sync::Arc::new(d.clone()),
+            berth_registry::Options::default(),
+        );
+        let name = "cost/whole".parse().unwrap();
+        let data = bytes("pushed whole", 300_000);
+        let digest = digest(&data).parse().unwrap();
+        let before = d.request_counts().snapshot();
+        // A request body, as the handler passes it.
+        let body = axum::body::Body::from(data.clone()).into_data_stream();
+        let info = reg.push_blob(&name, &digest, body).await.unwrap();
+        assert_eq!(info.size, data.len() as u64);
+        let after = d.request_counts().snapshot();
+        let made: BTreeMap<&str, u64> = after
+            .iter()
+            .map(|(k, n)| (*k, n - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(made, BTreeMap::from([("PutObject", 2)]));
+        assert_eq!(reg.stat_blob(&name, &digest).await.unwrap().size, 300_000);
+    });
 }

@@ -653,7 +653,9 @@ impl Registry {
         self.driver
             .abort_append(&paths::upload_data(name, id), p.record.map(|r| r.driver))
             .await?;
-        self.end_session(name, id, p.files).await
+        // Listed and deleted whole: a cancel (or the purger's) is rare, and also removes what
+        // a failed request may have left in the session.
+        self.delete_if_exists(&paths::upload_dir(name, id)).await
     }
 
     /// Streams `body` into the session's data and returns where the session stands after it.

@@ -612,3 +612,82 @@ fn a_blob_pushed_whole_costs_two_writes() {
         assert_eq!(reg.stat_blob(&name, &digest).await.unwrap().size, 300_000);
     });
 }
+
+/// A session an older Berth started on S3 (its record in the older form, one JSON object,
+/// naming a tail *object*) is continued and finished by this one: the tail is read, the blob
+/// is whole, and the session, tail object included, is gone afterwards.
+#[test]
+fn a_session_an_older_berth_started_is_finished() {
+    use berth_storage::StorageDriver;
+    let garage = Garage::start();
+    garage.create_bucket("older");
+    let berth = start(&garage, "older", "", "");
+    let c = Client::new(&berth.url, None);
+    let repo = "old/app";
+    let loc = path_of(&c.start_upload(repo).unwrap());
+    let id = loc.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let dir = format!("/docker/registry/v2/repositories/{repo}/_uploads/{id}");
+    let first = bytes("from an older berth", 1000);
+    let second = bytes("from this berth", 3000);
+    // What an older Berth's first PATCH left: a tail object and a record naming it.
+    runtime().block_on(async {
+        let d = driver(&garage, "older").await;
+        let tail_key = format!("{}/data.tail-1000", &dir[1..]);
+        d.put_content(&format!("{dir}/data.tail-1000"), first.clone().into())
+            .await
+            .unwrap();
+        let staging = serde_json::json!({
+            "upload_id": null, "parts": [], "tail": [tail_key, 1000], "size": 1000,
+        });
+        let mut hasher = berth_core::ResumableSha256::new();
+        hasher.update(&first);
+        let record = serde_json::json!({
+            "offset": 1000,
+            "sha256": berth_core::digest::hex(&hasher.save()),
+            "driver": berth_core::digest::hex(staging.to_string().as_bytes()),
+        });
+        d.put_content(&format!("{dir}/berthstate"), record.to_string().into())
+            .await
+            .unwrap();
+    });
+    let st = ok(c.get(&loc, &[]).unwrap(), 204);
+    assert_eq!(st.header("range"), Some("0-999"));
+    let loc = path_of(
+        &location(&ok(
+            c.send(
+                "PATCH",
+                &loc,
+                &[("Content-Type", OCTET), ("Content-Range", "1000-3999")],
+                Body::Bytes(&second),
+            )
+            .unwrap(),
+            202,
+        ))
+        .unwrap(),
+    );
+    let whole = [first, second].concat();
+    let d = digest(&whole);
+    ok(
+        c.send(
+            "PUT",
+            &with_query(&loc, "digest", &d),
+            &[],
+            Body::Bytes(&[]),
+        )
+        .unwrap(),
+        201,
+    );
+    let r = ok(c.get(&format!("/v2/{repo}/blobs/{d}"), &[]).unwrap(), 200);
+    assert!(
+        r.body == whole,
+        "the blob is the older tail and the new chunk"
+    );
+    assert_eq!(
+        listing(
+            &garage,
+            "older",
+            &format!("/docker/registry/v2/repositories/{repo}/_uploads")
+        ),
+        Vec::<String>::new()
+    );
+}

@@ -2,9 +2,12 @@
 //! Garage, whose metrics count every request it answers): a blob push the way Docker,
 //! containerd, oras and skopeo send it, a blob the repository or the registry already has
 //! (`HEAD`, mount), a manifest push and a pull — with the in-memory blob-descriptor cache
-//! (distribution's default configuration) and without a cache. The counts are printed
+//! (distribution's default configuration), with Redis, and without a cache; and real clients
+//! (skopeo, Docker, containerd's `ctr`) pushing an image. The counts are printed
 //! (`cargo nextest run -p berth --test s3_requests --no-capture`) and bounded, so a change
-//! that adds requests to these paths fails here.
+//! that adds requests to these paths fails here. The cheaper session paths are also checked
+//! for what they must keep: sessions moving between replicas, a session an older Berth
+//! started, and the conformance runner, all on Garage.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -689,5 +692,24 @@ fn a_session_an_older_berth_started_is_finished() {
             &format!("/docker/registry/v2/repositories/{repo}/_uploads")
         ),
         Vec::<String>::new()
+    );
+}
+
+/// The conformance runner on Garage without a blob-descriptor cache: every upload form the
+/// spec has (monolithic, streamed, chunked, out of order, cancelled, mounted) through the
+/// cheaper session paths, on a real S3 server.
+#[test]
+fn conformance_on_garage_without_a_cache() {
+    use berth_conformance::{run, Gaps, Options};
+    let garage = Garage::start();
+    garage.create_bucket("conformance");
+    let berth = start(&garage, "conformance", "", "");
+    let report = run(&Options::new(&berth.url));
+    let verdict = report.judge(&Gaps::default());
+    assert!(
+        verdict.ok(),
+        "{}\n{verdict}\n{}",
+        report.render(&Gaps::default()),
+        berth.log()
     );
 }

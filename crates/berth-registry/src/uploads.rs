@@ -9,6 +9,14 @@
 //! whole blob in memory. A chunk resumes from the saved state at the current offset, so
 //! received data is never re-read to hash it (only if a state is missing, e.g. after a crash
 //! between writing data and saving the state, is the data re-hashed once).
+//!
+//! On S3 every request is a round trip and a line on the bill, so each session operation
+//! asks storage only what it must (see "What a push costs" in docs/ARCHITECTURE.md): a
+//! session is found by its record, or, for what is probably its first chunk, by one listing
+//! of its directory; a blob small enough to be written in one request is written without
+//! asking first whether it exists (rewriting identical bytes is harmless, and makes the blob
+//! fresh for garbage collection as a touch would); and a finished session whose objects are
+//! all known is deleted without listing it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -62,43 +70,87 @@ impl fmt::Display for UploadId {
 /// A blob sent whole in one request up to this size is stored without staging.
 pub const SMALL_BLOB: usize = 8 << 20;
 
+/// The objects of a session on a driver that stages with state, by base name: `startedat`,
+/// Berth's record, and `data` (on S3 only for the moment a multipart upload is completed
+/// before it is copied to its blob path).
+const SESSION_FILES: &[&str] = &["startedat", "berthstate", "data"];
+
 /// Where a session stands.
 struct Cursor {
     offset: u64,
     hasher: ResumableSha256,
     /// The driver's staging state, on drivers that have one.
     driver: Option<Bytes>,
+    /// Every object the session may hold, when that is known: it is then deleted without
+    /// listing it ([`berth_storage::StorageDriver::delete_dir_known`]).
+    files: Option<&'static [&'static str]>,
 }
 
-/// Berth's per-chunk record on drivers that stage with state: one JSON object, so offset, hash
-/// state and driver state change together.
+/// Where a session stands, without its hash state.
+struct Position {
+    offset: u64,
+    record: Option<Record>,
+    files: Option<&'static [&'static str]>,
+}
+
+impl Position {
+    fn of_record(r: Record) -> Position {
+        Position {
+            offset: r.offset,
+            // A record of the older form may name a tail object of the driver's.
+            files: (!r.legacy).then_some(SESSION_FILES),
+            record: Some(r),
+        }
+    }
+}
+
+/// Berth's per-chunk record on drivers that stage with state: one object, so offset, hash
+/// state and driver state change together. A JSON line (offset, hash state), then the driver's
+/// state as it is (on S3 that includes the bytes after the last part, up to `chunksize`). The
+/// older form, one JSON object with the driver state in hex, is still read.
 struct Record {
     offset: u64,
     hasher: ResumableSha256,
     driver: Bytes,
+    /// Read from the older form.
+    legacy: bool,
 }
 
 impl Record {
     fn encode(&self) -> Bytes {
-        let v = serde_json::json!({
+        let head = serde_json::json!({
             "offset": self.offset,
             "sha256": berth_core::digest::hex(&self.hasher.save()),
-            "driver": berth_core::digest::hex(&self.driver),
-        });
-        Bytes::from(v.to_string())
+        })
+        .to_string();
+        let mut out = Vec::with_capacity(head.len() + 1 + self.driver.len());
+        out.extend_from_slice(head.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&self.driver);
+        Bytes::from(out)
     }
 
-    fn decode(b: &[u8]) -> Option<Record> {
-        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+    fn decode(b: &Bytes) -> Option<Record> {
+        let (head, driver) = match b.iter().position(|&c| c == b'\n') {
+            Some(i) => (b.slice(..i), Some(b.slice(i + 1..))),
+            None => (b.clone(), None),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&head).ok()?;
         let hasher = ResumableSha256::restore(&unhex(v["sha256"].as_str()?)?).ok()?;
         let offset = v["offset"].as_u64()?;
         if hasher.len() != offset {
             return None;
         }
+        let legacy = driver.is_none();
+        let driver = match driver {
+            Some(d) => d,
+            None => Bytes::from(unhex(v["driver"].as_str()?)?),
+        };
         Some(Record {
             offset,
             hasher,
-            driver: Bytes::from(unhex(v["driver"].as_str()?)?),
+            driver,
+            legacy,
         })
     }
 }
@@ -111,6 +163,13 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// `DIGEST_INVALID` with both digests.
+fn digest_invalid(expected: &Digest, computed: &Digest) -> RegistryError {
+    RegistryError::Oci(berth_core::OciError::new(ErrorCode::DigestInvalid).detail(
+        serde_json::json!({ "expected": expected.to_string(), "computed": computed.to_string() }),
+    ))
 }
 
 /// A chunk's `Content-Range` start must be the session's offset.
@@ -176,14 +235,71 @@ impl Registry {
 
     /// The session's progress; `BLOB_UPLOAD_UNKNOWN` when there is no such session.
     pub async fn upload_status(&self, name: &RepoName, id: &UploadId) -> Result<UploadStatus> {
-        let offset = match self.read_record(name, id).await? {
-            Some(r) => r.offset,
-            None => self.data_size(name, id).await?,
-        };
+        let offset = self.locate(name, id, false).await?.offset;
         Ok(UploadStatus {
             id: id.clone(),
             offset,
         })
+    }
+
+    /// Finds a session. A later chunk finds its record (one read). For what is probably the
+    /// session's first chunk (`first`), one listing of its directory says at once whether
+    /// the session exists and whether it has a record yet, where reads would need two (the
+    /// record, then `startedat`). A listing that finds no session is confirmed by reads, so
+    /// a listing that lags behind a write (on a store with eventually consistent listings)
+    /// cannot lose a session.
+    async fn locate(&self, name: &RepoName, id: &UploadId, first: bool) -> Result<Position> {
+        if first {
+            if let Some(p) = self.locate_by_listing(name, id).await? {
+                return Ok(p);
+            }
+        }
+        if let Some(r) = self.read_record(name, id).await? {
+            return Ok(Position::of_record(r));
+        }
+        Ok(Position {
+            offset: self.data_size(name, id).await?,
+            record: None,
+            files: None,
+        })
+    }
+
+    /// [`locate`](Self::locate) by listing; `None` when the listing shows no session.
+    async fn locate_by_listing(&self, name: &RepoName, id: &UploadId) -> Result<Option<Position>> {
+        let entries = match self.driver.list_names(&paths::upload_dir(name, id)).await {
+            Ok(e) => e,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let has = |n: &str| entries.iter().any(|e| e == n);
+        if has("berthstate") {
+            if let Some(r) = self.read_record(name, id).await? {
+                return Ok(Some(Position::of_record(r)));
+            }
+        }
+        let offset = if has("data") {
+            // The filesystem's data file is its own state.
+            match self.driver.stat_object(&paths::upload_data(name, id)).await {
+                Ok(st) => Some(st.size),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let offset = match offset {
+            Some(o) => o,
+            None if has("startedat") => 0,
+            None => return Ok(None),
+        };
+        Ok(Some(Position {
+            offset,
+            record: None,
+            files: entries
+                .iter()
+                .all(|e| SESSION_FILES.contains(&e.as_str()))
+                .then_some(SESSION_FILES),
+        }))
     }
 
     /// The received size on a driver without staging state: the data object's, or 0 when
@@ -199,6 +315,20 @@ impl Registry {
                 }
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a finished session: without listing it when its objects are known.
+    async fn end_session(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        files: Option<&[&str]>,
+    ) -> Result<()> {
+        let dir = paths::upload_dir(name, id);
+        match files {
+            Some(f) => Ok(self.driver.delete_dir_known(&dir, f).await?),
+            None => self.delete_if_exists(&dir).await,
         }
     }
 
@@ -223,20 +353,23 @@ impl Registry {
         }
     }
 
-    /// Where the session stands: offset, hash state, driver state.
-    async fn cursor(&self, name: &RepoName, id: &UploadId) -> Result<Cursor> {
-        if let Some(r) = self.read_record(name, id).await? {
+    /// Where the session stands: offset, hash state, driver state (`first`: see
+    /// [`locate`](Self::locate)).
+    async fn cursor(&self, name: &RepoName, id: &UploadId, first: bool) -> Result<Cursor> {
+        let p = self.locate(name, id, first).await?;
+        if let Some(r) = p.record {
             return Ok(Cursor {
                 offset: r.offset,
                 hasher: r.hasher,
                 driver: Some(r.driver),
+                files: p.files,
             });
         }
-        let offset = self.data_size(name, id).await?;
         Ok(Cursor {
-            offset,
-            hasher: self.load_hash(name, id, offset).await?,
+            offset: p.offset,
+            hasher: self.load_hash(name, id, p.offset).await?,
             driver: None,
+            files: p.files,
         })
     }
 
@@ -254,7 +387,9 @@ impl Registry {
         E: fmt::Display,
     {
         let _guard = self.locks.lock(format!("{name}/{id}")).await;
-        let cursor = self.cursor(name, id).await?;
+        // A chunk at 0 (or without a range: Docker's one PATCH) probably opens the session.
+        let first = matches!(start, None | Some(0));
+        let cursor = self.cursor(name, id, first).await?;
         check_start(start, cursor.offset)?;
         let cursor = self.receive(name, id, cursor, body).await?;
         Ok(UploadStatus {
@@ -282,8 +417,94 @@ impl Registry {
         E: fmt::Display + Send + 'static,
     {
         let _guard = self.locks.lock(format!("{name}/{id}")).await;
-        let mut cursor = self.cursor(name, id).await?;
+        // A body at 0 is probably the whole blob, in the session's first request
+        // (containerd's POST then PUT); a PUT without one follows chunks (Docker's).
+        let first = body.is_some() && matches!(start, None | Some(0));
+        let cursor = self.cursor(name, id, first).await?;
         check_start(start, cursor.offset)?;
+        self.finish_upload(name, id, digest, cursor, body).await
+    }
+
+    /// A whole blob in one request (`POST ?digest=` with a body): when it is at most
+    /// [`SMALL_BLOB`] bytes, verified in memory and stored without an upload session (on S3
+    /// two writes: the blob and its link); a larger one is staged in a session of its own, as
+    /// [`start_upload`](Self::start_upload) then [`complete_upload`](Self::complete_upload)
+    /// would. A body that breaks off leaves nothing (the client never learnt of a session).
+    pub async fn push_blob<S, E>(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        mut body: S,
+    ) -> Result<BlobInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let mut read: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        while len <= SMALL_BLOB {
+            match body.next().await {
+                None => {
+                    let data = Bytes::from(read.concat());
+                    let computed = Digest::compute(digest.algorithm(), &data);
+                    if &computed != digest {
+                        return Err(digest_invalid(digest, &computed));
+                    }
+                    return self.store_small(name, digest, data).await;
+                }
+                Some(Ok(chunk)) => {
+                    len += chunk.len();
+                    read.push(chunk);
+                }
+                Some(Err(e)) => return Err(RegistryError::Body(e.to_string())),
+            }
+        }
+        let st = self.start_upload(name).await?;
+        let _guard = self.locks.lock(format!("{name}/{}", st.id)).await;
+        // Nobody else knows the session yet: it is empty, no storage call needed to say so.
+        let cursor = Cursor {
+            offset: 0,
+            hasher: ResumableSha256::new(),
+            driver: None,
+            files: Some(SESSION_FILES),
+        };
+        let rest: Staged<E> =
+            Box::pin(futures_util::stream::iter(read.into_iter().map(Ok)).chain(body));
+        self.finish_upload(name, &st.id, digest, cursor, Some(rest))
+            .await
+    }
+
+    /// Stores a verified blob held in memory at its blob path and links it into `name`.
+    /// Written without asking first whether it exists: one request either way, and a blob
+    /// that was there is now fresh for garbage collection, as a touch would make it.
+    async fn store_small(&self, name: &RepoName, digest: &Digest, data: Bytes) -> Result<BlobInfo> {
+        let size = data.len() as u64;
+        let blob = paths::blob_data(digest);
+        self.driver.put_content(&blob, data).await?;
+        self.landed(&blob);
+        self.write_link(&paths::layer_link(name, digest), digest)
+            .await?;
+        self.cache.set_repo_blob(name, digest, size).await;
+        Ok(BlobInfo {
+            digest: digest.clone(),
+            size,
+        })
+    }
+
+    /// [`complete_upload`](Self::complete_upload) from where the session stands (its lock
+    /// held).
+    async fn finish_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        mut cursor: Cursor,
+        body: Option<S>,
+    ) -> Result<BlobInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
+        E: fmt::Display + Send + 'static,
+    {
         if let Some(body) = body {
             let body = match self.small_blob(name, id, digest, &cursor, body).await? {
                 Small::Stored(info) => return Ok(info),
@@ -301,7 +522,10 @@ impl Registry {
                         .discard_mismatch(name, id, cursor.driver, digest, &computed)
                         .await);
                 }
-                if self.refresh(&blob, None).await? {
+                // A blob that is written in one or a few requests is written without asking
+                // first (it is usually new: the client asked the repository before pushing);
+                // a larger one is looked for first, as its server-side copy costs more.
+                if cursor.offset > SMALL_BLOB as u64 && self.refresh(&blob, None).await? {
                     // Already stored (by another repository, or a concurrent push).
                     self.driver
                         .abort_append(&data, cursor.driver.clone())
@@ -334,7 +558,7 @@ impl Registry {
         self.write_link(&paths::layer_link(name, digest), digest)
             .await?;
         self.cache.set_repo_blob(name, digest, cursor.offset).await;
-        self.delete_if_exists(&paths::upload_dir(name, id)).await?;
+        self.end_session(name, id, cursor.files).await?;
         Ok(BlobInfo {
             digest: digest.clone(),
             size: cursor.offset,
@@ -357,9 +581,7 @@ impl Registry {
         if let Err(e) = self.delete_if_exists(&paths::upload_dir(name, id)).await {
             return e;
         }
-        RegistryError::Oci(berth_core::OciError::new(ErrorCode::DigestInvalid).detail(
-            serde_json::json!({ "expected": digest.to_string(), "computed": computed.to_string() }),
-        ))
+        digest_invalid(digest, computed)
     }
 
     /// When the whole blob arrives in one request at offset 0 and fits in
@@ -397,19 +619,9 @@ impl Registry {
                                 )
                                 .await);
                         }
-                        let blob = paths::blob_data(digest);
-                        if !self.refresh(&blob, None).await? {
-                            self.driver.put_content(&blob, data).await?;
-                            self.landed(&blob);
-                        }
-                        self.write_link(&paths::layer_link(name, digest), digest)
-                            .await?;
-                        self.cache.set_repo_blob(name, digest, len as u64).await;
-                        self.delete_if_exists(&paths::upload_dir(name, id)).await?;
-                        return Ok(Small::Stored(BlobInfo {
-                            digest: digest.clone(),
-                            size: len as u64,
-                        }));
+                        let info = self.store_small(name, digest, data).await?;
+                        self.end_session(name, id, cursor.files).await?;
+                        return Ok(Small::Stored(info));
                     }
                     Some(Ok(chunk)) => {
                         len += chunk.len();
@@ -437,13 +649,12 @@ impl Registry {
     /// Cancels a session and discards what it received.
     pub async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<()> {
         let _guard = self.locks.lock(format!("{name}/{id}")).await;
-        let record = self.read_record(name, id).await?;
-        if record.is_none() {
-            self.data_size(name, id).await?;
-        }
+        let p = self.locate(name, id, false).await?;
         self.driver
-            .abort_append(&paths::upload_data(name, id), record.map(|r| r.driver))
+            .abort_append(&paths::upload_data(name, id), p.record.map(|r| r.driver))
             .await?;
+        // Listed and deleted whole: a cancel (or the purger's) is rare, and also removes what
+        // a failed request may have left in the session.
         self.delete_if_exists(&paths::upload_dir(name, id)).await
     }
 
@@ -465,6 +676,7 @@ impl Registry {
             offset,
             mut hasher,
             driver: old_state,
+            mut files,
         } = cursor;
         let mut writer = self
             .driver
@@ -492,6 +704,7 @@ impl Registry {
                         offset: size,
                         hasher: hasher.clone(),
                         driver: state.clone(),
+                        legacy: false,
                     };
                     self.driver
                         .put_content(&paths::upload_berth_state(name, id), record.encode())
@@ -507,6 +720,7 @@ impl Registry {
                             Bytes::from(hasher.save()),
                         )
                         .await?;
+                    files = None;
                 }
             }
         }
@@ -516,6 +730,7 @@ impl Registry {
                 offset: size,
                 hasher,
                 driver: new_state.or(old_state),
+                files,
             }),
         }
     }
@@ -632,7 +847,8 @@ impl BlobWriter {
         let state = writer.commit().await?;
         let data = paths::upload_data(&name, &id);
         let blob = paths::blob_data(digest);
-        if registry.refresh(&blob, None).await? {
+        // As a completed upload: small blobs are written without asking first.
+        if size > SMALL_BLOB as u64 && registry.refresh(&blob, None).await? {
             registry.driver.abort_append(&data, state).await?;
         } else {
             registry.driver.finish_append(&data, state, &blob).await?;
@@ -642,8 +858,9 @@ impl BlobWriter {
             .write_link(&paths::layer_link(&name, digest), digest)
             .await?;
         registry.cache.set_repo_blob(&name, digest, size).await;
+        // Only `startedat` and the staged data: never a record or hash states.
         registry
-            .delete_if_exists(&paths::upload_dir(&name, &id))
+            .end_session(&name, &id, Some(SESSION_FILES))
             .await?;
         Ok(BlobInfo {
             digest: digest.clone(),
@@ -669,6 +886,12 @@ impl BlobWriter {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::convert::Infallible;
+
+    use berth_storage::{InMemoryDriver, StorageDriver};
+
     use super::*;
 
     #[test]
@@ -676,5 +899,82 @@ mod tests {
         assert!("../../etc".parse::<UploadId>().is_err());
         let id = UploadId::new();
         assert_eq!(id.as_str().parse::<UploadId>().ok(), Some(id));
+    }
+
+    /// Records round-trip, driver state byte for byte (newlines included), and the older
+    /// form (driver state in hex) is still read.
+    #[test]
+    fn records() {
+        let mut hasher = ResumableSha256::new();
+        hasher.update(b"abc");
+        let r = Record {
+            offset: 3,
+            hasher: hasher.clone(),
+            driver: Bytes::from_static(b"{\"s3\":1}\n\x00tail\nbytes"),
+            legacy: false,
+        };
+        let back = Record::decode(&r.encode()).unwrap();
+        assert_eq!((back.offset, back.legacy), (3, false));
+        assert_eq!(back.driver, r.driver);
+        assert_eq!(back.hasher.digest(), hasher.digest());
+        let old = serde_json::json!({
+            "offset": 3,
+            "sha256": berth_core::digest::hex(&hasher.save()),
+            "driver": berth_core::digest::hex(b"state"),
+        })
+        .to_string();
+        let back = Record::decode(&Bytes::from(old)).unwrap();
+        assert!(back.legacy);
+        assert_eq!(&back.driver[..], b"state");
+        // An offset the hash state disagrees with is no record.
+        let bad = Record { offset: 4, ..r };
+        assert!(Record::decode(&bad.encode()).is_none());
+    }
+
+    fn body(parts: Vec<Vec<u8>>) -> impl Stream<Item = std::result::Result<Bytes, Infallible>> {
+        futures_util::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from(p))))
+    }
+
+    /// A whole blob in one request: stored and linked without a session when small, through
+    /// a session (then deleted) when large; a wrong digest stores nothing.
+    #[tokio::test]
+    async fn blobs_pushed_whole() {
+        let driver = Arc::new(InMemoryDriver::new());
+        let reg = Registry::new(driver.clone(), crate::Options::default());
+        let name: RepoName = "whole/app".parse().unwrap();
+        let uploads = format!("{}/_uploads", paths::repo(&name));
+        for len in [0, 1000, SMALL_BLOB + 1000] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let d = Digest::sha256_of(&data);
+            let halves = vec![data[..len / 2].to_vec(), data[len / 2..].to_vec()];
+            let info = reg.push_blob(&name, &d, body(halves)).await.unwrap();
+            assert_eq!(info.size, len as u64);
+            assert_eq!(reg.stat_blob(&name, &d).await.unwrap().size, len as u64);
+            let stored = driver.get_content(&paths::blob_data(&d)).await.unwrap();
+            assert!(stored == data, "{len} bytes stored as sent");
+            assert!(
+                driver.list(&uploads).await.is_err(),
+                "no session left after {len} bytes"
+            );
+        }
+        let wrong = Digest::sha256_of(b"something else");
+        let e = reg
+            .push_blob(&name, &wrong, body(vec![b"data".to_vec()]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::Oci(o) if o.code == ErrorCode::DigestInvalid),
+            "{e:?}"
+        );
+        assert!(driver
+            .stat(&paths::blob_data(&wrong))
+            .await
+            .unwrap_err()
+            .is_not_found());
+        assert!(driver
+            .stat(&paths::blob_data(&Digest::sha256_of(b"data")))
+            .await
+            .unwrap_err()
+            .is_not_found());
     }
 }

@@ -359,6 +359,11 @@ impl StorageDriver for Instrumented {
     async fn delete(&self, path: &str) -> Result<()> {
         self.timed(Op::Delete, path, self.inner.delete(path)).await
     }
+
+    async fn delete_dir_known(&self, dir: &str, names: &[&str]) -> Result<()> {
+        self.timed(Op::Delete, dir, self.inner.delete_dir_known(dir, names))
+            .await
+    }
 }
 
 /// An append writer whose writes and commits are counted.

@@ -157,7 +157,9 @@ pub trait StorageDriver: Send + Sync + 'static {
     async fn append(&self, path: &str, state: Option<Bytes>) -> Result<Box<dyn AppendWriter>>;
     /// Turns a staged object (all writes committed) into a regular object at `dest`, which
     /// may be `path` itself. Where the driver can, the bytes are written once: a move on the
-    /// filesystem, one server-side copy on S3.
+    /// filesystem, one server-side copy on S3. The staged object at `path` may remain when
+    /// `dest` is another path (S3 leaves it rather than pay a request to delete it): the
+    /// caller deletes it, as a registry deletes the upload session it belongs to.
     /// A staged object that never received a byte is an empty object.
     async fn finish_append(&self, path: &str, _state: Option<Bytes>, dest: &str) -> Result<()> {
         let done = if path == dest {
@@ -176,6 +178,17 @@ pub trait StorageDriver: Send + Sync + 'static {
     /// Discards a staged object's driver-side resources (the caller deletes its directory).
     async fn abort_append(&self, _path: &str, _state: Option<Bytes>) -> Result<()> {
         Ok(())
+    }
+    /// Deletes the directory `dir`, whose objects the caller knows: `names` (base names, some
+    /// of which may not exist). Drivers where listing costs a request (S3) delete exactly
+    /// those objects in one request, without listing; an object the caller did not name stays
+    /// (for the caller's own cleanup to find). Others delete the directory as
+    /// [`delete`](Self::delete) does. A directory that is already gone is no error.
+    async fn delete_dir_known(&self, dir: &str, _names: &[&str]) -> Result<()> {
+        match self.delete(dir).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
     }
     /// A URL the client may fetch the object from directly (a presigned S3 URL), if the
     /// driver has one.

@@ -4,13 +4,15 @@
 //!
 //! Staged objects (uploads) never depend on `ListMultipartUploads`: a writer buffers up to
 //! `chunksize`, uploads full buffers as parts of a multipart upload (several at once), and
-//! keeps the bytes that do not fill a part as a small *tail* object whose key names the offset
-//! it ends at. The upload id, the parts and the tail are the state [`AppendWriter::commit`]
-//! returns; the caller persists it, and any process resumes from it. Because every tail has
-//! its own key, a crash between writing a tail and persisting the state that names it leaves
-//! the previous state intact. Finishing uploads the tail as the last part (a server-side
-//! `UploadPartCopy`), completes the upload, and the caller then moves the object to its blob
-//! path with a server-side copy (multipart above `multipartcopythresholdsize`).
+//! keeps the bytes that do not fill a part, the *tail*, in the state itself. The upload id,
+//! the parts and the tail's bytes are the state [`AppendWriter::commit`] returns; the caller
+//! persists it (one object write that it makes anyway), and any process resumes from it. So a
+//! commit costs no request of its own, and a crash before the caller persisted the new state
+//! leaves the previous one intact. Finishing a staged object without parts writes the tail
+//! to its destination (one PutObject); with parts, the tail is uploaded as the last part, the
+//! upload completed, and the object copied to its destination server-side (multipart above
+//! `multipartcopythresholdsize`). States written before tails were kept inline name a tail
+//! *object* instead; they are still read, and that object is released as before.
 //!
 //! Every request is counted per operation ([`S3Driver::request_counts`]), to measure what a
 //! push or a pull costs.
@@ -704,29 +706,57 @@ struct Part {
     size: u64,
 }
 
-/// A staged object's state, as persisted by the caller.
+/// A staged object's state, as persisted by the caller: its JSON, a newline, then the tail's
+/// bytes (JSON never contains a raw newline). A state without the newline is the older form,
+/// whose tail is an object.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Staging {
     /// The multipart upload, once the first full part was uploaded.
     upload_id: Option<String>,
     parts: Vec<Part>,
-    /// The bytes after the last part: (key, size).
+    /// The older form's tail object: (key, size).
     tail: Option<(String, u64)>,
     size: u64,
+    /// The bytes after the last part.
+    #[serde(skip)]
+    inline: Bytes,
 }
 
 impl Staging {
+    fn encode(&self) -> std::result::Result<Bytes, serde_json::Error> {
+        let mut out = serde_json::to_vec(self)?;
+        out.push(b'\n');
+        out.extend_from_slice(&self.inline);
+        Ok(Bytes::from(out))
+    }
+
     fn decode(state: Option<&Bytes>) -> Result<Staging> {
-        match state {
-            None => Ok(Staging::default()),
-            Some(b) => serde_json::from_slice(b).map_err(|e| StorageError::Io {
-                path: String::new(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("S3 staging state: {e}"),
-                ),
-            }),
+        let invalid = |msg: String| StorageError::Io {
+            path: String::new(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("S3 staging state: {msg}"),
+            ),
+        };
+        let Some(b) = state else {
+            return Ok(Staging::default());
+        };
+        let (json, inline) = match b.iter().position(|&c| c == b'\n') {
+            Some(i) => (b.slice(..i), b.slice(i + 1..)),
+            None => (b.clone(), Bytes::new()),
+        };
+        let mut s: Staging = serde_json::from_slice(&json).map_err(|e| invalid(e.to_string()))?;
+        s.inline = inline;
+        let staged: u64 = s.parts.iter().map(|p| p.size).sum::<u64>()
+            + s.tail.as_ref().map_or(0, |t| t.1)
+            + s.inline.len() as u64;
+        if staged != s.size {
+            return Err(invalid(format!(
+                "parts and tail hold {staged} bytes, not {}",
+                s.size
+            )));
         }
+        Ok(s)
     }
 }
 
@@ -842,7 +872,7 @@ impl StorageDriver for S3Driver {
     async fn append(&self, path: &str, state: Option<Bytes>) -> Result<Box<dyn AppendWriter>> {
         let key = self.key(path)?;
         let staging = Staging::decode(state.as_ref())?;
-        let mut buf = BytesMut::new();
+        let mut buf = BytesMut::from(&staging.inline[..]);
         if let Some((tail, size)) = &staging.tail {
             let data = self.get_content(&self.path_of(tail)).await?;
             if data.len() as u64 != *size {
@@ -874,13 +904,21 @@ impl StorageDriver for S3Driver {
         let dest_key = self.key(dest)?;
         let s = Staging::decode(state.as_ref())?;
         match (s.upload_id, s.tail) {
-            // Nothing was ever committed: an empty object.
-            (None, None) => self.put(&dest_key, dest, Bytes::new()).await,
-            // Smaller than one part: the tail is the object, copied once to where it goes.
+            // Smaller than one part: the tail is the object (empty if nothing was committed),
+            // written once where it goes.
+            (None, None) => self.put(&dest_key, dest, s.inline).await,
+            // The same from an older state, whose tail is an object: copied once.
             (None, Some((tail, size))) => self.copy(&tail, &dest_key, size, path).await,
             (Some(upload_id), tail) => {
                 let mut parts = s.parts;
-                if let Some((tail_key, size)) = tail {
+                if !s.inline.is_empty() {
+                    let n = parts.iter().map(|p| p.n).max().unwrap_or(0) + 1;
+                    let part = self
+                        .upload_part(&key, &upload_id, n, s.inline)
+                        .await
+                        .map_err(|e| Self::io_msg(path, "part upload", e))?;
+                    parts.push(part);
+                } else if let Some((tail_key, size)) = tail {
                     let n = parts.iter().map(|p| p.n).max().unwrap_or(0) + 1;
                     self.count("UploadPartCopy");
                     let out = self
@@ -906,9 +944,10 @@ impl StorageDriver for S3Driver {
                     .await?;
                 if key != dest_key {
                     // The multipart object's key was fixed when the upload began; the final
-                    // path is known only now. One server-side copy, then the staged object goes.
+                    // path is known only now. One server-side copy; the staged object is left
+                    // for the caller, which deletes it with the rest of the session (see the
+                    // trait) in the request it makes anyway.
                     self.copy(&key, &dest_key, s.size, path).await?;
-                    self.delete_key(&key, path).await?;
                 }
                 Ok(())
             }
@@ -939,6 +978,20 @@ impl StorageDriver for S3Driver {
                 }
             }
         }
+    }
+
+    /// One DeleteObjects of the named objects (and touch markers, should any exist): no
+    /// listing first.
+    async fn delete_dir_known(&self, dir: &str, names: &[&str]) -> Result<()> {
+        let key = self.key(dir)?;
+        let keys: Vec<String> = names
+            .iter()
+            .flat_map(|n| {
+                let k = format!("{key}/{n}");
+                [touch_key(&k), k]
+            })
+            .collect();
+        self.delete_keys(&keys, dir).await
     }
 
     async fn abort_append(&self, path: &str, state: Option<Bytes>) -> Result<()> {
@@ -1272,26 +1325,56 @@ impl AppendWriter for S3Append {
             let part = Self::joined(done, &self.path)?;
             self.parts.push(part);
         }
-        let tail = if self.buf.is_empty() {
-            None
-        } else {
-            // Its own key per offset: the previous state's tail stays intact until released.
-            let tail_key = format!("{}.tail-{}", self.key, self.size);
-            let data = self.buf.split().freeze();
-            let len = data.len() as u64;
-            self.driver.put(&tail_key, &self.path, data).await?;
-            Some((tail_key, len))
-        };
         let mut parts = std::mem::take(&mut self.parts);
         parts.sort_by_key(|p| p.n);
         let state = Staging {
             upload_id: self.upload_id.take(),
             parts,
-            tail,
+            tail: None,
             size: self.size,
+            // The bytes that do not fill a part travel in the state: no object of their own.
+            inline: self.buf.split().freeze(),
         };
-        serde_json::to_vec(&state)
-            .map(|v| Some(Bytes::from(v)))
+        state
+            .encode()
+            .map(Some)
             .map_err(|e| S3Driver::io_msg(&self.path, "staging state", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    /// The state carries the tail's bytes as they are (newlines too); the older form, whose
+    /// tail is an object, is still read; a state whose sizes disagree is refused.
+    #[test]
+    fn staging_states() {
+        let s = Staging {
+            upload_id: Some("up".into()),
+            parts: vec![Part {
+                n: 1,
+                etag: "\"e\"".into(),
+                size: 5,
+            }],
+            tail: None,
+            size: 9,
+            inline: Bytes::from_static(b"a\nb\n"),
+        };
+        let back = Staging::decode(Some(&s.encode().unwrap())).unwrap();
+        assert_eq!(back.upload_id.as_deref(), Some("up"));
+        assert_eq!(&back.inline[..], b"a\nb\n");
+        assert_eq!(back.size, 9);
+        let old = Bytes::from_static(
+            br#"{"upload_id":null,"parts":[],"tail":["root/x/data.tail-3",3],"size":3}"#,
+        );
+        let back = Staging::decode(Some(&old)).unwrap();
+        assert_eq!(back.tail, Some(("root/x/data.tail-3".to_owned(), 3)));
+        assert!(back.inline.is_empty());
+        let wrong = Staging { size: 10, ..s };
+        assert!(Staging::decode(Some(&wrong.encode().unwrap())).is_err());
+        assert_eq!(Staging::decode(None).unwrap().size, 0);
     }
 }

@@ -109,6 +109,23 @@ async fn staged_appends(d: &dyn StorageDriver) {
             .unwrap();
         assert_eq!(read_all(d, "/crash/data", 0, None).await, b"first second");
     }
+    // A directory whose objects the caller knows goes, named objects that do not exist
+    // included; so does one that is already gone.
+    for name in ["startedat", "berthstate"] {
+        d.put_content(&format!("/known/{name}"), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    d.delete_dir_known("/known", &["startedat", "berthstate", "data"])
+        .await
+        .unwrap();
+    for name in ["startedat", "berthstate"] {
+        let p = format!("/known/{name}");
+        assert!(d.stat(&p).await.unwrap_err().is_not_found(), "{p}");
+    }
+    assert!(d.stat("/known").await.unwrap_err().is_not_found());
+    d.delete_dir_known("/known", &["startedat"]).await.unwrap();
+
     // Aborting is allowed at any point.
     let mut w = d.append("/abort/data", None).await.unwrap();
     w.write(Bytes::from(vec![1u8; 6 << 20])).await.unwrap();

@@ -396,12 +396,10 @@ async fn start_upload(
             }
         }
     } else if let Some(digest) = digest_param(&q)? {
-        // Monolithic upload in one POST.
-        let st = state.registry.start_upload(name).await?;
-        let body = body.into_data_stream();
+        // Monolithic upload in one POST: a small blob needs no upload session.
         let info = state
             .registry
-            .complete_upload(name, &st.id, &digest, None, Some(body))
+            .push_blob(name, &digest, body.into_data_stream())
             .await?;
         let r = blob_created(state, name, &digest, &req.headers);
         return Ok(with_notice(state, r, || {

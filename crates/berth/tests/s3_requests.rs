@@ -323,7 +323,7 @@ fn what_a_push_and_a_pull_cost_in_s3_requests() {
         ("docker push, 1 MB", 8, 8),
         ("docker push, 12 MB", 11, 11),
         ("containerd push", 6, 6),
-        ("monolithic POST", 5, 5),
+        ("monolithic POST", 2, 2),
         ("chunked push", 15, 15),
         ("HEAD of a blob", 2, 2),
         // Without a cache: the link in `from` (what the client may read), the content (a

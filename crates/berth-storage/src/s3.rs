@@ -611,6 +611,47 @@ impl S3Driver {
             .ok_or_else(|| Self::io_msg(path, "CreateMultipartUpload", "no upload id"))
     }
 
+    /// Uploads a staged object's tail as its last part and completes the multipart upload.
+    async fn complete_staged(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut parts: Vec<Part>,
+        inline: Bytes,
+        tail: Option<(String, u64)>,
+        path: &str,
+    ) -> Result<()> {
+        let n = parts.iter().map(|p| p.n).max().unwrap_or(0) + 1;
+        if !inline.is_empty() {
+            let part = self
+                .upload_part(key, upload_id, n, inline)
+                .await
+                .map_err(|e| Self::io_msg(path, "part upload", e))?;
+            parts.push(part);
+        } else if let Some((tail_key, size)) = tail {
+            self.count("UploadPartCopy");
+            let out = self
+                .inner
+                .client
+                .upload_part_copy()
+                .bucket(&self.inner.config.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(n)
+                .copy_source(self.copy_source(&tail_key))
+                .send()
+                .await
+                .map_err(|e| Self::io(path, "UploadPartCopy", e))?;
+            let etag = out
+                .copy_part_result()
+                .and_then(|r| r.e_tag())
+                .unwrap_or_default()
+                .to_owned();
+            parts.push(Part { n, etag, size });
+        }
+        self.complete_multipart(key, upload_id, parts, path).await
+    }
+
     async fn complete_multipart(
         &self,
         key: &str,
@@ -910,38 +951,19 @@ impl StorageDriver for S3Driver {
             // The same from an older state, whose tail is an object: copied once.
             (None, Some((tail, size))) => self.copy(&tail, &dest_key, size, path).await,
             (Some(upload_id), tail) => {
-                let mut parts = s.parts;
-                if !s.inline.is_empty() {
-                    let n = parts.iter().map(|p| p.n).max().unwrap_or(0) + 1;
-                    let part = self
-                        .upload_part(&key, &upload_id, n, s.inline)
-                        .await
-                        .map_err(|e| Self::io_msg(path, "part upload", e))?;
-                    parts.push(part);
-                } else if let Some((tail_key, size)) = tail {
-                    let n = parts.iter().map(|p| p.n).max().unwrap_or(0) + 1;
-                    self.count("UploadPartCopy");
-                    let out = self
-                        .inner
-                        .client
-                        .upload_part_copy()
-                        .bucket(&self.inner.config.bucket)
-                        .key(&key)
-                        .upload_id(&upload_id)
-                        .part_number(n)
-                        .copy_source(self.copy_source(&tail_key))
-                        .send()
-                        .await
-                        .map_err(|e| Self::io(path, "UploadPartCopy", e))?;
-                    let etag = out
-                        .copy_part_result()
-                        .and_then(|r| r.e_tag())
-                        .unwrap_or_default()
-                        .to_owned();
-                    parts.push(Part { n, etag, size });
+                let completed = self
+                    .complete_staged(&key, &upload_id, s.parts, s.inline, tail, path)
+                    .await;
+                if let Err(e) = completed {
+                    // Completed already, by an earlier attempt whose answer was lost (the SDK
+                    // retries a completion after a timeout, and S3 then says NoSuchUpload; a
+                    // client retries its PUT after a 503): the object of the full size is
+                    // that success. One HEAD, on this path only.
+                    match self.head(&key, path).await? {
+                        Some((size, _)) if size == s.size => {}
+                        _ => return Err(e),
+                    }
                 }
-                self.complete_multipart(&key, &upload_id, parts, path)
-                    .await?;
                 if key != dest_key {
                     // The multipart object's key was fixed when the upload began; the final
                     // path is known only now. One server-side copy; the staged object is left

@@ -98,3 +98,24 @@ async fn keys_follow_rootdirectory() {
     assert!(url.contains("X-Amz-Signature"), "{url}");
     assert_eq!(ureq::get(&url).call().unwrap().into_string().unwrap(), "hi");
 }
+
+/// Finishing a staged object again (what the SDK's retry of a completion whose answer was lost
+/// amounts to: S3 answers NoSuchUpload) succeeds when the object is there, complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_completion_is_a_success() {
+    let g = Garage::start();
+    let d = driver(&g, "complete", "").await;
+    let data: Vec<u8> = (0..7_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = d.append("/stage/data", None).await.unwrap();
+    w.write(Bytes::from(data.clone())).await.unwrap();
+    let state = w.commit().await.unwrap();
+    d.finish_append("/stage/data", state.clone(), "/blob/a")
+        .await
+        .unwrap();
+    d.finish_append("/stage/data", state, "/blob/b")
+        .await
+        .unwrap();
+    for p in ["/blob/a", "/blob/b"] {
+        assert_eq!(d.get_content(p).await.unwrap(), Bytes::from(data.clone()));
+    }
+}

@@ -13,6 +13,22 @@ use futures_util::stream::{self, StreamExt};
 
 const ROOT: &str = "/docker/registry/v2/repositories";
 
+/// The driver on a new bucket of `g`.
+async fn driver(g: &berth_testkit::Garage, bucket: &str) -> S3Driver {
+    g.create_bucket(bucket);
+    S3Driver::new(S3Config {
+        region: "garage".into(),
+        region_endpoint: Some(g.url.clone()),
+        bucket: bucket.into(),
+        access_key: Some(g.key_id.clone()),
+        secret_key: Some(g.secret.clone()),
+        force_path_style: true,
+        ..S3Config::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// A repository as a push leaves it: a layer link, a revision and one tag (current + index).
 fn repo_keys(name: &str, seed: usize) -> Vec<String> {
     let hex = format!("{seed:064x}");
@@ -82,18 +98,7 @@ async fn walk(reg: &Registry, d: &S3Driver, n: usize) -> (Vec<String>, u64, u64)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_and_tag_pages_cost_what_they_return() {
     let g = berth_testkit::Garage::start();
-    g.create_bucket("scale");
-    let d = S3Driver::new(S3Config {
-        region: "garage".into(),
-        region_endpoint: Some(g.url.clone()),
-        bucket: "scale".into(),
-        access_key: Some(g.key_id.clone()),
-        secret_key: Some(g.secret.clone()),
-        force_path_style: true,
-        ..S3Config::default()
-    })
-    .await
-    .unwrap();
+    let d = driver(&g, "scale").await;
     let reg = Registry::new(Arc::new(d.clone()), Options::default());
 
     // 150 repositories, then 2,500: the first page costs the same.
@@ -234,18 +239,7 @@ async fn garbage_collection_lists_each_key_once() {
     use berth_registry::gc::{GcOptions, Progress};
 
     let g = berth_testkit::Garage::start();
-    g.create_bucket("gcscale");
-    let d = S3Driver::new(S3Config {
-        region: "garage".into(),
-        region_endpoint: Some(g.url.clone()),
-        bucket: "gcscale".into(),
-        access_key: Some(g.key_id.clone()),
-        secret_key: Some(g.secret.clone()),
-        force_path_style: true,
-        ..S3Config::default()
-    })
-    .await
-    .unwrap();
+    let d = driver(&g, "gcscale").await;
     let reg = Registry::new(Arc::new(d.clone()), Options::default());
     let blob_key = |d: &Digest| {
         format!(

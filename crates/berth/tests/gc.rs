@@ -454,21 +454,14 @@ fn online_gc_racing_pushes_of_old_layers_leaves_no_manifest_without_its_blobs() 
 fn online_gc_with_three_replicas_on_garage_leaves_no_manifest_without_its_blobs() {
     let garage = Garage::start();
     garage.create_bucket("gcrace");
-    let storage = garage.storage_yaml(
-        "gcrace",
-        "",
-        "  maintenance:\n    gc:\n      touchinterval: 200ms\n  cache:\n    blobdescriptor: inmemory\n",
-    );
-    let cfg = format!("version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\n");
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let replicas: Vec<Berth> = dirs
-        .iter()
-        .map(|d| Berth::start_with_config(&cfg, d.path()))
+    let storage = "  maintenance:\n    gc:\n      touchinterval: 200ms\n  cache:\n    blobdescriptor: inmemory\n";
+    let replicas: Vec<Berth> = (0..3)
+        .map(|_| Berth::start_garage(&garage, "gcrace", storage, ""))
         .collect();
     let urls: Vec<&str> = replicas.iter().map(|b| b.url.as_str()).collect();
     let gone = race(&urls, &replicas[0].config_path, "1200ms", 200);
     // Swept from the bucket: a fresh replica (no cache) does not have them.
-    let fresh = Berth::start_with_config(&cfg, tempfile::tempdir().unwrap().path());
+    let fresh = Berth::start_garage(&garage, "gcrace", storage, "");
     let c = Client::new(&fresh.url, None);
     for d in gone {
         assert_eq!(head_blob(&c, "base", &d), 404);

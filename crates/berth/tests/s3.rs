@@ -81,6 +81,47 @@ fn path_of(location: &str) -> String {
     location[location.find("/v2/").unwrap()..].to_owned()
 }
 
+/// Pushes `layer` in chunks of `size`, each chunk through the next replica (parts and tails of
+/// the S3 multipart upload are continued by whichever replica gets the chunk); after each
+/// chunk every replica reports the same progress. The digest goes in through the last.
+fn push_across(c: &[Client], repo: &str, layer: &[u8], size: usize) {
+    let mut loc = path_of(&c[0].start_upload(repo).unwrap());
+    let mut start = 0;
+    for (i, chunk) in layer.chunks(size).enumerate() {
+        let range = format!("{start}-{}", start + chunk.len() - 1);
+        let on = (i + 1) % c.len();
+        let r = c[on]
+            .send(
+                "PATCH",
+                &loc,
+                &[("Content-Type", OCTET), ("Content-Range", &range)],
+                Body::Bytes(chunk),
+            )
+            .unwrap();
+        assert_eq!(r.status, 202, "chunk {i} on replica {on}: {}", r.describe());
+        start += chunk.len();
+        loc = path_of(&location(&r).unwrap());
+        for (j, cj) in c.iter().enumerate() {
+            let st = cj.get(&loc, &[]).unwrap();
+            assert_eq!(st.status, 204, "status on replica {j}");
+            assert_eq!(
+                st.header("range"),
+                Some(format!("0-{}", start - 1).as_str()),
+                "replica {j}"
+            );
+        }
+    }
+    let r = c[c.len() - 1]
+        .send(
+            "PUT",
+            &with_query(&loc, "digest", &digest(layer)),
+            &[],
+            Body::Bytes(&[]),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.describe());
+}
+
 #[test]
 fn three_replicas_serve_one_push_and_pull_round_robin() {
     let garage = Garage::start();
@@ -92,50 +133,9 @@ fn three_replicas_serve_one_push_and_pull_round_robin() {
     let c: Vec<Client> = replicas.iter().map(|b| Client::new(&b.url, None)).collect();
     let repo = "team/app";
 
-    // A 13 MB layer pushed in four chunks, each to the next replica (parts and tails of the
-    // S3 multipart upload are continued by whichever replica gets the chunk).
+    // A 13 MB layer pushed in four chunks, each to the next replica.
     let layer = bytes("replicated layer", 13_000_000);
-    let mut loc = path_of(&c[0].start_upload(repo).unwrap());
-    let mut start = 0;
-    for (i, chunk) in layer.chunks(3_500_000).enumerate() {
-        let range = format!("{start}-{}", start + chunk.len() - 1);
-        let r = c[(i + 1) % 3]
-            .send(
-                "PATCH",
-                &loc,
-                &[("Content-Type", OCTET), ("Content-Range", &range)],
-                Body::Bytes(chunk),
-            )
-            .unwrap();
-        assert_eq!(
-            r.status,
-            202,
-            "chunk {i} on replica {}: {}",
-            (i + 1) % 3,
-            r.describe()
-        );
-        start += chunk.len();
-        loc = path_of(&location(&r).unwrap());
-        // Every replica reports the same progress.
-        for (j, cj) in c.iter().enumerate() {
-            let st = cj.get(&loc, &[]).unwrap();
-            assert_eq!(st.status, 204, "status on replica {j}");
-            assert_eq!(
-                st.header("range"),
-                Some(format!("0-{}", start - 1).as_str()),
-                "replica {j}"
-            );
-        }
-    }
-    let r = c[2]
-        .send(
-            "PUT",
-            &with_query(&loc, "digest", &digest(&layer)),
-            &[],
-            Body::Bytes(&[]),
-        )
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.describe());
+    push_across(&c, repo, &layer, 3_500_000);
 
     // The config and the manifest through other replicas.
     let img = Image::with_layers("replicated", vec![layer.clone()], "");
@@ -463,31 +463,7 @@ fn replicas_on_a_three_node_garage_cluster() {
     let c: Vec<Client> = replicas.iter().map(|b| Client::new(&b.url, None)).collect();
     let repo = "cluster/app";
     let layer = bytes("clustered layer", 11_000_000);
-    let mut loc = path_of(&c[0].start_upload(repo).unwrap());
-    let mut start = 0;
-    for (i, chunk) in layer.chunks(4_000_000).enumerate() {
-        let range = format!("{start}-{}", start + chunk.len() - 1);
-        let r = c[(i + 1) % 3]
-            .send(
-                "PATCH",
-                &loc,
-                &[("Content-Type", OCTET), ("Content-Range", &range)],
-                Body::Bytes(chunk),
-            )
-            .unwrap();
-        assert_eq!(r.status, 202, "chunk {i}: {}", r.describe());
-        start += chunk.len();
-        loc = path_of(&location(&r).unwrap());
-    }
-    let r = c[0]
-        .send(
-            "PUT",
-            &with_query(&loc, "digest", &digest(&layer)),
-            &[],
-            Body::Bytes(&[]),
-        )
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.describe());
+    push_across(&c, repo, &layer, 4_000_000);
     let img = Image::with_layers("clustered", vec![layer.clone()], "");
     c[1].push_blob(repo, &img.config).unwrap();
     let r = c[2]

@@ -59,6 +59,12 @@ fn ok(r: Resp, status: u16) -> Resp {
     r
 }
 
+/// The `PUT ?digest=` without a body that closes an upload session.
+fn finish(c: &Client, loc: &str, d: &str) {
+    let put = with_query(loc, "digest", d);
+    ok(c.send("PUT", &put, &[], Body::Bytes(&[])).unwrap(), 201);
+}
+
 /// Docker's push of a blob the repository does not have: `HEAD` (404), `POST`, one `PATCH`
 /// with the whole body (no `Content-Range`), `PUT ?digest=` without a body.
 fn docker_push(c: &Client, repo: &str, data: &[u8]) {
@@ -81,16 +87,7 @@ fn docker_push(c: &Client, repo: &str, data: &[u8]) {
         202,
     ))
     .unwrap();
-    ok(
-        c.send(
-            "PUT",
-            &with_query(&loc, "digest", &d),
-            &[],
-            Body::Bytes(&[]),
-        )
-        .unwrap(),
-        201,
-    );
+    finish(c, &loc, &d);
 }
 
 /// containerd's (and oras's) push: `HEAD` (404), `POST`, `PUT ?digest=` with the whole body.
@@ -147,16 +144,7 @@ fn chunked_push(c: &Client, repo: &str, data: &[u8], chunk: usize) {
         .unwrap();
         start += part.len();
     }
-    ok(
-        c.send(
-            "PUT",
-            &with_query(&loc, "digest", &d),
-            &[],
-            Body::Bytes(&[]),
-        )
-        .unwrap(),
-        201,
-    );
+    finish(c, &loc, &d);
 }
 
 /// `berth serve` on `bucket` with `storage_extra` (the cache) and `extra` (other sections).
@@ -395,17 +383,7 @@ fn sessions_move_between_replicas() {
                 assert!(st.header("range").is_some(), "replica {j}");
             }
         }
-        ok(
-            c[(at + 1) % 3]
-                .send(
-                    "PUT",
-                    &with_query(&loc, "digest", &d),
-                    &[],
-                    Body::Bytes(&[]),
-                )
-                .unwrap(),
-            201,
-        );
+        finish(&c[(at + 1) % 3], &loc, &d);
         for (j, cj) in c.iter().enumerate() {
             let r = ok(cj.get(&format!("/v2/{repo}/blobs/{d}"), &[]).unwrap(), 200);
             assert!(r.body == *data, "replica {j} serves other bytes");
@@ -670,16 +648,7 @@ fn a_session_an_older_berth_started_is_finished() {
     );
     let whole = [first, second].concat();
     let d = digest(&whole);
-    ok(
-        c.send(
-            "PUT",
-            &with_query(&loc, "digest", &d),
-            &[],
-            Body::Bytes(&[]),
-        )
-        .unwrap(),
-        201,
-    );
+    finish(&c, &loc, &d);
     let r = ok(c.get(&format!("/v2/{repo}/blobs/{d}"), &[]).unwrap(), 200);
     assert!(
         r.body == whole,

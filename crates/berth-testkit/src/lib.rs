@@ -412,6 +412,8 @@ pub struct Garage {
     dir: tempfile::TempDir,
     /// The S3 API (`http://127.0.0.1:port`).
     pub url: String,
+    /// The admin API (`http://127.0.0.1:port`), whose `/metrics` counts S3 requests.
+    pub admin_url: String,
     pub key_id: String,
     pub secret: String,
 }
@@ -442,6 +444,7 @@ impl Garage {
             child,
             dir,
             url: format!("http://127.0.0.1:{s3}"),
+            admin_url: format!("http://127.0.0.1:{admin}"),
             key_id: "GK31c2f218a2e44f485b94239e".to_owned(),
             secret: "4420d99ef5ac0b4e53a27c5e1b7eabf66ac8d6e8d4b76c7f3d4b0d41d1fc8a21".to_owned(),
         };
@@ -512,6 +515,24 @@ impl Garage {
     /// The server's process id (to stop and resume it).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// S3 requests served so far, by operation (`GetObject`, `ListObjectsV2`, ...), from the
+    /// admin API's `api_s3_request_counter` (counted by the server, whoever the client).
+    pub fn s3_requests(&self) -> std::collections::BTreeMap<String, u64> {
+        let text = ureq::get(&format!("{}/metrics", self.admin_url))
+            .call()
+            .expect("garage /metrics")
+            .into_string()
+            .expect("garage /metrics text");
+        text.lines()
+            .filter_map(|l| l.strip_prefix("api_s3_request_counter{"))
+            .filter_map(|l| {
+                let (labels, value) = l.split_once("} ")?;
+                let op = labels.split("api_endpoint=\"").nth(1)?.split('"').next()?;
+                Some((op.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
     }
 
     /// distribution's `storage.s3` section for a bucket on this server; `s3_extra` goes inside

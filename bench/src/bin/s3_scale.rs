@@ -549,7 +549,7 @@ fn thousands(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -665,19 +665,21 @@ fn main() {
                 .or(d[4].as_ref().filter(|_| i == 5))
                 .map(|x| &x.0)
                 .unwrap();
-            let ratio = bm.time.as_secs_f64() / dm.time.as_secs_f64();
+            let r = bm.time.as_secs_f64() / dm.time.as_secs_f64();
+            // A cut operation took at least its time: the ratio is a bound, or unknown.
+            let ratio = match (bm.timed_out, dm.timed_out) {
+                (false, false) => format!("{r:.2}x"),
+                (true, false) => format!("> {r:.2}x"),
+                (false, true) => format!("< {r:.2}x"),
+                (true, true) => "?".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "| {op} | {} | {} | {} | {} | {ratio:.2}x{} |",
+                "| {op} | {} | {} | {} | {} | {ratio} |",
                 fmt_count(bm),
                 fmt_count(dm),
                 fmt_time(bm),
                 fmt_time(dm),
-                if bm.timed_out || dm.timed_out {
-                    " (cut)"
-                } else {
-                    ""
-                }
             );
         }
         let _ = writeln!(out, "\nBy S3 call:\n");
@@ -740,7 +742,8 @@ fn main() {
         }
         let _ = writeln!(out);
     }
-    let _ = writeln!(out, "Total run time: {:.0?}.", started.elapsed());
+    let secs = started.elapsed().as_secs();
+    let _ = writeln!(out, "Total run time: {} min {} s.", secs / 60, secs % 60);
 }
 
 fn garage_version() -> String {

@@ -402,21 +402,28 @@ impl Garage {
             secret: "4420d99ef5ac0b4e53a27c5e1b7eabf66ac8d6e8d4b76c7f3d4b0d41d1fc8a21".to_owned(),
             admin_url: format!("http://127.0.0.1:{admin}"),
         };
-        // The node answers its CLI once its RPC is up.
+        // `node id` reads the node's key file, which exists before the RPC listens; `status`
+        // needs the RPC, which the layout commands use.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let id = loop {
-            let out = g.cli(&["node", "id", "-q"]);
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mut id = None;
+        loop {
+            if id.is_none() {
+                let out = g.cli(&["node", "id", "-q"]);
+                if out.status.success() {
+                    id = Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+                }
+            }
+            let status = g.cli(&["status"]);
+            if let (Some(id), true) = (&id, status.status.success()) {
+                return (g, id.clone());
             }
             assert!(
                 Instant::now() < deadline,
                 "garage did not start: {}",
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&status.stderr)
             );
             std::thread::sleep(Duration::from_millis(100));
-        };
-        (g, id)
+        }
     }
 
     /// Kills the server (SIGKILL); [`restart`](Self::restart) brings it back on the same

@@ -236,6 +236,8 @@ pub struct Auth {
     pub issuer: Option<Arc<Issuer>>,
     /// Refusals counted for the metrics.
     pub refusals: Refusals,
+    /// Failed logins at the issuer's token endpoint, per account and address.
+    pub throttle: crate::throttle::Throttle,
 }
 
 impl Default for Auth {
@@ -244,6 +246,7 @@ impl Default for Auth {
             mode: Mode::Open,
             issuer: None,
             refusals: Refusals::default(),
+            throttle: Default::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ mod proxied;
 pub mod setup;
 pub mod storage_middleware;
 pub mod telemetry;
+pub mod throttle;
 pub mod tls;
 mod token_endpoint;
 
@@ -440,9 +441,7 @@ async fn serve(
     };
     let resp = match endpoint {
         Ok(endpoint::Endpoint::Token) => match &state.auth.issuer {
-            Some(issuer) => {
-                token_endpoint::token(issuer, &state.auth.refusals, &parts, &mut body).await
-            }
+            Some(issuer) => token_endpoint::token(issuer, &state.auth, &parts, &mut body).await,
             None => not_found(),
         },
         Ok(endpoint::Endpoint::Jwks) => match &state.auth.issuer {

@@ -186,6 +186,7 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         mode,
         issuer,
         refusals: Default::default(),
+        throttle: Default::default(),
     })
 }
 

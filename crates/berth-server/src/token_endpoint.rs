@@ -8,7 +8,9 @@
 //!   `client_id` and `access_type=offline`: what `docker login` does to get an identity token.
 //!
 //! Wrong credentials are 401 (clients show "unauthorized"); a scope the ACL does not grant is
-//! simply left out of the token. The keys are published at `/auth/jwks.json`.
+//! simply left out of the token. Repeated failures for an account or from an address are
+//! answered 429 with `Retry-After` for a growing while ([`crate::throttle`]). The keys are
+//! published at `/auth/jwks.json`.
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, StatusCode};
 use serde_json::json;
 
-use crate::auth::{basic_credentials, now_secs, Refusals};
+use crate::auth::{basic_credentials, now_secs, Auth};
 use crate::body::{read_to_limit, BodySlot};
 use crate::http_util::{percent_decode, query};
 
@@ -120,10 +122,20 @@ fn issue(
 /// Serves `/auth/token`.
 pub async fn token(
     issuer: &Arc<Issuer>,
-    refusals: &Refusals,
+    auth: &Auth,
     req: &Parts,
     body: &mut BodySlot,
 ) -> Response {
+    let refusals = &auth.refusals;
+    // The client's IP address (the port changes with each connection).
+    let address =
+        req.extensions
+            .get::<crate::listen::PeerAddr>()
+            .map(|p| match p.0.rsplit_once(':') {
+                Some((ip, _)) => ip.trim_matches(|c| c == '[' || c == ']').to_owned(),
+                None => p.0.to_string(),
+            });
+    let address = address.as_deref();
     match req.method {
         Method::GET => {
             let q = query(&req.uri);
@@ -138,10 +150,12 @@ pub async fn token(
             let offline = q.iter().any(|(k, v)| k == "offline_token" && v == "true");
             let account = match basic_credentials(&req.headers) {
                 None => None,
-                Some((user, password)) => match check(issuer, refusals, user, password).await {
-                    Some(a) => Some(a),
-                    None => return unauthorized(issuer, "invalid username or password"),
-                },
+                Some((user, password)) => {
+                    match check(issuer, auth, address, user, password).await {
+                        Ok(a) => Some(a),
+                        Err(r) => return r,
+                    }
+                }
             };
             issue(
                 issuer,
@@ -185,9 +199,9 @@ pub async fn token(
                 Some("password") => {
                     let user = field("username").unwrap_or("").to_owned();
                     let password = field("password").unwrap_or("").to_owned();
-                    match check(issuer, refusals, user, password).await {
-                        Some(a) => issue(issuer, Some(&a), &requested, offline, None),
-                        None => unauthorized(issuer, "invalid username or password"),
+                    match check(issuer, auth, address, user, password).await {
+                        Ok(a) => issue(issuer, Some(&a), &requested, offline, None),
+                        Err(r) => r,
                     }
                 }
                 Some("refresh_token") => {
@@ -221,13 +235,28 @@ pub async fn token(
     }
 }
 
-/// bcrypt off the async threads; a refusal logs one WARN line.
+/// The account `user` logs in as, or the response refusing it: 429 while the account or the
+/// address is locked out (no password is hashed then), 401 for wrong credentials. bcrypt runs
+/// off the async threads; a refusal logs one WARN line, and so does the start of a lock-out.
 async fn check(
     issuer: &Arc<Issuer>,
-    refusals: &Refusals,
+    auth: &Auth,
+    address: Option<&str>,
     user: String,
     password: String,
-) -> Option<String> {
+) -> Result<String, Response> {
+    if let Some(wait) = auth.throttle.check(&user, address) {
+        auth.refusals.count("issuer", "throttled");
+        let secs = wait.retry_after.as_secs().max(1);
+        let mut r = oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            &format!("too many failed logins; retry in {secs} s"),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Err(r);
+    }
     let shared = issuer.clone();
     let u = user.clone();
     let account =
@@ -235,14 +264,31 @@ async fn check(
             .await
             .ok()
             .flatten();
-    if account.is_none() {
-        refusals.count("issuer", "bad_credentials");
-        tracing::warn!(
-            user = %user,
-            "token request refused: unknown user or wrong password; hint: check the account in auth.issuer (htpasswd or users, bcrypt)"
-        );
+    match account {
+        Some(a) => {
+            auth.throttle.succeeded(&user, address);
+            Ok(a)
+        }
+        None => {
+            auth.refusals.count("issuer", "bad_credentials");
+            match auth.throttle.failed(&user, address) {
+                None => tracing::warn!(
+                    user = %user,
+                    "token request refused: unknown user or wrong password; hint: check the account in auth.issuer (htpasswd or users, bcrypt)"
+                ),
+                Some(w) => tracing::warn!(
+                    user = %user,
+                    address = address.unwrap_or(""),
+                    locked_out = w.by,
+                    retry_after_secs = w.retry_after.as_secs(),
+                    "token request refused: unknown user or wrong password, again: the {} is locked out for {} s; hint: a client with a stale password (a CI secret, a credential helper) keeps retrying it",
+                    w.by,
+                    w.retry_after.as_secs()
+                ),
+            }
+            Err(unauthorized(issuer, "invalid username or password"))
+        }
     }
-    account
 }
 
 /// Serves `/auth/jwks.json`.

@@ -66,11 +66,15 @@ fn challenge(r: &Resp) -> String {
 }
 
 /// Berth with its issuer: alice and bob own their namespaces, admin owns everything and the
-/// catalog, everyone pulls `public/*`.
+/// catalog, everyone pulls `public/*`. Metrics on a debug listener.
 fn issuer_berth(dir: &Path) -> Berth {
     let keydir = dir.join("keys");
     let yaml = format!(
-        r#"auth:
+        r#"  debug:
+    addr: 127.0.0.1:0
+    prometheus:
+      enabled: true
+auth:
   token:
     service: {SERVICE}
     issuer: {ISSUER}
@@ -759,4 +763,63 @@ fn issuer_rereads_its_htpasswd_file() {
         200
     );
     berth.wait_log("the reload", |l| l.contains("htpasswd file reloaded"));
+}
+
+/// Failed logins slow the guesser down: after five wrong passwords for an account, each
+/// further failure locks it out (429 with `Retry-After`, no password checked, not even the
+/// right one); the lock-out ends on its own, a success clears it, other accounts are not held
+/// up, and each lock-out is one WARN line and a counted refusal.
+#[test]
+fn failed_logins_are_throttled_per_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = issuer_berth(dir.path());
+    for i in 0..5 {
+        let r = get_token(&berth.url, Some(("alice", "guess")), &[]);
+        assert_eq!(r.status, 401, "attempt {i}: {}", r.describe());
+    }
+    // The sixth wrong password is checked (401) and starts a one-second lock-out.
+    let r = get_token(&berth.url, Some(("alice", "guess")), &[]);
+    assert_eq!(r.status, 401, "{}", r.describe());
+    let started = std::time::Instant::now();
+    for pw in ["guess", "alice-pw"] {
+        let r = get_token(&berth.url, Some(("alice", pw)), &[]);
+        assert_eq!(r.status, 429, "{}", r.describe());
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.json().unwrap()["error"], "slow_down");
+    }
+    // The OAuth2 password grant (docker login) is throttled the same way.
+    let c = Client::new(&berth.url, None);
+    let r = c
+        .send(
+            "POST",
+            "/auth/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Body::Bytes(
+                format!("grant_type=password&username=alice&password=alice-pw&service={SERVICE}")
+                    .as_bytes(),
+            ),
+        )
+        .unwrap();
+    assert_eq!(r.status, 429, "{}", r.describe());
+    // Others log in meanwhile.
+    token_of(&get_token(&berth.url, Some(("bob", "bob-pw")), &[]));
+    // Once the lock-out is over, the right password works and clears the count.
+    std::thread::sleep(std::time::Duration::from_millis(1100).saturating_sub(started.elapsed()));
+    token_of(&get_token(&berth.url, Some(("alice", "alice-pw")), &[]));
+    let r = get_token(&berth.url, Some(("alice", "guess")), &[]);
+    assert_eq!(r.status, 401, "counting starts over: {}", r.describe());
+
+    let log = berth.log();
+    assert_eq!(log.matches("is locked out for 1 s").count(), 1, "{log}");
+    assert!(
+        !log.contains("alice-pw") && !log.contains("guess\""),
+        "{log}"
+    );
+    let (_, metrics) = support::get(&format!("{}/metrics", support::debug_url(&berth)));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("berth_auth_refusals_total") && l.contains("throttled")),
+        "{metrics}"
+    );
 }

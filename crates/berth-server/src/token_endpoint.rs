@@ -76,6 +76,9 @@ fn rfc3339(secs: i64) -> String {
     berth_core::time::rfc3339(t)
 }
 
+/// Signs a token for `account` and logs the grant: one line with the account, how it was
+/// identified (`source`: `anonymous`, `password` for Basic and the password grant,
+/// `refresh_token`), what was asked and what was granted. Never a secret.
 fn issue(
     issuer: &Issuer,
     account: Option<&str>,
@@ -84,11 +87,17 @@ fn issue(
     refresh_for: Option<&str>,
 ) -> Response {
     let now = now_secs();
+    let source = match (account, refresh_for) {
+        (None, _) => "anonymous",
+        (Some(_), None) => "password",
+        (Some(_), Some(_)) => "refresh_token",
+    };
     match issuer.issue(account, requested, offline, now) {
         Ok(t) => {
             let granted: Vec<String> = t.granted.iter().map(|s| s.to_string()).collect();
             tracing::info!(
                 account = account.unwrap_or("anonymous"),
+                source,
                 requested = %requested.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "),
                 granted = %granted.join(" "),
                 "token issued"

@@ -287,6 +287,26 @@ fn oauth2_password_and_refresh_grants() {
     assert_eq!(jwks["keys"][0]["kid"], header["kid"]);
     assert_eq!(header["alg"], "ES256");
     assert!(header["x5c"].is_array());
+    // Each grant is one line: account, how it was identified, asked and granted; no secret.
+    let log = berth.log();
+    let grants: Vec<&str> = log.lines().filter(|l| l.contains("token issued")).collect();
+    assert_eq!(grants.len(), 2, "{log}");
+    assert!(
+        grants[0].contains("source=\"password\"") || grants[0].contains("source=password"),
+        "{}",
+        grants[0]
+    );
+    assert!(grants[1].contains("refresh_token"), "{}", grants[1]);
+    for g in &grants {
+        assert!(
+            g.contains("bob") && g.contains("repository:bob/app:pull,push"),
+            "{g}"
+        );
+        assert!(
+            !g.contains(&refresh) && !g.contains(&t) && !g.contains("bob-pw"),
+            "{g}"
+        );
+    }
 }
 
 /// A registry trusting an external issuer through `rootcertbundle`; tokens are made here the

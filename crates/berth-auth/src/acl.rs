@@ -120,30 +120,51 @@ impl Rule {
     }
 }
 
+/// How the rules decide one requested scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The index of the first rule that applies; `None`: no rule does, nothing is granted.
+    pub rule: Option<usize>,
+    /// The requested actions that rule allows (`None` when none).
+    pub granted: Option<Scope>,
+}
+
+/// Which rule decides `scope` for `account` (`None`: anonymous), and what it grants.
+pub fn decide(rules: &[Rule], account: Option<&str>, scope: &Scope) -> Decision {
+    let Some((i, rule)) = rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.applies(account, scope))
+    else {
+        return Decision {
+            rule: None,
+            granted: None,
+        };
+    };
+    let all = rule.actions.iter().any(|a| a == "*");
+    let actions: BTreeSet<String> = scope
+        .actions
+        .iter()
+        .filter(|a| all || rule.actions.contains(a))
+        .cloned()
+        .collect();
+    Decision {
+        rule: Some(i),
+        granted: (!actions.is_empty()).then(|| Scope {
+            typ: scope.typ.clone(),
+            name: scope.name.clone(),
+            actions,
+        }),
+    }
+}
+
 /// What `rules` grant `account` of the `requested` scopes (scopes with nothing granted are left
 /// out, as Docker's token servers do).
 pub fn grant(rules: &[Rule], account: Option<&str>, requested: &[Scope]) -> Vec<Scope> {
-    let mut out = Vec::new();
-    for scope in requested {
-        let Some(rule) = rules.iter().find(|r| r.applies(account, scope)) else {
-            continue;
-        };
-        let all = rule.actions.iter().any(|a| a == "*");
-        let actions: BTreeSet<String> = scope
-            .actions
-            .iter()
-            .filter(|a| all || rule.actions.contains(a))
-            .cloned()
-            .collect();
-        if !actions.is_empty() {
-            out.push(Scope {
-                typ: scope.typ.clone(),
-                name: scope.name.clone(),
-                actions,
-            });
-        }
-    }
-    out
+    requested
+        .iter()
+        .filter_map(|scope| decide(rules, account, scope).granted)
+        .collect()
 }
 
 #[cfg(test)]

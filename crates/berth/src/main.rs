@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The built-in issuer's access rules.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Delete blobs no manifest references (and with -m, manifests no tag reaches), as
     /// distribution's `registry garbage-collect`. Safe while the registry serves pushes: content
     /// written or touched within the grace period is kept. Deletions are listed on stdout,
@@ -147,6 +152,23 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum AuthCommand {
+    /// Which rule of auth.issuer.acl decides each scope for an account, and what it grants.
+    /// Exit 0 when every action asked for is granted, 1 otherwise.
+    Explain {
+        /// The configuration (as for serve).
+        #[arg(long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
+        /// The account; without it, an anonymous request.
+        #[arg(long, value_name = "NAME")]
+        account: Option<String>,
+        /// Scopes as clients ask for them, e.g. repository:team/app:pull,push (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Report every problem in the configuration and print the effective config with secrets redacted.
     Check(ConfigArg),
@@ -201,6 +223,14 @@ fn main() -> ExitCode {
                     token,
                 },
         } => token::verify_cmd(config.as_deref(), &token, &needs),
+        Command::Auth {
+            command:
+                AuthCommand::Explain {
+                    config,
+                    account,
+                    scopes,
+                },
+        } => token::explain_cmd(config.as_deref(), account.as_deref(), &scopes),
         Command::GarbageCollect(a) => gc::garbage_collect(gc::Args {
             config: a.config.path(),
             dry_run: a.dry_run,

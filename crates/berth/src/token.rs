@@ -1,5 +1,6 @@
 //! `berth token verify`: the verdict the registry would reach on a token, offline, with the
-//! same explanation its WARN line gives.
+//! same explanation its WARN line gives. `berth auth explain`: which rule of the issuer's ACL
+//! decides a scope for an account.
 
 use std::io::Read as _;
 use std::process::ExitCode;
@@ -88,4 +89,69 @@ pub fn verify_cmd(
             })
         }
     }
+}
+
+/// `berth auth explain`: for each scope, the rule of `auth.issuer.acl` that decides it (the
+/// first that applies) and what it grants, as the token endpoint would.
+pub fn explain_cmd(
+    config: Option<&std::path::Path>,
+    account: Option<&str>,
+    scopes: &[String],
+) -> anyhow::Result<ExitCode> {
+    let loaded = berth_server::config::load(config, std::env::vars()).map_err(|e| {
+        anyhow::anyhow!(
+            "the configuration has problems:\n  {}",
+            e.problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let auth = rt
+        .block_on(berth_server::setup::auth(&loaded.config))
+        .map_err(anyhow::Error::msg)?;
+    let Some(issuer) = &auth.issuer else {
+        bail!(
+            "{} has no auth.issuer section: there are no access rules",
+            loaded.source
+        );
+    };
+    let rules = &issuer.settings().acl;
+    let who = account.map_or("anonymous".to_owned(), |a| format!("account {a:?}"));
+    let mut all_granted = true;
+    for s in scopes {
+        let scope: berth_auth::scope::Scope = s
+            .parse()
+            .map_err(|e: berth_auth::scope::ScopeError| anyhow::anyhow!("scope {s:?}: {}", e.0))?;
+        let d = berth_auth::acl::decide(rules, account, &scope);
+        let asked: Vec<&str> = scope.actions.iter().map(String::as_str).collect();
+        let got: Vec<&str> = d
+            .granted
+            .as_ref()
+            .map(|g| g.actions.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        all_granted &= got.len() == asked.len();
+        let verdict = if got.is_empty() {
+            "nothing granted".to_owned()
+        } else {
+            format!("granted {}", got.join(","))
+        };
+        match d.rule {
+            None => outln!("{s}: {verdict} for {who}: no rule applies"),
+            Some(i) => {
+                let rule = serde_json::to_string(&rules[i]).unwrap_or_default();
+                outln!("{s}: {verdict} for {who} by rule {} {rule}", i + 1);
+            }
+        }
+    }
+    Ok(if all_granted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -843,3 +843,64 @@ fn failed_logins_are_throttled_per_account() {
         "{metrics}"
     );
 }
+
+/// `berth auth explain` names the rule of the issuer's ACL that decides each scope, as the
+/// token endpoint decides it, and exits 1 when anything asked for is not granted.
+#[test]
+fn auth_explain_names_the_deciding_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = issuer_berth(dir.path());
+    let explain = |args: &[&str]| {
+        let out = std::process::Command::new(support::bin())
+            .args(["auth", "explain", "--config"])
+            .arg(&berth.config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = explain(&[
+        "--account",
+        "alice",
+        "--scope",
+        "repository:alice/app:pull,push",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "repository:alice/app:pull,push: granted pull,push for account \"alice\" by rule 3"
+        ) && out.contains("${account}/*"),
+        "{out}"
+    );
+    let (code, out) = explain(&[
+        "--account",
+        "alice",
+        "--scope",
+        "repository:bob/app:pull",
+        "--scope",
+        "repository:alice/x:delete",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "repository:bob/app:pull: nothing granted for account \"alice\": no rule applies"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("repository:alice/x:delete: granted delete"),
+        "{out}"
+    );
+    let (code, out) = explain(&["--scope", "repository:public/x:pull,push"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("granted pull for anonymous by rule 4"),
+        "{out}"
+    );
+    // The token endpoint agrees.
+    let r = get_token(&berth.url, None, &["repository:public/x:pull,push"]);
+    assert_eq!(r.json().unwrap()["scope"], "repository:public/x:pull");
+}

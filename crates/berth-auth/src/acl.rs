@@ -103,6 +103,11 @@ fn glob(pattern: &[Token], text: &[char]) -> bool {
     pattern[p..].iter().all(|tok| *tok == Token::Star)
 }
 
+/// Whether the glob `pattern` (`*`, `?`; no `${account}`) matches `text`.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    matches(pattern, None, text)
+}
+
 fn matches(pattern: &str, account: Option<&str>, text: &str) -> bool {
     let chars: Vec<char> = text.chars().collect();
     compile(pattern, account).is_some_and(|p| glob(&p, &chars))

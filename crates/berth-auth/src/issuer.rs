@@ -149,6 +149,33 @@ impl Issuer {
         now: i64,
     ) -> Result<Issued, String> {
         let granted = acl::grant(&self.settings.acl, account, requested);
+        self.sign(account, granted, offline, now)
+    }
+
+    /// Grants a robot token's account what the ACL allows of `requested`, cut down to the
+    /// token's scopes ([`RobotToken::limit`]), and signs an access token (never a refresh
+    /// token: a revoked robot token must stop working when its access tokens expire).
+    pub fn issue_for_robot(
+        &self,
+        robot: &crate::robot::RobotToken,
+        requested: &[Scope],
+        now: i64,
+    ) -> Result<Issued, String> {
+        let granted = robot.limit(acl::grant(
+            &self.settings.acl,
+            Some(&robot.account),
+            requested,
+        ));
+        self.sign(Some(&robot.account), granted, false, now)
+    }
+
+    fn sign(
+        &self,
+        account: Option<&str>,
+        granted: Vec<Scope>,
+        offline: bool,
+        now: i64,
+    ) -> Result<Issued, String> {
         let access: Vec<Value> = granted
             .iter()
             .map(|s| json!({ "type": s.typ, "name": s.name, "actions": s.actions }))

@@ -7,6 +7,7 @@ pub mod cloudfront;
 pub mod htpasswd;
 pub mod issuer;
 pub mod keys;
+pub mod robot;
 pub mod scope;
 pub mod signer;
 pub mod token;

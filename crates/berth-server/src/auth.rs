@@ -238,6 +238,8 @@ pub struct Auth {
     pub refusals: Refusals,
     /// Failed logins at the issuer's token endpoint, per account and address.
     pub throttle: crate::throttle::Throttle,
+    /// Robot token records read recently.
+    pub robots: crate::robots::RobotCache,
 }
 
 impl Default for Auth {
@@ -247,6 +249,7 @@ impl Default for Auth {
             issuer: None,
             refusals: Refusals::default(),
             throttle: Default::default(),
+            robots: Default::default(),
         }
     }
 }

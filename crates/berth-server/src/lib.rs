@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod notify;
 mod observe;
 mod proxied;
+pub mod robots;
 pub mod setup;
 pub mod storage_middleware;
 pub mod telemetry;
@@ -441,7 +442,10 @@ async fn serve(
     };
     let resp = match endpoint {
         Ok(endpoint::Endpoint::Token) => match &state.auth.issuer {
-            Some(issuer) => token_endpoint::token(issuer, &state.auth, &parts, &mut body).await,
+            Some(issuer) => {
+                let driver = state.registry.driver().as_ref();
+                token_endpoint::token(issuer, &state.auth, driver, &parts, &mut body).await
+            }
             None => not_found(),
         },
         Ok(endpoint::Endpoint::Jwks) => match &state.auth.issuer {

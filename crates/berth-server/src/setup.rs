@@ -187,6 +187,7 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         issuer,
         refusals: Default::default(),
         throttle: Default::default(),
+        robots: Default::default(),
     })
 }
 

@@ -22,6 +22,9 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, StatusCode};
 use serde_json::json;
 
+use berth_auth::robot::RobotToken;
+use berth_storage::StorageDriver;
+
 use crate::auth::{basic_credentials, now_secs, Auth};
 use crate::body::{read_to_limit, BodySlot};
 use crate::http_util::{percent_decode, query};
@@ -76,28 +79,63 @@ fn rfc3339(secs: i64) -> String {
     berth_core::time::rfc3339(t)
 }
 
-/// Signs a token for `account` and logs the grant: one line with the account, how it was
-/// identified (`source`: `anonymous`, `password` for Basic and the password grant,
-/// `refresh_token`), what was asked and what was granted. Never a secret.
+/// Who a token request logged in as.
+enum Login {
+    Anonymous,
+    /// Basic credentials or the password grant, checked against the issuer's accounts.
+    Password(String),
+    /// The refresh grant.
+    Refresh(String),
+    /// A robot token presented as the password.
+    Robot(RobotToken),
+}
+
+impl Login {
+    fn account(&self) -> Option<&str> {
+        match self {
+            Login::Anonymous => None,
+            Login::Password(a) | Login::Refresh(a) => Some(a),
+            Login::Robot(t) => Some(&t.account),
+        }
+    }
+
+    /// The identity source, for the grant's log line.
+    fn source(&self) -> &'static str {
+        match self {
+            Login::Anonymous => "anonymous",
+            Login::Password(_) => "password",
+            Login::Refresh(_) => "refresh_token",
+            Login::Robot(_) => "robot_token",
+        }
+    }
+}
+
+/// Signs a token and logs the grant: one line with the account, how it was identified
+/// (`source`, and a robot token's id), what was asked and what was granted. Never a secret.
 fn issue(
     issuer: &Issuer,
-    account: Option<&str>,
+    login: &Login,
     requested: &[Scope],
     offline: bool,
     refresh_for: Option<&str>,
 ) -> Response {
     let now = now_secs();
-    let source = match (account, refresh_for) {
-        (None, _) => "anonymous",
-        (Some(_), None) => "password",
-        (Some(_), Some(_)) => "refresh_token",
+    let account = login.account();
+    let signed = match login {
+        Login::Robot(t) => issuer.issue_for_robot(t, requested, now),
+        _ => issuer.issue(account, requested, offline && account.is_some(), now),
     };
-    match issuer.issue(account, requested, offline, now) {
+    match signed {
         Ok(t) => {
             let granted: Vec<String> = t.granted.iter().map(|s| s.to_string()).collect();
+            let robot = match login {
+                Login::Robot(r) => r.id.as_str(),
+                _ => "",
+            };
             tracing::info!(
                 account = account.unwrap_or("anonymous"),
-                source,
+                source = login.source(),
+                robot_token = robot,
                 requested = %requested.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "),
                 granted = %granted.join(" "),
                 "token issued"
@@ -132,6 +170,7 @@ fn issue(
 pub async fn token(
     issuer: &Arc<Issuer>,
     auth: &Auth,
+    driver: &dyn StorageDriver,
     req: &Parts,
     body: &mut BodySlot,
 ) -> Response {
@@ -157,22 +196,16 @@ pub async fn token(
                 Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &e),
             };
             let offline = q.iter().any(|(k, v)| k == "offline_token" && v == "true");
-            let account = match basic_credentials(&req.headers) {
-                None => None,
+            let login = match basic_credentials(&req.headers) {
+                None => Login::Anonymous,
                 Some((user, password)) => {
-                    match check(issuer, auth, address, user, password).await {
-                        Ok(a) => Some(a),
+                    match check(issuer, auth, driver, address, user, password).await {
+                        Ok(l) => l,
                         Err(r) => return r,
                     }
                 }
             };
-            issue(
-                issuer,
-                account.as_deref(),
-                &requested,
-                offline && account.is_some(),
-                None,
-            )
+            issue(issuer, &login, &requested, offline, None)
         }
         Method::POST => {
             let form = match read_to_limit(body.take(), MAX_FORM).await {
@@ -208,15 +241,17 @@ pub async fn token(
                 Some("password") => {
                     let user = field("username").unwrap_or("").to_owned();
                     let password = field("password").unwrap_or("").to_owned();
-                    match check(issuer, auth, address, user, password).await {
-                        Ok(a) => issue(issuer, Some(&a), &requested, offline, None),
+                    match check(issuer, auth, driver, address, user, password).await {
+                        Ok(l) => issue(issuer, &l, &requested, offline, None),
                         Err(r) => r,
                     }
                 }
                 Some("refresh_token") => {
                     let refresh = field("refresh_token").unwrap_or("");
                     match issuer.redeem_refresh(refresh, now_secs()) {
-                        Ok(a) => issue(issuer, Some(&a), &requested, false, Some(refresh)),
+                        Ok(a) => {
+                            issue(issuer, &Login::Refresh(a), &requested, false, Some(refresh))
+                        }
                         Err(e) => {
                             refusals.count("issuer", "bad_refresh_token");
                             tracing::warn!(
@@ -244,16 +279,19 @@ pub async fn token(
     }
 }
 
-/// The account `user` logs in as, or the response refusing it: 429 while the account or the
-/// address is locked out (no password is hashed then), 401 for wrong credentials. bcrypt runs
-/// off the async threads; a refusal logs one WARN line, and so does the start of a lock-out.
+/// Whom `user` logs in as, or the response refusing it: 429 while the account or the address
+/// is locked out (nothing is checked then), 401 for wrong credentials, 503 when a robot
+/// token's record cannot be read. A password in the robot token form is looked up by its id
+/// ([`crate::robots`]); any other is checked against the issuer's accounts with bcrypt, off the
+/// async threads. A refusal logs one WARN line, which also says when it starts a lock-out.
 async fn check(
     issuer: &Arc<Issuer>,
     auth: &Auth,
+    driver: &dyn StorageDriver,
     address: Option<&str>,
     user: String,
     password: String,
-) -> Result<String, Response> {
+) -> Result<Login, Response> {
     if let Some(wait) = auth.throttle.check(&user, address) {
         auth.refusals.count("issuer", "throttled");
         let secs = wait.retry_after.as_secs().max(1);
@@ -266,38 +304,59 @@ async fn check(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return Err(r);
     }
-    let shared = issuer.clone();
-    let u = user.clone();
-    let account =
-        tokio::task::spawn_blocking(move || shared.authenticate(&u, &password, now_secs()))
-            .await
-            .ok()
-            .flatten();
-    match account {
-        Some(a) => {
-            auth.throttle.succeeded(&user, address);
-            Ok(a)
-        }
-        None => {
-            auth.refusals.count("issuer", "bad_credentials");
-            match auth.throttle.failed(&user, address) {
-                None => tracing::warn!(
+    let (login, refusal) = if let Some(id) = berth_auth::robot::id_of(&password) {
+        match auth.robots.get(driver, id).await {
+            Err(e) => {
+                tracing::warn!(
                     user = %user,
-                    "token request refused: unknown user or wrong password; hint: check the account in auth.issuer (htpasswd or users, bcrypt)"
-                ),
-                Some(w) => tracing::warn!(
-                    user = %user,
-                    address = address.unwrap_or(""),
-                    locked_out = w.by,
-                    retry_after_secs = w.retry_after.as_secs(),
-                    "token request refused: unknown user or wrong password, again: the {} is locked out for {} s; hint: a client with a stale password (a CI secret, a credential helper) keeps retrying it",
-                    w.by,
-                    w.retry_after.as_secs()
-                ),
+                    robot_token = id,
+                    "token request failed: the robot token's record cannot be read ({e}); hint: check the storage"
+                );
+                return Err(oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "storage unavailable",
+                ));
             }
-            Err(unauthorized(issuer, "invalid username or password"))
+            Ok(None) => (None, ("unknown_robot_token", "robot token unknown or revoked; hint: create a new one with berth tokens create")),
+            Ok(Some(t)) => match t.check(&password, now_secs()) {
+                Ok(()) => (Some(Login::Robot(t)), ("", "")),
+                Err(berth_auth::robot::Refused::Expired) => (None, ("expired_robot_token", "robot token expired; hint: create a new one with berth tokens create")),
+                Err(berth_auth::robot::Refused::WrongSecret) => (None, ("bad_robot_token", "robot token secret does not match; hint: the secret is printed once, at creation")),
+            },
         }
+    } else {
+        let shared = issuer.clone();
+        let u = user.clone();
+        let account =
+            tokio::task::spawn_blocking(move || shared.authenticate(&u, &password, now_secs()))
+                .await
+                .ok()
+                .flatten();
+        (
+            account.map(Login::Password),
+            ("bad_credentials", "unknown user or wrong password; hint: check the account in auth.issuer (htpasswd or users, bcrypt)"),
+        )
+    };
+    if let Some(l) = login {
+        auth.throttle.succeeded(&user, address);
+        return Ok(l);
     }
+    let (reason, why) = refusal;
+    auth.refusals.count("issuer", reason);
+    match auth.throttle.failed(&user, address) {
+        None => tracing::warn!(user = %user, "token request refused: {why}"),
+        Some(w) => tracing::warn!(
+            user = %user,
+            address = address.unwrap_or(""),
+            locked_out = w.by,
+            retry_after_secs = w.retry_after.as_secs(),
+            "token request refused: {why}; again: the {} is locked out for {} s (a client with a stale secret, such as a CI variable or a credential helper, keeps retrying it)",
+            w.by,
+            w.retry_after.as_secs()
+        ),
+    }
+    Err(unauthorized(issuer, "invalid username or password"))
 }
 
 /// Serves `/auth/jwks.json`.

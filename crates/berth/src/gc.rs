@@ -88,27 +88,8 @@ pub fn garbage_collect(args: Args<'_>) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let driver: Arc<dyn berth_storage::StorageDriver> = match cfg.storage.driver() {
-            StorageDriver::Filesystem(fs) => {
-                say(format_args!("storage: filesystem at {}", fs.rootdirectory));
-                Arc::new(
-                    berth_storage::FilesystemDriver::new(&fs.rootdirectory)
-                        .inline_io(fs.inlineio.unwrap_or(true)),
-                )
-            }
-            StorageDriver::S3(s3) => {
-                let c = berth_server::setup::s3_config(&s3, false);
-                say(format_args!("storage: s3 bucket {} root {:?}", c.bucket, c.root_directory));
-                let d = berth_storage::S3Driver::new(c)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                d.check_bucket().await.map_err(anyhow::Error::msg)?;
-                Arc::new(d)
-            }
-            StorageDriver::InMemory => {
-                bail!("storage is inmemory: it lives in the serving process, there is nothing to collect")
-            }
-        };
+        let (driver, described) = open_driver(cfg).await?;
+        say(format_args!("storage: {described}"));
         // The collector itself touches nothing.
         let registry = berth_registry::Registry::new(
             driver,
@@ -242,4 +223,32 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
+}
+
+/// The storage driver a configuration names, for commands that work on the storage without
+/// serving (`garbage-collect`, `tokens`), and how to describe it.
+pub(crate) async fn open_driver(
+    cfg: &berth_server::config::Config,
+) -> anyhow::Result<(Arc<dyn berth_storage::StorageDriver>, String)> {
+    Ok(match cfg.storage.driver() {
+        StorageDriver::Filesystem(fs) => (
+            Arc::new(
+                berth_storage::FilesystemDriver::new(&fs.rootdirectory)
+                    .inline_io(fs.inlineio.unwrap_or(true)),
+            ),
+            format!("filesystem at {}", fs.rootdirectory),
+        ),
+        StorageDriver::S3(s3) => {
+            let c = berth_server::setup::s3_config(&s3, false);
+            let described = format!("s3 bucket {} root {:?}", c.bucket, c.root_directory);
+            let d = berth_storage::S3Driver::new(c)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            d.check_bucket().await.map_err(anyhow::Error::msg)?;
+            (Arc::new(d), described)
+        }
+        StorageDriver::InMemory => {
+            bail!("storage is inmemory: it lives in the serving process, there is nothing to work on from another one")
+        }
+    })
 }

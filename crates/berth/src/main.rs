@@ -37,6 +37,7 @@ mod keys;
 mod logging;
 mod serve;
 mod token;
+mod tokens;
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +68,12 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Robot tokens: secrets that log in as an account at the issuer's token endpoint,
+    /// limited to some scopes, stored hashed in the configured storage.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
     },
     /// The built-in issuer's access rules.
     Auth {
@@ -152,6 +159,37 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token; its secret is printed once, on stdout.
+    Create {
+        /// The configuration (as for serve).
+        #[arg(long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
+        /// The account the token logs in as (the ACL decides what it may do).
+        #[arg(long, value_name = "NAME")]
+        account: String,
+        /// What the token may be granted at most, e.g. 'repository:app/*:push,pull' (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime: 90d, 12h, 30m; without it the token does not expire.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List the tokens (id, account, scopes, expiry): never their secrets.
+    List {
+        #[arg(long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Revoke a token: every replica refuses it within seconds.
+    Revoke {
+        #[arg(long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
+        /// The token's id (berth tokens list).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuthCommand {
     /// Which rule of auth.issuer.acl decides each scope for an account, and what it grants.
     /// Exit 0 when every action asked for is granted, 1 otherwise.
@@ -223,6 +261,21 @@ fn main() -> ExitCode {
                     token,
                 },
         } => token::verify_cmd(config.as_deref(), &token, &needs),
+        Command::Tokens {
+            command:
+                TokensCommand::Create {
+                    config,
+                    account,
+                    scopes,
+                    expires,
+                },
+        } => tokens::create_cmd(config.as_deref(), &account, &scopes, expires.as_deref()),
+        Command::Tokens {
+            command: TokensCommand::List { config },
+        } => tokens::list_cmd(config.as_deref()),
+        Command::Tokens {
+            command: TokensCommand::Revoke { config, id },
+        } => tokens::revoke_cmd(config.as_deref(), &id),
         Command::Auth {
             command:
                 AuthCommand::Explain {

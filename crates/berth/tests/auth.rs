@@ -904,3 +904,130 @@ fn auth_explain_names_the_deciding_rule() {
     let r = get_token(&berth.url, None, &["repository:public/x:pull,push"]);
     assert_eq!(r.json().unwrap()["scope"], "repository:public/x:pull");
 }
+
+/// Robot tokens: created with `berth tokens create` (the secret printed once, only its hash
+/// stored), presented as a password they log in as their account with what the ACL grants it
+/// cut down to the token's scopes, never with a refresh token; `list` shows no secret; a
+/// revocation is refused by every replica within seconds.
+#[test]
+fn robot_tokens_are_created_used_and_revoked_on_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = issuer_berth(dir.path());
+    let config = std::fs::read_to_string(&a.config_path).unwrap();
+    let b = Berth::start_with_config(&config, &dir.path().join("data"));
+    let tokens = |args: &[&str]| {
+        let out = std::process::Command::new(support::bin())
+            .arg("tokens")
+            .args(args)
+            .arg("--config")
+            .arg(&a.config_path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, secret, err) = tokens(&[
+        "create",
+        "--account",
+        "ci",
+        "--scope",
+        "repository:ci/*:pull,push",
+        "--expires",
+        "1d",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(secret.starts_with("berth_rt_"), "{secret}");
+    let stored = walk_files(&dir.path().join("data"));
+    assert!(
+        stored.iter().all(|(_, body)| !body.contains(&secret)),
+        "the secret is stored"
+    );
+
+    // As a password (any user name): the ACL's grant for `ci`, cut down to pull and push.
+    let asked = [
+        "repository:ci/app:pull,push,delete",
+        "repository:alice/app:pull",
+    ];
+    for replica in [&a, &b] {
+        let r = get_token(&replica.url, Some(("deploy-bot", &secret)), &asked);
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert_eq!(r.json().unwrap()["scope"], "repository:ci/app:pull,push");
+    }
+    let r = get_token(&a.url, Some(("deploy-bot", &secret)), &asked);
+    bearer(&a.url, &token_of(&r))
+        .push_image("ci/app", "v1", &Image::oci("robot", 1, ""))
+        .unwrap();
+    // docker login's password grant, offline: still no refresh token.
+    let r = Client::new(&a.url, None)
+        .send(
+            "POST",
+            "/auth/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Body::Bytes(
+                format!(
+                    "grant_type=password&username=x&password={secret}&access_type=offline&service={SERVICE}&scope=repository%3Aci%2Fapp%3Apull"
+                )
+                .as_bytes(),
+            ),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert!(r.json().unwrap().get("refresh_token").is_none());
+    // A wrong secret of the right form is refused.
+    let forged = format!("{}x", &secret[..secret.len() - 1]);
+    assert_eq!(get_token(&a.url, Some(("x", &forged)), &[]).status, 401);
+
+    let (code, listed, _) = tokens(&["list"]);
+    assert_eq!(code, Some(0));
+    let id = &secret["berth_rt_".len().."berth_rt_".len() + 24];
+    assert!(
+        listed.contains(id) && listed.contains("ci") && !listed.contains(&secret),
+        "{listed}"
+    );
+
+    let (code, _, err) = tokens(&["revoke", id]);
+    assert_eq!(code, Some(0), "{err}");
+    let revoked = std::time::Instant::now();
+    for replica in [&a, &b] {
+        loop {
+            let r = get_token(&replica.url, Some(("deploy-bot", &secret)), &[]);
+            if r.status == 401 {
+                break;
+            }
+            assert_eq!(r.status, 200, "{}", r.describe());
+            assert!(
+                revoked.elapsed() < std::time::Duration::from_secs(8),
+                "a replica still accepts the revoked token"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+    let (code, _, err) = tokens(&["revoke", id]);
+    assert_eq!(code, Some(1), "{err}");
+    for log in [a.log(), b.log()] {
+        assert!(!log.contains(&secret[20..]), "the secret is logged");
+    }
+    assert!(a.log().contains("robot_token"), "{}", a.log());
+}
+
+/// Every file below `root` with its content (lossy).
+fn walk_files(root: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let body =
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).into_owned();
+                out.push((p, body));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,151 @@
+//! `berth tokens create|list|revoke`: robot tokens in the configured storage, so every replica
+//! sees them (`berth_server::robots`). The secret is printed once, on stdout; only its hash is
+//! stored.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use berth_auth::scope::Scope;
+
+/// `90d`, `12h`, `30m`, `45s`, or a bare number of seconds.
+fn duration_secs(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: i64 = n.parse().with_context(|| format!("--expires {s:?}"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => bail!("--expires {s:?}: unknown unit {other:?} (s, m, h, d)"),
+    };
+    n.checked_mul(unit)
+        .filter(|v| *v > 0)
+        .with_context(|| format!("--expires {s:?} is out of range"))
+}
+
+fn load(config: Option<&std::path::Path>) -> anyhow::Result<berth_server::config::Loaded> {
+    berth_server::config::load(config, std::env::vars()).map_err(|e| {
+        anyhow::anyhow!(
+            "the configuration has problems:\n  {}",
+            e.problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn create_cmd(
+    config: Option<&std::path::Path>,
+    account: &str,
+    scopes: &[String],
+    expires: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let loaded = load(config)?;
+    if loaded
+        .config
+        .auth
+        .as_ref()
+        .is_none_or(|a| a.issuer.is_none())
+    {
+        bail!(
+            "{} has no auth.issuer section: robot tokens are presented to Berth's token endpoint",
+            loaded.source
+        );
+    }
+    if account.is_empty() {
+        bail!("--account must name the account the token acts as");
+    }
+    let scopes: Vec<Scope> = scopes
+        .iter()
+        .map(|s| {
+            s.parse().map_err(|e: berth_auth::scope::ScopeError| {
+                anyhow::anyhow!("--scope {s:?}: {}", e.0)
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let now = berth_server::auth::now_secs();
+    let expires = expires.map(duration_secs).transpose()?.map(|d| now + d);
+    let (token, secret) =
+        berth_auth::robot::mint(account, &scopes, expires, now).map_err(anyhow::Error::msg)?;
+    runtime()?.block_on(async {
+        let (driver, _) = crate::gc::open_driver(&loaded.config).await?;
+        berth_server::robots::save(driver.as_ref(), &token)
+            .await
+            .context("storing the token")
+    })?;
+    eprintln!(
+        "token {} for account {account:?}, scopes {}, {}; the secret follows, shown only now:",
+        token.id,
+        token.scopes.join(" "),
+        match expires {
+            Some(e) => format!(
+                "expires at {e} (Unix seconds, in {} days)",
+                (e - now) / 86_400
+            ),
+            None => "never expires".to_owned(),
+        }
+    );
+    outln!("{secret}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list_cmd(config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let loaded = load(config)?;
+    let tokens = runtime()?.block_on(async {
+        let (driver, _) = crate::gc::open_driver(&loaded.config).await?;
+        berth_server::robots::list(driver.as_ref())
+            .await
+            .context("listing the tokens")
+    })?;
+    let now = berth_server::auth::now_secs();
+    for t in tokens {
+        let state = match t.expires {
+            Some(e) if e <= now => "expired",
+            _ => "valid",
+        };
+        outln!(
+            "{}\t{}\t{}\t{}\t{}",
+            t.id,
+            t.account,
+            t.scopes.join(" "),
+            t.expires.map_or("never".to_owned(), |e| e.to_string()),
+            state
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn revoke_cmd(config: Option<&std::path::Path>, id: &str) -> anyhow::Result<ExitCode> {
+    let loaded = load(config)?;
+    let id = id.trim();
+    if id.len() != 24 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{id:?} is not a token id (24 hex digits, as berth tokens list shows)");
+    }
+    let found = runtime()?.block_on(async {
+        let (driver, _) = crate::gc::open_driver(&loaded.config).await?;
+        berth_server::robots::revoke(driver.as_ref(), id)
+            .await
+            .context("revoking the token")
+    })?;
+    if !found {
+        bail!("no token {id}");
+    }
+    eprintln!(
+        "token {id} revoked: every replica refuses it within {} s",
+        berth_server::robots::RECHECK.as_secs()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -194,3 +194,38 @@ pub mod wrk {
         }
     }
 }
+
+/// One blob pushed as Docker pushes it: `HEAD` (absent), `POST`, one `PATCH` with the whole
+/// body (chunked transfer encoding when `chunked`, as Docker streams it), `PUT ?digest=`.
+pub fn docker_push_blob(
+    c: &berth_conformance::client::Client,
+    repo: &str,
+    blob: &[u8],
+    chunked: bool,
+) {
+    use berth_conformance::client::{with_query, Body};
+    use berth_conformance::fixtures::{digest, expect_status, location, OCTET};
+    let d = digest(blob);
+    let r = c.head(&format!("/v2/{repo}/blobs/{d}")).unwrap();
+    assert_eq!(r.status, 404, "{}", r.describe());
+    let loc = c.start_upload(repo).unwrap();
+    let body = if chunked {
+        Body::Chunked(blob)
+    } else {
+        Body::Bytes(blob)
+    };
+    let r = c
+        .send("PATCH", &loc, &[("Content-Type", OCTET)], body)
+        .unwrap();
+    expect_status(&r, &[202]).unwrap();
+    let loc = location(&r).unwrap();
+    let r = c
+        .send(
+            "PUT",
+            &with_query(&loc, "digest", &d),
+            &[],
+            Body::Bytes(&[]),
+        )
+        .unwrap();
+    expect_status(&r, &[201]).unwrap();
+}

@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 
 use berth_bench::{berth_bin, median, mib_per_s, timed};
-use berth_conformance::client::{with_query, Body, Client};
+use berth_conformance::client::Client;
 use berth_conformance::fixtures::{
-    bytes, descriptor, digest, expect_status, location, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, OCTET,
+    bytes, descriptor, digest, expect_status, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST,
 };
 use berth_testkit::{Berth, Distribution, Garage};
 
@@ -40,24 +40,7 @@ fn image(seed: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
 /// ?digest=; then the manifest by tag.
 fn push(c: &Client, repo: &str, blobs: &[Vec<u8>], manifest: &[u8]) {
     for b in blobs {
-        let d = digest(b);
-        let r = c.head(&format!("/v2/{repo}/blobs/{d}")).unwrap();
-        assert_eq!(r.status, 404);
-        let loc = c.start_upload(repo).unwrap();
-        let r = c
-            .send("PATCH", &loc, &[("Content-Type", OCTET)], Body::Chunked(b))
-            .unwrap();
-        expect_status(&r, &[202]).unwrap();
-        let loc = location(&r).unwrap();
-        let r = c
-            .send(
-                "PUT",
-                &with_query(&loc, "digest", &d),
-                &[],
-                Body::Bytes(&[]),
-            )
-            .unwrap();
-        expect_status(&r, &[201]).unwrap();
+        berth_bench::docker_push_blob(c, repo, b, true);
     }
     let r = c.put_manifest(repo, "v1", OCI_MANIFEST, manifest).unwrap();
     expect_status(&r, &[201]).unwrap();

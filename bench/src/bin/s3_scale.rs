@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_bench::{berth_bin, timed};
-use berth_conformance::client::{with_query, Body, Client};
-use berth_conformance::fixtures::{bytes, digest, expect_status, location, Image, OCTET};
+use berth_conformance::client::Client;
+use berth_conformance::fixtures::{bytes, digest, expect_status, Image};
 use berth_storage::{S3Config, S3Driver, StorageDriver};
 use berth_testkit::{Berth, Distribution, Garage, DISTRIBUTION_BIN};
 
@@ -295,24 +295,7 @@ fn walk(
 /// then the manifest by tag.
 fn push(c: &Client, repo: &str, img: &Image) {
     for b in img.blobs() {
-        let d = digest(b);
-        let r = c.head(&format!("/v2/{repo}/blobs/{d}")).unwrap();
-        assert_eq!(r.status, 404, "{}", r.describe());
-        let loc = c.start_upload(repo).unwrap();
-        let r = c
-            .send("PATCH", &loc, &[("Content-Type", OCTET)], Body::Bytes(b))
-            .unwrap();
-        expect_status(&r, &[202]).unwrap();
-        let loc = location(&r).unwrap();
-        let r = c
-            .send(
-                "PUT",
-                &with_query(&loc, "digest", &d),
-                &[],
-                Body::Bytes(&[]),
-            )
-            .unwrap();
-        expect_status(&r, &[201]).unwrap();
+        berth_bench::docker_push_blob(c, repo, b, false);
     }
     let r = c
         .put_manifest(repo, "latest", img.media_type, &img.manifest)

@@ -23,20 +23,8 @@ pub fn verify_cmd(
     } else {
         token.trim().to_owned()
     };
-    let loaded = berth_server::config::load(config, std::env::vars()).map_err(|e| {
-        anyhow::anyhow!(
-            "the configuration has problems:\n  {}",
-            e.problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        )
-    })?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let loaded = crate::tokens::load(config)?;
+    let rt = crate::tokens::runtime()?;
     let auth = rt
         .block_on(berth_server::setup::auth(&loaded.config))
         .map_err(anyhow::Error::msg)?;
@@ -98,20 +86,8 @@ pub fn explain_cmd(
     account: Option<&str>,
     scopes: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let loaded = berth_server::config::load(config, std::env::vars()).map_err(|e| {
-        anyhow::anyhow!(
-            "the configuration has problems:\n  {}",
-            e.problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        )
-    })?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let loaded = crate::tokens::load(config)?;
+    let rt = crate::tokens::runtime()?;
     let auth = rt
         .block_on(berth_server::setup::auth(&loaded.config))
         .map_err(anyhow::Error::msg)?;

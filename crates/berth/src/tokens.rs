@@ -27,7 +27,10 @@ fn duration_secs(s: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("--expires {s:?} is out of range"))
 }
 
-fn load(config: Option<&std::path::Path>) -> anyhow::Result<berth_server::config::Loaded> {
+/// The configuration, or every problem it has in one error.
+pub(crate) fn load(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<berth_server::config::Loaded> {
     berth_server::config::load(config, std::env::vars()).map_err(|e| {
         anyhow::anyhow!(
             "the configuration has problems:\n  {}",
@@ -40,7 +43,8 @@ fn load(config: Option<&std::path::Path>) -> anyhow::Result<berth_server::config
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// A runtime for one command's storage or network calls.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -663,7 +663,12 @@ impl KeyWalk {
             if name.starts_with(LEGACY_PREFIX) {
                 continue;
             }
-            let is_dir = entry.file_type()?.is_dir();
+            let is_dir = match entry.file_type() {
+                Ok(t) => t.is_dir(),
+                // Removed since the directory was read (a delete, an upload finishing).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             // A directory's keys continue with `/`, which decides its place among its
             // siblings (`a-b` before `a/`).
             let key = if is_dir {
@@ -690,10 +695,13 @@ impl KeyWalk {
                     self.visit(&entry.path(), &key)?;
                 }
             } else if self.after.as_deref().is_none_or(|a| key.as_str() > a) {
-                self.push(key, false, || {
-                    let m = entry.metadata()?;
-                    Ok((m.len(), m.modified().ok()))
-                })?;
+                let m = match entry.metadata() {
+                    Ok(m) => m,
+                    // Removed since the directory was read: not listed, as on S3.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                self.push(key, false, || Ok((m.len(), m.modified().ok())))?;
             }
         }
         Ok(())

@@ -120,6 +120,9 @@ pub struct Verified {
     /// `class`), for `policy.repository.classes`.
     pub classes: Vec<(String, String)>,
     pub expires: i64,
+    /// Every claim of the token (federated identities map them to an account and ACL
+    /// variables).
+    pub claims: Value,
 }
 
 /// The parts of a token, decoded but not yet trusted.
@@ -461,6 +464,7 @@ impl Verifier {
             access: access_claim(&d.claims),
             classes: class_claim(&d.claims),
             expires: exp.unwrap_or(now),
+            claims: d.claims,
         })
     }
 }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::acl::{self, Rule};
 use crate::htpasswd::Users;
+use crate::identity::{self, Identity};
 use crate::scope::Scope;
 use crate::signer::Signer;
 use crate::token::{Verifier, VerifierConfig};
@@ -123,12 +124,18 @@ impl Issuer {
         self.users.current()
     }
 
-    /// Checks Basic credentials: the account, or `None` for a wrong user or password.
-    pub fn authenticate(&self, user: &str, password: &str, now: i64) -> Option<String> {
+    /// Checks Basic credentials against the issuer's accounts: the identity, or `None` for a
+    /// wrong user or password.
+    pub fn authenticate(&self, user: &str, password: &str, now: i64) -> Option<Identity> {
         self.users
             .current()
             .check(user, password, now)
-            .then(|| user.to_owned())
+            .then(|| Identity::new(user, identity::PASSWORD))
+    }
+
+    /// Whether `user` is one of the issuer's own accounts (which then decide its password).
+    pub fn has_account(&self, user: &str) -> bool {
+        self.users.current().contains(user)
     }
 
     fn jti() -> String {
@@ -139,17 +146,20 @@ impl Issuer {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
-    /// Grants `account` (`None`: anonymous) what the ACL allows of `requested`, and signs an
-    /// access token (and a refresh token when `offline`).
+    /// Grants `who` (`None`: anonymous) what the ACL allows of `requested`, and signs an
+    /// access token, which expires with the identity's proof at the latest, and a refresh token
+    /// when `offline` and `who` is one of the issuer's own accounts (an external token, a
+    /// directory or a robot token must be presented again, so that revoking it works).
     pub fn issue(
         &self,
-        account: Option<&str>,
+        who: Option<&Identity>,
         requested: &[Scope],
         offline: bool,
         now: i64,
     ) -> Result<Issued, String> {
-        let granted = acl::grant(&self.settings.acl, account, requested);
-        self.sign(account, granted, offline, now)
+        let granted = acl::grant(&self.settings.acl, who, requested);
+        let refresh = offline && who.is_some_and(|w| w.source == identity::PASSWORD);
+        self.sign(who, granted, refresh, now)
     }
 
     /// Grants a robot token's account what the ACL allows of `requested`, cut down to the
@@ -161,21 +171,23 @@ impl Issuer {
         requested: &[Scope],
         now: i64,
     ) -> Result<Issued, String> {
-        let granted = robot.limit(acl::grant(
-            &self.settings.acl,
-            Some(&robot.account),
-            requested,
-        ));
-        self.sign(Some(&robot.account), granted, false, now)
+        let who = robot.identity();
+        let granted = robot.limit(acl::grant(&self.settings.acl, Some(&who), requested));
+        self.sign(Some(&who), granted, false, now)
     }
 
     fn sign(
         &self,
-        account: Option<&str>,
+        who: Option<&Identity>,
         granted: Vec<Scope>,
         offline: bool,
         now: i64,
     ) -> Result<Issued, String> {
+        let account = who.map(|w| w.account.as_str());
+        let exp = match who.and_then(|w| w.expires) {
+            Some(until) => (now + self.settings.expiration_secs).min(until),
+            None => now + self.settings.expiration_secs,
+        };
         let access: Vec<Value> = granted
             .iter()
             .map(|s| json!({ "type": s.typ, "name": s.name, "actions": s.actions }))
@@ -184,7 +196,7 @@ impl Issuer {
             "iss": self.settings.issuer,
             "sub": account.unwrap_or(""),
             "aud": self.settings.service,
-            "exp": now + self.settings.expiration_secs,
+            "exp": exp,
             "nbf": now - 5,
             "iat": now,
             "jti": Self::jti(),
@@ -205,7 +217,7 @@ impl Issuer {
         };
         Ok(Issued {
             token,
-            expires_in: self.settings.expiration_secs,
+            expires_in: exp - now,
             issued_at: now,
             granted,
             refresh_token,
@@ -213,7 +225,7 @@ impl Issuer {
     }
 
     /// The account a refresh token was issued to, if it is valid and the account still exists.
-    pub fn redeem_refresh(&self, refresh_token: &str, now: i64) -> Result<String, String> {
+    pub fn redeem_refresh(&self, refresh_token: &str, now: i64) -> Result<Identity, String> {
         let v = self
             .refresh
             .verify(refresh_token, now)
@@ -221,6 +233,6 @@ impl Issuer {
         if !self.users.current().contains(&v.subject) {
             return Err(format!("the account {:?} no longer exists", v.subject));
         }
-        Ok(v.subject.clone())
+        Ok(Identity::new(v.subject.clone(), identity::PASSWORD))
     }
 }

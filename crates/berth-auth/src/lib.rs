@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod cloudfront;
 pub mod htpasswd;
+pub mod identity;
 pub mod issuer;
 pub mod keys;
 pub mod robot;

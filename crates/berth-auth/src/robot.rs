@@ -87,6 +87,12 @@ pub enum Refused {
 }
 
 impl RobotToken {
+    /// Whom the token logs in as; it is valid until it expires.
+    pub fn identity(&self) -> crate::identity::Identity {
+        let mut who = crate::identity::Identity::new(&self.account, crate::identity::ROBOT_TOKEN);
+        who.expires = self.expires;
+        who
+    }
     /// Whether `secret` is this token's and the token is still valid. The digests are compared
     /// in constant time.
     pub fn check(&self, secret: &str, now: i64) -> Result<(), Refused> {

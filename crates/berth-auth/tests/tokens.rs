@@ -6,6 +6,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL
 use base64::Engine as _;
 use berth_auth::acl::Rule;
 use berth_auth::htpasswd::Users;
+use berth_auth::identity::Identity;
 use berth_auth::issuer::{Issuer, IssuerSettings};
 use berth_auth::keys::{pem_blocks, Alg};
 use berth_auth::scope::{covers, Access, Scope};
@@ -515,8 +516,8 @@ fn issued_tokens_grant_the_intersection_and_verify() {
     let iss = issuer(&[("alice", "pw")]);
     let v = verifier(iss.trust_set());
     assert_eq!(
-        iss.authenticate("alice", "pw", NOW).as_deref(),
-        Some("alice")
+        iss.authenticate("alice", "pw", NOW),
+        Some(Identity::new("alice", "password"))
     );
     assert!(iss.authenticate("alice", "nope", NOW).is_none());
     assert!(iss.authenticate("nobody", "pw", NOW).is_none());
@@ -528,7 +529,8 @@ fn issued_tokens_grant_the_intersection_and_verify() {
     .iter()
     .map(|s| s.parse().unwrap())
     .collect();
-    let issued = iss.issue(Some("alice"), &requested, false, NOW).unwrap();
+    let alice = Identity::new("alice", "password");
+    let issued = iss.issue(Some(&alice), &requested, false, NOW).unwrap();
     let got = v.verify(&issued.token, NOW).unwrap();
     assert!(covers(
         &got.access,
@@ -561,13 +563,30 @@ fn issued_tokens_grant_the_intersection_and_verify() {
 #[test]
 fn refresh_tokens() {
     let iss = issuer(&[("alice", "pw")]);
-    let issued = iss.issue(Some("alice"), &[], true, NOW).unwrap();
+    let alice = Identity::new("alice", "password");
+    let issued = iss.issue(Some(&alice), &[], true, NOW).unwrap();
     let refresh = issued.refresh_token.unwrap();
-    assert_eq!(iss.redeem_refresh(&refresh, NOW + 3600).unwrap(), "alice");
+    assert_eq!(iss.redeem_refresh(&refresh, NOW + 3600).unwrap(), alice);
+    // Only the issuer's own accounts get one: an identity vouched for elsewhere must be
+    // presented again. A token never outlives the identity's proof.
+    let mut federated = Identity::new("system:serviceaccount:ci:builder", "kubernetes");
+    federated.expires = Some(NOW + 120);
+    let issued = iss.issue(Some(&federated), &[], true, NOW).unwrap();
+    assert!(issued.refresh_token.is_none());
+    assert_eq!(issued.expires_in, 120);
+    assert_eq!(v_exp(&iss, &issued.token), NOW + 120);
     // Not an access token: the registry's verifier refuses its audience.
     let v = verifier(iss.trust_set());
     assert_eq!(refused(&v, &refresh), Reason::WrongAudience);
     // An access token is not a refresh token.
     assert!(iss.redeem_refresh(&issued.token, NOW).is_err());
     assert!(iss.redeem_refresh(&refresh, NOW + 86_400 * 2).is_err());
+}
+
+/// The `exp` of a token the issuer signed.
+fn v_exp(iss: &Issuer, token: &str) -> i64 {
+    verifier(iss.trust_set())
+        .verify(token, NOW)
+        .unwrap()
+        .expires
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use berth_auth::identity::Identity;
 use berth_auth::issuer::Issuer;
 use berth_auth::scope::Scope;
 use http::request::Parts;
@@ -82,31 +83,22 @@ fn rfc3339(secs: i64) -> String {
 /// Who a token request logged in as.
 enum Login {
     Anonymous,
-    /// Basic credentials or the password grant, checked against the issuer's accounts.
-    Password(String),
-    /// The refresh grant.
-    Refresh(String),
+    /// Basic credentials or the password grant (the issuer's accounts, LDAP, an external
+    /// token), or a refresh token.
+    Known {
+        who: Identity,
+        /// How it was proven, for the grant's log line: the identity source, or
+        /// `refresh_token`.
+        via: String,
+    },
     /// A robot token presented as the password.
     Robot(RobotToken),
 }
 
 impl Login {
-    fn account(&self) -> Option<&str> {
-        match self {
-            Login::Anonymous => None,
-            Login::Password(a) | Login::Refresh(a) => Some(a),
-            Login::Robot(t) => Some(&t.account),
-        }
-    }
-
-    /// The identity source, for the grant's log line.
-    fn source(&self) -> &'static str {
-        match self {
-            Login::Anonymous => "anonymous",
-            Login::Password(_) => "password",
-            Login::Refresh(_) => "refresh_token",
-            Login::Robot(_) => "robot_token",
-        }
+    fn known(who: Identity) -> Login {
+        let via = who.source.clone();
+        Login::Known { who, via }
     }
 }
 
@@ -120,21 +112,32 @@ fn issue(
     refresh_for: Option<&str>,
 ) -> Response {
     let now = now_secs();
-    let account = login.account();
-    let signed = match login {
-        Login::Robot(t) => issuer.issue_for_robot(t, requested, now),
-        _ => issuer.issue(account, requested, offline && account.is_some(), now),
+    let (signed, account, source, robot) = match login {
+        Login::Anonymous => (
+            issuer.issue(None, requested, false, now),
+            "anonymous",
+            "anonymous",
+            "",
+        ),
+        Login::Known { who, via } => (
+            issuer.issue(Some(who), requested, offline, now),
+            who.account.as_str(),
+            via.as_str(),
+            "",
+        ),
+        Login::Robot(t) => (
+            issuer.issue_for_robot(t, requested, now),
+            t.account.as_str(),
+            berth_auth::identity::ROBOT_TOKEN,
+            t.id.as_str(),
+        ),
     };
     match signed {
         Ok(t) => {
             let granted: Vec<String> = t.granted.iter().map(|s| s.to_string()).collect();
-            let robot = match login {
-                Login::Robot(r) => r.id.as_str(),
-                _ => "",
-            };
             tracing::info!(
-                account = account.unwrap_or("anonymous"),
-                source = login.source(),
+                account,
+                source,
                 robot_token = robot,
                 requested = %requested.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "),
                 granted = %granted.join(" "),
@@ -249,8 +252,12 @@ pub async fn token(
                 Some("refresh_token") => {
                     let refresh = field("refresh_token").unwrap_or("");
                     match issuer.redeem_refresh(refresh, now_secs()) {
-                        Ok(a) => {
-                            issue(issuer, &Login::Refresh(a), &requested, false, Some(refresh))
+                        Ok(who) => {
+                            let login = Login::Known {
+                                who,
+                                via: "refresh_token".into(),
+                            };
+                            issue(issuer, &login, &requested, false, Some(refresh))
                         }
                         Err(e) => {
                             refusals.count("issuer", "bad_refresh_token");
@@ -334,7 +341,7 @@ async fn check(
                 .ok()
                 .flatten();
         (
-            account.map(Login::Password),
+            account.map(Login::known),
             ("bad_credentials", "unknown user or wrong password; hint: check the account in auth.issuer (htpasswd or users, bcrypt)"),
         )
     };

@@ -200,6 +200,17 @@ enum AuthCommand {
         /// The account; without it, an anonymous request.
         #[arg(long, value_name = "NAME")]
         account: Option<String>,
+        /// The identity source the account comes from: password (the issuer's accounts),
+        /// robot_token, ldap, or a federated issuer's name.
+        #[arg(long, value_name = "SOURCE", default_value = "password")]
+        source: String,
+        /// A variable of the identity, e.g. namespace=build or claims.repository=octo/app
+        /// (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+        /// A group the account is a member of (repeatable).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
         /// Scopes as clients ask for them, e.g. repository:team/app:pull,push (repeatable).
         #[arg(long = "scope", value_name = "SCOPE", required = true)]
         scopes: Vec<String>,
@@ -281,9 +292,16 @@ fn main() -> ExitCode {
                 AuthCommand::Explain {
                     config,
                     account,
+                    source,
+                    vars,
+                    groups,
                     scopes,
                 },
-        } => token::explain_cmd(config.as_deref(), account.as_deref(), &scopes),
+        } => token::explain_cmd(
+            config.as_deref(),
+            account.map(|a| (a, source, vars, groups)),
+            &scopes,
+        ),
         Command::GarbageCollect(a) => gc::garbage_collect(gc::Args {
             config: a.config.path(),
             dry_run: a.dry_run,

@@ -79,13 +79,30 @@ pub fn verify_cmd(
     }
 }
 
+/// The identity `berth auth explain` is asked about.
+fn identity(
+    (account, source, vars, groups): (String, String, Vec<String>, Vec<String>),
+) -> anyhow::Result<berth_auth::identity::Identity> {
+    let mut who = berth_auth::identity::Identity::new(account, source);
+    for v in &vars {
+        let Some((name, value)) = v.split_once('=') else {
+            bail!("--var {v:?}: expected NAME=VALUE");
+        };
+        who.vars.insert(name.to_owned(), value.to_owned());
+    }
+    who.groups = groups;
+    Ok(who)
+}
+
 /// `berth auth explain`: for each scope, the rule of `auth.issuer.acl` that decides it (the
 /// first that applies) and what it grants, as the token endpoint would.
 pub fn explain_cmd(
     config: Option<&std::path::Path>,
-    account: Option<&str>,
+    account: Option<(String, String, Vec<String>, Vec<String>)>,
     scopes: &[String],
 ) -> anyhow::Result<ExitCode> {
+    let account = account.map(identity).transpose()?;
+    let account = account.as_ref();
     let loaded = crate::tokens::load(config)?;
     let rt = crate::tokens::runtime()?;
     let auth = rt
@@ -98,7 +115,9 @@ pub fn explain_cmd(
         );
     };
     let rules = &issuer.settings().acl;
-    let who = account.map_or("anonymous".to_owned(), |a| format!("account {a:?}"));
+    let who = account.map_or("anonymous".to_owned(), |a| {
+        format!("account {:?} ({})", a.account, a.source)
+    });
     let mut all_granted = true;
     for s in scopes {
         let scope: berth_auth::scope::Scope = s

@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod cloudfront;
+pub mod federation;
 pub mod htpasswd;
 pub mod identity;
 pub mod issuer;

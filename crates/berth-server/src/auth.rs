@@ -240,6 +240,8 @@ pub struct Auth {
     pub throttle: crate::throttle::Throttle,
     /// Robot token records read recently.
     pub robots: crate::robots::RobotCache,
+    /// External issuers whose tokens log workloads in at the issuer's token endpoint.
+    pub federation: crate::federation::Shared,
 }
 
 impl Default for Auth {
@@ -250,6 +252,7 @@ impl Default for Auth {
             refusals: Refusals::default(),
             throttle: Default::default(),
             robots: Default::default(),
+            federation: Default::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ mod body;
 pub mod config;
 pub mod endpoint;
 pub mod error;
+pub mod federation;
 pub mod handlers;
 pub mod health;
 pub mod http_util;

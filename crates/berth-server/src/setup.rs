@@ -117,6 +117,10 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         Some(i) => Some(Arc::new(issuer(i, a.token.as_ref())?)),
         None => None,
     };
+    let federation = match a.issuer.as_ref().and_then(|i| i.federated.as_deref()) {
+        Some(list) => Arc::new(crate::federation::Federation::new(list).await?),
+        None => Arc::default(),
+    };
     let mode = if let Some(t) = &a.token {
         let mut trust = berth_auth::trust::TrustSet::default();
         if let Some(path) = &t.rootcertbundle {
@@ -188,6 +192,7 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         refusals: Default::default(),
         throttle: Default::default(),
         robots: Default::default(),
+        federation,
     })
 }
 

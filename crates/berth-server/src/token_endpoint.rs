@@ -299,6 +299,30 @@ async fn check(
     user: String,
     password: String,
 ) -> Result<Login, Response> {
+    // An external token (workload identity): verified by its issuer's keys. Its failures are
+    // not counted against the name or address: a token is not guessed, and pods that share a
+    // node's address and a placeholder user name must not lock each other out.
+    if let Some(f) = auth.federation.issuer_of(&password) {
+        return match f.identify(&password, now_secs()).await {
+            Ok(who) => Ok(Login::known(who)),
+            Err(r) => {
+                auth.refusals.count("issuer", r.reason);
+                tracing::warn!(user = %user, "token request refused: {}", r.message);
+                Err(unauthorized(issuer, "invalid token"))
+            }
+        };
+    }
+    if let Some(iss) = berth_auth::federation::unverified_issuer(&password) {
+        if !issuer.has_account(&user) {
+            auth.refusals.count("issuer", "unknown_issuer");
+            tracing::warn!(
+                user = %user,
+                iss = ?iss,
+                "token request refused (unknown_issuer): the password is a token from an issuer that is not trusted; hint: add it to auth.issuer.federated, or check the token's iss"
+            );
+            return Err(unauthorized(issuer, "invalid token"));
+        }
+    }
     if let Some(wait) = auth.throttle.check(&user, address) {
         auth.refusals.count("issuer", "throttled");
         let secs = wait.retry_after.as_secs().max(1);

@@ -1473,11 +1473,115 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                     }
                 }
             }
-            if i.htpasswd.is_none() && i.users.as_ref().is_none_or(|u| u.is_empty()) {
+            let federated = i.federated.as_deref().unwrap_or_default();
+            if i.htpasswd.is_none()
+                && i.users.as_ref().is_none_or(|u| u.is_empty())
+                && federated.is_empty()
+            {
                 bad(
                     "auth.issuer",
-                    "no accounts: set htpasswd or users (anonymous rules still apply)".to_owned(),
+                    "no accounts: set htpasswd, users or federated (anonymous rules still apply)"
+                        .to_owned(),
                 );
+            }
+            for (n, rule) in i.acl.iter().flatten().enumerate() {
+                if let Err(e) = rule.validate() {
+                    bad(&format!("auth.issuer.acl[{n}]"), e);
+                }
+            }
+            check_federated(federated, &mut bad);
+        }
+    }
+}
+
+/// `auth.issuer.federated`: each issuer named once, trusted for one audience, with keys and
+/// templates that can work.
+fn check_federated(list: &[schema::Federated], bad: &mut impl FnMut(&str, String)) {
+    let mut names = std::collections::BTreeSet::new();
+    let mut issuers = std::collections::BTreeSet::new();
+    for (n, f) in list.iter().enumerate() {
+        let name = f.name.as_deref().unwrap_or("");
+        let key = format!("auth.issuer.federated[{n}]");
+        if name.is_empty() {
+            bad(
+                &format!("{key}.name"),
+                "required: the identity source that rules' source: match".to_owned(),
+            );
+        } else if [
+            "anonymous",
+            "password",
+            "refresh_token",
+            "robot_token",
+            "ldap",
+        ]
+        .contains(&name)
+        {
+            bad(
+                &format!("{key}.name"),
+                format!("{name:?} is a built-in identity source; choose another name"),
+            );
+        } else if !names.insert(name) {
+            bad(&format!("{key}.name"), format!("{name:?} is used twice"));
+        }
+        if f.kind
+            .as_deref()
+            .is_some_and(|k| berth_auth::federation::Kind::parse(k).is_none())
+        {
+            bad(&format!("{key}.kind"), "kubernetes or oidc".to_owned());
+        }
+        let issuer = f.issuer.as_deref().unwrap_or("");
+        if issuer.is_empty() {
+            bad(
+                &format!("{key}.issuer"),
+                "required: the iss its tokens carry".to_owned(),
+            );
+        } else if !issuers.insert(issuer) {
+            bad(
+                &format!("{key}.issuer"),
+                format!("{issuer:?} is trusted twice; one entry per issuer"),
+            );
+        }
+        if f.audience.as_deref().unwrap_or("").is_empty() {
+            bad(
+                &format!("{key}.audience"),
+                "required: without it, a token the issuer made for any other service would log in here (for Kubernetes, every pod's default token for the API server)".to_owned(),
+            );
+        }
+        if f.jwks.is_some() && f.jwksurl.is_some() {
+            bad(&key, "set jwks (a file) or jwksurl, not both".to_owned());
+        }
+        if f.jwks.is_none()
+            && f.jwksurl.is_none()
+            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+        {
+            bad(
+                &key,
+                format!("set jwks (a file) or jwksurl: the keys cannot be discovered from the issuer {issuer:?}, which is not a URL"),
+            );
+        }
+        for a in f.algorithms.iter().flatten() {
+            if berth_auth::keys::Alg::parse(a).is_none() {
+                bad(
+                    &format!("{key}.algorithms"),
+                    format!("{a:?} is not an asymmetric JWS algorithm Berth verifies (RS256/384/512, PS256/384/512, ES256/384)"),
+                );
+            }
+        }
+        if let Some(t) = &f.account {
+            match berth_auth::acl::variables(t) {
+                Err(e) => bad(&format!("{key}.account"), e),
+                Ok(vars) => {
+                    if let Some(v) = vars.iter().find(|v| {
+                        !v.starts_with("claims.")
+                            && !(f.kind.as_deref() == Some("kubernetes")
+                                && (*v == "namespace" || *v == "serviceaccount"))
+                    }) {
+                        bad(
+                            &format!("{key}.account"),
+                            format!("${{{v}}} is not a claim of its tokens"),
+                        );
+                    }
+                }
             }
         }
     }

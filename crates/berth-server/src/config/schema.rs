@@ -504,6 +504,51 @@ pub struct Issuer {
     /// Ordered access rules (see `berth_auth::acl`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl: Option<Vec<berth_auth::acl::Rule>>,
+    /// External issuers whose tokens are accepted as the password (workload identity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub federated: Option<Vec<Federated>>,
+}
+
+/// `auth.issuer.federated[]`: an OIDC issuer (a Kubernetes cluster's service-account issuer,
+/// GitHub Actions, GitLab, ...) whose tokens log workloads in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Federated {
+    /// The identity source name, which rules' `source:` match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `kubernetes` (service-account tokens: `${namespace}`, `${serviceaccount}`) or `oidc`
+    /// (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The `iss` of its tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The `aud` its tokens must have for this registry (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Its keys: a JWKS file (re-read when a token names an unknown key)...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// ... or a JWKS URL; with neither, OpenID discovery on the issuer URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwksurl: Option<String>,
+    /// CA certificates for fetching the keys over HTTPS (a cluster's `ca.crt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cafile: Option<String>,
+    /// A file whose content is sent as a bearer token when fetching the keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearertokenfile: Option<String>,
+    /// Accepted algorithms (default: every asymmetric one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// The account name, a template over `${claims.NAME}`, `${namespace}`, `${serviceaccount}`
+    /// (default `${claims.sub}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Claims its tokens must carry, with a glob their value must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

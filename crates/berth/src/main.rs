@@ -211,6 +211,11 @@ enum AuthCommand {
         /// A group the account is a member of (repeatable).
         #[arg(long = "group", value_name = "GROUP")]
         groups: Vec<String>,
+        /// A federated issuer's token (the token, a file such as a pod's projected token, or -
+        /// for standard input): verified as the token endpoint would, and the identity it
+        /// proves explained instead of --account.
+        #[arg(long, value_name = "TOKEN", conflicts_with = "account")]
+        token: Option<String>,
         /// Scopes as clients ask for them, e.g. repository:team/app:pull,push (repeatable).
         #[arg(long = "scope", value_name = "SCOPE", required = true)]
         scopes: Vec<String>,
@@ -295,11 +300,13 @@ fn main() -> ExitCode {
                     source,
                     vars,
                     groups,
+                    token: external,
                     scopes,
                 },
         } => token::explain_cmd(
             config.as_deref(),
             account.map(|a| (a, source, vars, groups)),
+            external.as_deref(),
             &scopes,
         ),
         Command::GarbageCollect(a) => gc::garbage_collect(gc::Args {

@@ -9,20 +9,29 @@ use anyhow::{bail, Context};
 use berth_auth::scope::{covers, Access};
 use berth_server::auth::{now_secs, Mode};
 
+/// A token given on the command line: `-` reads standard input, a path reads the file (a pod's
+/// projected token), anything else is the token itself.
+fn read_token(arg: &str) -> anyhow::Result<String> {
+    let text = if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the token from stdin")?;
+        s
+    } else if std::path::Path::new(arg).is_file() {
+        std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
+    } else {
+        arg.to_owned()
+    };
+    Ok(text.trim().to_owned())
+}
+
 pub fn verify_cmd(
     config: Option<&std::path::Path>,
     token: &str,
     needs: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let token = if token == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the token from stdin")?;
-        s.trim().to_owned()
-    } else {
-        token.trim().to_owned()
-    };
+    let token = read_token(token)?;
     let loaded = crate::tokens::load(config)?;
     let rt = crate::tokens::runtime()?;
     let auth = rt
@@ -99,15 +108,35 @@ fn identity(
 pub fn explain_cmd(
     config: Option<&std::path::Path>,
     account: Option<(String, String, Vec<String>, Vec<String>)>,
+    external: Option<&str>,
     scopes: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let account = account.map(identity).transpose()?;
-    let account = account.as_ref();
     let loaded = crate::tokens::load(config)?;
     let rt = crate::tokens::runtime()?;
     let auth = rt
         .block_on(berth_server::setup::auth(&loaded.config))
         .map_err(anyhow::Error::msg)?;
+    let account = match external {
+        None => account.map(identity).transpose()?,
+        Some(path) => {
+            let text = read_token(path)?;
+            let Some(f) = auth.federation.issuer_of(&text) else {
+                bail!("the token's issuer is not in auth.issuer.federated (or it is not a JWT)");
+            };
+            let who = rt
+                .block_on(f.identify(&text, berth_server::auth::now_secs()))
+                .map_err(|r| anyhow::anyhow!("{}", r.message))?;
+            let vars: Vec<String> = who.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            outln!(
+                "identity: account {:?}, source {}, variables: {}",
+                who.account,
+                who.source,
+                vars.join(" ")
+            );
+            Some(who)
+        }
+    };
+    let account = account.as_ref();
     let Some(issuer) = &auth.issuer else {
         bail!(
             "{} has no auth.issuer section: there are no access rules",

@@ -871,7 +871,7 @@ fn auth_explain_names_the_deciding_rule() {
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(
-            "repository:alice/app:pull,push: granted pull,push for account \"alice\" by rule 3"
+            "repository:alice/app:pull,push: granted pull,push for account \"alice\" (password) by rule 3"
         ) && out.contains("${account}/*"),
         "{out}"
     );
@@ -886,7 +886,7 @@ fn auth_explain_names_the_deciding_rule() {
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(
-            "repository:bob/app:pull: nothing granted for account \"alice\": no rule applies"
+            "repository:bob/app:pull: nothing granted for account \"alice\" (password): no rule applies"
         ),
         "{out}"
     );

@@ -498,6 +498,49 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
         l.contains("(claim_mismatch)") && l.contains("repository_owner")
     });
 
+    // `berth auth explain` verifies the job's token as the endpoint does and names the rule.
+    let explain = |token: &str, scopes: &[&str]| {
+        let file = dir.path().join("id-token");
+        std::fs::write(&file, token).unwrap();
+        let mut cmd = std::process::Command::new(support::bin());
+        cmd.args(["auth", "explain", "--config"])
+            .arg(&berth.config_path)
+            .arg("--token")
+            .arg(&file);
+        for s in scopes {
+            cmd.args(["--scope", s]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, out) = explain(
+        &mine,
+        &[
+            "repository:gh/octo-org/app:push",
+            "repository:gh/octo-org/other:pull",
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("identity: account \"github:octo-org/app\", source github")
+            && out.contains("claims.repository=octo-org/app")
+            && out.contains(
+                "repository:gh/octo-org/app:push: granted push for account \"github:octo-org/app\" (github) by rule 1"
+            )
+            && out.contains("repository:gh/octo-org/other:pull: nothing granted"),
+        "{out}"
+    );
+    let (code, out) = explain(&theirs, &["repository:gh/mallory/app:push"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("(claim_mismatch)"), "{out}");
+
     let gitlab_token = |project: &str, aud: &str| {
         gl_key.sign(&json!({
             "namespace_id": "72",

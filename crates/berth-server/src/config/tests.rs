@@ -918,3 +918,67 @@ fn empty_blob_descriptor_cache_means_none() {
         Some("")
     );
 }
+
+/// `auth.issuer.federated`: every setting that would let the wrong tokens in, or none at all,
+/// is refused at start with the key that is wrong.
+#[test]
+fn federated_issuers_are_checked() {
+    let config = |federated: &str, acl: &str| {
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /x\nauth:\n  token:\n    service: reg\n    issuer: berth\n  issuer:\n    keydir: /k\n    federated:\n{federated}    acl:\n{acl}"
+        )
+    };
+    let good = "      - name: cluster\n        kind: kubernetes\n        issuer: https://kubernetes.default.svc\n        audience: reg\n        jwks: /etc/jwks.json\n";
+    let rule = "      - source: cluster\n        name: \"${namespace}/*\"\n        actions: [push, pull]\n";
+    let l = ok(&config(good, rule), &[]);
+    let f = &l.config.auth.unwrap().issuer.unwrap().federated.unwrap()[0];
+    assert_eq!(f.kind.as_deref(), Some("kubernetes"));
+    let refused = |federated: &str, acl: &str| -> String {
+        problems(&config(federated, acl), &[])
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let all = refused(&good.replace("        audience: reg\n", ""), rule);
+    assert!(
+        all.contains("auth.issuer.federated[0].audience") && all.contains("required"),
+        "{all}"
+    );
+    let all = refused(&good.replace("name: cluster", "name: ldap"), rule);
+    assert!(all.contains("built-in identity source"), "{all}");
+    let all = refused(&format!("{good}{good}"), rule);
+    assert!(
+        all.contains("is used twice") && all.contains("trusted twice"),
+        "{all}"
+    );
+    let all = refused(&good.replace("kind: kubernetes", "kind: k8s"), rule);
+    assert!(all.contains("federated[0].kind"), "{all}");
+    let all = refused(
+        &good.replace("        jwks: /etc/jwks.json\n", "        algorithms: [HS256]\n"),
+        rule,
+    );
+    assert!(all.contains("HS256"), "{all}");
+    // No keys and an issuer that is not a URL: nothing to discover.
+    let all = refused(
+        &good
+            .replace("        jwks: /etc/jwks.json\n", "")
+            .replace("https://kubernetes.default.svc", "kubernetes/serviceaccount"),
+        rule,
+    );
+    assert!(all.contains("cannot be discovered"), "{all}");
+    let all = refused(
+        &format!("{good}        account: \"${{claims.sub}}-${{groups}}\"\n"),
+        rule,
+    );
+    assert!(
+        all.contains("federated[0].account") && all.contains("${groups}"),
+        "{all}"
+    );
+    // A rule naming a variable that does not exist.
+    let all = refused(good, &rule.replace("${namespace}", "${namespcae}"));
+    assert!(
+        all.contains("auth.issuer.acl[0]") && all.contains("unknown variable ${namespcae}"),
+        "{all}"
+    );
+}

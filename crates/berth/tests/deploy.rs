@@ -47,7 +47,7 @@ const SERVICE_LINKS: [(&str, &str); 16] = [
     ("REGISTRY_REDIS_PORT_6379_TCP_ADDR", "10.96.0.11"),
 ];
 
-const OVERLAYS: [&str; 2] = ["filesystem", "s3-redis"];
+const OVERLAYS: [&str; 3] = ["filesystem", "s3-redis", "workload-identity"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -244,6 +244,13 @@ fn config_paths(config: &Value) -> Vec<String> {
     for key in ["htpasswd", "keydir"] {
         if let Some(p) = issuer[key].as_str() {
             out.push(p.to_owned());
+        }
+    }
+    for f in seq(&issuer["federated"]) {
+        for key in ["jwks", "cafile", "bearertokenfile"] {
+            if let Some(p) = f[key].as_str() {
+                out.push(p.to_owned());
+            }
         }
     }
     out
@@ -471,6 +478,23 @@ fn overlays_build_into_manifests_that_keep_their_promises() {
                     "redis.addr {redis}: no such Service"
                 );
             }
+            "workload-identity" => {
+                assert_eq!(dep["spec"]["replicas"].as_i64(), Some(3));
+                // No passwords: no account file or list, and the only Secret holds the key.
+                let issuer = &config["auth"]["issuer"];
+                assert!(issuer["htpasswd"].is_null() && issuer["users"].is_null());
+                assert!(!kustomization.contains("htpasswd"));
+                let f = &seq(&issuer["federated"])[0];
+                assert_eq!(f["kind"].as_str(), Some("kubernetes"));
+                // The registry's own token for the API server is projected, not automounted.
+                let cluster = seq(&spec["volumes"])
+                    .iter()
+                    .find(|v| v["name"].as_str() == Some("cluster"))
+                    .unwrap();
+                assert!(seq(&cluster["projected"]["sources"])
+                    .iter()
+                    .any(|s| s["serviceAccountToken"].is_mapping()));
+            }
             _ => unreachable!(),
         }
     }
@@ -487,6 +511,13 @@ fn shipped_configs() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ("deploy/kubernetes/base/config.yml", vec![]),
         (
             "deploy/kubernetes/overlays/s3-redis/config.yml",
+            vec![
+                ("REGISTRY_STORAGE_S3_ACCESSKEY", "AKIATEST"),
+                ("REGISTRY_STORAGE_S3_SECRETKEY", "not-a-real-secret"),
+            ],
+        ),
+        (
+            "deploy/kubernetes/overlays/workload-identity/config.yml",
             vec![
                 ("REGISTRY_STORAGE_S3_ACCESSKEY", "AKIATEST"),
                 ("REGISTRY_STORAGE_S3_SECRETKEY", "not-a-real-secret"),
@@ -718,6 +749,190 @@ fn s3_redis_config_runs_replicas_that_share_tokens_and_uploads() {
             "{log}"
         );
     }
+}
+
+/// The workload-identity overlay's configuration, verbatim but for the paths of its files and
+/// the cluster's key URL: the example build pod's projected token (its namespace, service
+/// account and audience as build-pod.yaml says) pushes to its namespace and nowhere else; the
+/// registry reads the cluster's keys with its own token and the cluster's CA.
+#[test]
+fn workload_identity_overlay_admits_the_example_build_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "deploy/kubernetes/overlays/workload-identity";
+    // The example pod: namespace, service account, and the audience of its projected token.
+    let objs = docs(&read(&format!("{base}/build-pod.yaml")), "build-pod.yaml");
+    let pod = find(&objs, "Pod", "build-app").unwrap();
+    let namespace = str_of(&pod["metadata"]["namespace"], "namespace").to_owned();
+    let sa = str_of(&pod["spec"]["serviceAccountName"], "serviceAccountName").to_owned();
+    assert!(find(&objs, "ServiceAccount", &sa).is_some());
+    let projected = seq(&pod["spec"]["volumes"])
+        .iter()
+        .flat_map(|v| seq(&v["projected"]["sources"]))
+        .find(|s| s["serviceAccountToken"].is_mapping())
+        .expect("a projected service-account token")["serviceAccountToken"]
+        .clone();
+    let audience = str_of(&projected["audience"], "audience").to_owned();
+    assert!(projected["expirationSeconds"].as_i64().unwrap() >= 600);
+    let text = read(&format!("{base}/config.yml"));
+    let config = &docs(&text, "config.yml")[0];
+    assert_eq!(
+        config["auth"]["token"]["service"].as_str(),
+        Some(audience.as_str())
+    );
+    let fed = &seq(&config["auth"]["issuer"]["federated"])[0];
+    assert_eq!(fed["audience"].as_str(), Some(audience.as_str()));
+    let issuer = str_of(&fed["issuer"], "issuer").to_owned();
+    let image = format!("{audience}/{namespace}/app:latest");
+    assert!(
+        seq(&pod["spec"]["containers"])
+            .iter()
+            .any(|c| format!("{:?}", c["args"]).contains(&image)),
+        "the pod pushes {image}"
+    );
+
+    // The cluster: a signing key, its JWKS behind a bearer token, the CA file.
+    let cluster_key = berth_auth::signer::Signer::from_pem(
+        &berth_auth::signer::generate(berth_auth::keys::Alg::RS256, "sa-signer", 30)
+            .unwrap()
+            .key_pem,
+        None,
+    )
+    .unwrap();
+    let kid = "cluster-key-1";
+    let jwks = serde_json::json!({"keys": [cluster_key.public.to_jwk(kid, &[])]}).to_string();
+    let (jwks_url, seen) = bearer_jwks_server(jwks);
+    let secrets = dir.path().join("issuer");
+    support::run_ok(
+        Command::new(support::bin())
+            .args(["keys", "generate", "--out"])
+            .arg(&secrets),
+    );
+    let cluster_dir = dir.path().join("cluster");
+    std::fs::create_dir_all(&cluster_dir).unwrap();
+    std::fs::write(cluster_dir.join("token"), "registry-pod-token\n").unwrap();
+    std::fs::write(
+        cluster_dir.join("ca.crt"),
+        berth_auth::signer::generate(berth_auth::keys::Alg::ES256, "cluster-ca", 30)
+            .unwrap()
+            .cert_pem,
+    )
+    .unwrap();
+    let text = text
+        .replace("/etc/berth/issuer", &secrets.display().to_string())
+        .replace(
+            "/var/run/secrets/registry-cluster",
+            &cluster_dir.display().to_string(),
+        )
+        .replace("https://kubernetes.default.svc/openid/v1/jwks", &jwks_url);
+
+    let garage = Garage::start();
+    garage.create_bucket("registry");
+    let redis = Redis::start();
+    let redis_addr = format!("127.0.0.1:{}", redis.port);
+    let env = [
+        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", garage.url.as_str()),
+        ("REGISTRY_STORAGE_S3_REGION", "garage"),
+        ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
+        ("REGISTRY_STORAGE_S3_ACCESSKEY", garage.key_id.as_str()),
+        ("REGISTRY_STORAGE_S3_SECRETKEY", garage.secret.as_str()),
+        ("REGISTRY_REDIS_ADDR", redis_addr.as_str()),
+    ];
+    let b = serve(&text, dir.path(), &env);
+    assert_eq!(get(&format!("{}/readyz", b.url)).0, 200, "{}", b.log());
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["Bearer registry-pod-token"],
+        "the registry reads the cluster's keys once, with its own token"
+    );
+
+    // The pod's token, as the kubelet projects it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = cluster_key
+        .sign_with_header(
+            &serde_json::json!({"alg": "RS256", "kid": kid}),
+            &serde_json::json!({
+                "aud": [audience], "iss": issuer, "sub": format!("system:serviceaccount:{namespace}:{sa}"),
+                "iat": now, "nbf": now, "exp": now + 600,
+                "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": sa, "uid": "1"},
+                    "pod": {"name": "build-app", "uid": "2"}}
+            }),
+        )
+        .unwrap();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{sa}:{token}"))
+    );
+    let r = Client::new(&b.url, Some(basic))
+        .get(
+            &format!("/auth/token?service={audience}&scope=repository:{namespace}/app:pull,push&scope=repository:prod/app:push"),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let v = r.json().unwrap();
+    assert_eq!(
+        v["scope"].as_str(),
+        Some(format!("repository:{namespace}/app:pull,push").as_str())
+    );
+    let registry_token = v["token"].as_str().unwrap();
+    let c = Client::new(&b.url, Some(format!("Bearer {registry_token}")));
+    let img = Image::oci("built-in-a-pod", 1, "");
+    c.push_image(&format!("{namespace}/app"), "latest", &img)
+        .unwrap();
+    let r = c
+        .get(
+            &format!("/v2/{namespace}/app/manifests/latest"),
+            &[("Accept", img.media_type)],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(
+        c.get("/v2/prod/app/tags/list", &[]).unwrap().status,
+        401,
+        "not the pod's namespace"
+    );
+}
+
+/// A JWKS endpoint that, like the API server's, answers only with a bearer token; returns its
+/// URL and the Authorization headers it saw.
+fn bearer_jwks_server(body: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/openid/v1/jwks", l.local_addr().unwrap());
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            let mut auth = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if let Some(v) = line
+                    .strip_prefix("authorization: ")
+                    .or_else(|| line.strip_prefix("Authorization: "))
+                {
+                    auth = v.trim().to_owned();
+                }
+                line.clear();
+            }
+            s2.lock().unwrap().push(auth.clone());
+            let (status, body) = if auth.is_empty() {
+                ("401 Unauthorized", String::new())
+            } else {
+                ("200 OK", body.clone())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
 }
 
 // ---------------------------------------------------------------------------------------------

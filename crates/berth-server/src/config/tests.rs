@@ -955,15 +955,19 @@ fn federated_issuers_are_checked() {
     let all = refused(&good.replace("kind: kubernetes", "kind: k8s"), rule);
     assert!(all.contains("federated[0].kind"), "{all}");
     let all = refused(
-        &good.replace("        jwks: /etc/jwks.json\n", "        algorithms: [HS256]\n"),
+        &good.replace(
+            "        jwks: /etc/jwks.json\n",
+            "        algorithms: [HS256]\n",
+        ),
         rule,
     );
     assert!(all.contains("HS256"), "{all}");
     // No keys and an issuer that is not a URL: nothing to discover.
     let all = refused(
-        &good
-            .replace("        jwks: /etc/jwks.json\n", "")
-            .replace("https://kubernetes.default.svc", "kubernetes/serviceaccount"),
+        &good.replace("        jwks: /etc/jwks.json\n", "").replace(
+            "https://kubernetes.default.svc",
+            "kubernetes/serviceaccount",
+        ),
         rule,
     );
     assert!(all.contains("cannot be discovered"), "{all}");

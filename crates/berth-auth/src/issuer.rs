@@ -185,7 +185,9 @@ impl Issuer {
     ) -> Result<Issued, String> {
         let account = who.map(|w| w.account.as_str());
         let exp = match who.and_then(|w| w.expires) {
-            Some(until) => (now + self.settings.expiration_secs).min(until),
+            // A proof accepted within the clock-skew leeway after its expiry still gets a token
+            // that is valid for a moment, not one that is expired when issued.
+            Some(until) => (now + self.settings.expiration_secs).min(until.max(now + 1)),
             None => now + self.settings.expiration_secs,
         };
         let access: Vec<Value> = granted

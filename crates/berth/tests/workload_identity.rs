@@ -7,7 +7,8 @@
 //!   another audience, from an unknown issuer, with a forged signature; a rotated cluster key is
 //!   picked up.
 //! - GitHub Actions- and GitLab CI-shaped ID tokens with claim-based rules and required claims
-//!   (GitLab's keys found by OpenID discovery).
+//!   (GitLab's keys found by OpenID discovery): skopeo pushes to the job's own repository only,
+//!   the password grant, `berth auth explain --token`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/clients.rs"]
@@ -405,9 +406,9 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
         .to_string(),
     );
     gitlab.serve("/oauth/discovery/keys", jwks(&[&gl_key]));
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        r#"auth:
+    let config = |dir: &Path| {
+        let yaml = format!(
+            r#"auth:
   token:
     service: {SERVICE}
     issuer: berth-issuer
@@ -437,11 +438,14 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
         name: "shared/*"
         actions: [pull]
 "#,
-        keys = dir.path().join("keys").display(),
-        gh = github_keys.url,
-        gl = gitlab.url,
-    );
-    let berth = Berth::start_on(&dir.path().join("data"), &yaml);
+            keys = dir.join("keys").display(),
+            gh = github_keys.url,
+            gl = gitlab.url,
+        );
+        Berth::start_on(&dir.join("data"), &yaml)
+    };
+    let lab = Lab::start_with(config);
+    let berth = &lab.berth;
     let t0 = now();
     let github = |repo: &str, owner: &str| {
         gh_key.sign(&json!({
@@ -485,6 +489,35 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
         "{}",
         r.describe()
     );
+    // The job pushes with skopeo, the token as its password; its repository only.
+    let layout = Layout::init(&lab, &lab.path("in"));
+    layout.add_image(&lab, "v1", "amd64", &[("/etc/motd", "built in CI\n")]);
+    let push = |token: &str, repo: &str| {
+        lab.try_run(lab.skopeo().args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("ci:{token}"),
+            &layout.reference("v1"),
+            &lab.docker_ref(repo, "v1"),
+        ]))
+    };
+    let repos = berth.root.join("docker/registry/v2/repositories");
+    let out = push(&mine, "gh/octo-org/app");
+    lab.check(
+        out.ok(),
+        &format!("GitHub job pushes its repository: {}", out.stderr),
+    );
+    let out = push(&mine, "gh/octo-org/other");
+    lab.check(!out.ok(), "GitHub job pushes another repository");
+    lab.check(
+        repos.join("gh/octo-org/app/_manifests").exists(),
+        "gh/octo-org/app pushed",
+    );
+    lab.check(
+        !repos.join("gh/octo-org/other").exists(),
+        "gh/octo-org/other must not exist",
+    );
     // The same issuer signs for every repository on github.com: another owner is refused.
     let theirs = github("mallory/app", "mallory");
     let r = get_token(
@@ -500,7 +533,7 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
 
     // `berth auth explain` verifies the job's token as the endpoint does and names the rule.
     let explain = |token: &str, scopes: &[&str]| {
-        let file = dir.path().join("id-token");
+        let file = lab.path("id-token");
         std::fs::write(&file, token).unwrap();
         let mut cmd = std::process::Command::new(support::bin());
         cmd.args(["auth", "explain", "--config"])
@@ -585,6 +618,14 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
         "{}",
         r.describe()
     );
+    let out = push(&platform, "platform/api/app");
+    lab.check(
+        out.ok(),
+        &format!("GitLab job pushes its project: {}", out.stderr),
+    );
+    let out = push(&platform, "web/site");
+    lab.check(!out.ok(), "GitLab job pushes another project");
+    lab.check(!repos.join("web/site").exists(), "web/site must not exist");
     // The password grant (docker login) works the same.
     let form = format!(
         "grant_type=password&username=gitlab-ci-token&password={platform}&service={SERVICE}&scope=repository%3Aplatform%2Fapi%2Fapp%3Apush&client_id=docker&access_type=offline"

@@ -117,6 +117,16 @@ impl Refresher {
                 );
                 let meta: serde_json::Value = serde_json::from_str(&self.get(&doc).await?)
                     .map_err(|e| format!("{doc}: not JSON: {e}"))?;
+                // OpenID Connect Discovery 1.0, 4.3: the document must name the issuer it
+                // was fetched for, or its keys are someone else's.
+                if meta["issuer"].as_str().map(|i| i.trim_end_matches('/'))
+                    != Some(issuer.trim_end_matches('/'))
+                {
+                    return Err(format!(
+                        "{doc}: its issuer is {}, not {issuer:?}",
+                        meta["issuer"]
+                    ));
+                }
                 let Some(url) = meta["jwks_uri"].as_str() else {
                     return Err(format!("{doc}: no jwks_uri"));
                 };

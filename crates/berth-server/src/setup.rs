@@ -190,10 +190,33 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         mode,
         issuer,
         refusals: Default::default(),
-        throttle: Default::default(),
+        throttle: throttle(a.issuer.as_ref().and_then(|i| i.throttle.as_ref()))?,
         robots: Default::default(),
         federation,
     })
+}
+
+/// The token endpoint's failed-login throttle, as `auth.issuer.throttle` sets it.
+fn throttle(
+    c: Option<&crate::config::schema::Throttle>,
+) -> Result<crate::throttle::Throttle, String> {
+    use crate::throttle::{Throttle, ACCOUNT_FREE, ADDRESS_FREE, MAX_DELAY};
+    let Some(c) = c else {
+        return Ok(Throttle::default());
+    };
+    let max = match &c.maxdelay {
+        Some(d) => crate::config::parse_duration(d)
+            .map_err(|e| format!("auth.issuer.throttle.maxdelay: {e}"))?,
+        None => MAX_DELAY,
+    };
+    if max.is_zero() {
+        tracing::warn!("auth.issuer.throttle.maxdelay is 0: failed logins are never slowed down, so passwords can be guessed at full speed");
+    }
+    Ok(Throttle::new(
+        c.accountfailures.unwrap_or(ACCOUNT_FREE),
+        c.addressfailures.unwrap_or(ADDRESS_FREE),
+        max,
+    ))
 }
 
 fn read(path: &str, what: &str) -> Result<String, String> {

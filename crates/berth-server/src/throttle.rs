@@ -1,6 +1,7 @@
 //! Failed logins at the token endpoint slow down whoever makes them, per account and per
 //! client address: after a few free failures, each further failure locks the key out for
-//! twice as long as the last (1 s, 2 s, 4 s, ... up to [`MAX_DELAY`]). A locked-out request is
+//! twice as long as the last (1 s, 2 s, 4 s, ... up to [`MAX_DELAY`]; `auth.issuer.throttle`
+//! sets the free failures and the longest delay). A locked-out request is
 //! answered 429 with `Retry-After` before any password is hashed, so guessing costs the
 //! guesser time and the registry no CPU. A success clears the account and the address.
 //!
@@ -33,13 +34,15 @@ struct Entry {
 
 struct Window {
     free: u32,
+    max: Duration,
     keys: HashMap<String, Entry>,
 }
 
 impl Window {
-    fn new(free: u32) -> Window {
+    fn new(free: u32, max: Duration) -> Window {
         Window {
             free,
+            max,
             keys: HashMap::new(),
         }
     }
@@ -75,11 +78,14 @@ impl Window {
         }
         e.failures += 1;
         e.last = now;
-        let over = e.failures.checked_sub(self.free + 1)?;
+        let over = e.failures.checked_sub(self.free.saturating_add(1))?;
         let delay = BASE_DELAY
             .checked_mul(1u32.checked_shl(over).unwrap_or(u32::MAX))
-            .unwrap_or(MAX_DELAY)
-            .min(MAX_DELAY);
+            .unwrap_or(self.max)
+            .min(self.max);
+        if delay.is_zero() {
+            return None;
+        }
         e.until = now + delay;
         Some(delay)
     }
@@ -101,9 +107,16 @@ pub struct Throttle {
 
 impl Default for Throttle {
     fn default() -> Self {
+        Throttle::new(ACCOUNT_FREE, ADDRESS_FREE, MAX_DELAY)
+    }
+}
+
+impl Throttle {
+    /// Free failures per account and per address, and the longest delay (zero: no delays).
+    pub fn new(account_free: u32, address_free: u32, max_delay: Duration) -> Throttle {
         Throttle {
-            accounts: Mutex::new(Window::new(ACCOUNT_FREE)),
-            addresses: Mutex::new(Window::new(ADDRESS_FREE)),
+            accounts: Mutex::new(Window::new(account_free, max_delay)),
+            addresses: Mutex::new(Window::new(address_free, max_delay)),
         }
     }
 }
@@ -215,5 +228,24 @@ mod tests {
         }
         assert!(lock(&t.accounts).keys.len() <= CAPACITY);
         assert!(lock(&t.addresses).keys.len() <= CAPACITY);
+    }
+
+    #[test]
+    fn configured_limits_apply_and_zero_disables() {
+        let t = Throttle::new(1, 100, Duration::from_secs(2));
+        assert_eq!(t.failed("a", None), None);
+        let delays: Vec<Duration> = (0..4)
+            .filter_map(|_| t.failed("a", None))
+            .map(|w| w.retry_after)
+            .collect();
+        assert_eq!(
+            delays,
+            [BASE_DELAY, BASE_DELAY * 2, BASE_DELAY * 2, BASE_DELAY * 2]
+        );
+        let off = Throttle::new(0, 0, Duration::ZERO);
+        for _ in 0..50 {
+            assert_eq!(off.failed("a", Some("10.0.0.1")), None);
+        }
+        assert_eq!(off.check("a", Some("10.0.0.1")), None);
     }
 }

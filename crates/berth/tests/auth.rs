@@ -1031,3 +1031,25 @@ fn walk_files(root: &Path) -> Vec<(std::path::PathBuf, String)> {
     }
     out
 }
+
+/// `auth.issuer.throttle` sets the free failures and the longest delay.
+#[test]
+fn throttle_limits_are_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "auth:\n  token:\n    service: {SERVICE}\n    issuer: {ISSUER}\n  issuer:\n    keydir: {}\n    users:\n      alice: \"{}\"\n    throttle:\n      accountfailures: 1\n      maxdelay: 1s\n",
+        dir.path().join("keys").display(),
+        hash("alice-pw")
+    );
+    let berth = Berth::start_on(&dir.path().join("data"), &yaml);
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| get_token(&berth.url, Some(("alice", "guess")), &[]).status)
+        .collect();
+    // One free failure, the second starts a lock-out of 1 s, which is also the longest.
+    assert_eq!(statuses, [401, 401, 429, 429]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(get_token(&berth.url, Some(("alice", "guess")), &[]).status, 401);
+    let r = get_token(&berth.url, Some(("alice", "guess")), &[]);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"), "capped at maxdelay");
+}

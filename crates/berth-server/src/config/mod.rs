@@ -1490,6 +1490,11 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                 }
             }
             check_federated(federated, &mut bad);
+            if let Some(d) = i.throttle.as_ref().and_then(|t| t.maxdelay.as_ref()) {
+                if let Err(e) = parse_duration(d) {
+                    bad("auth.issuer.throttle.maxdelay", e);
+                }
+            }
         }
     }
 }

@@ -507,6 +507,23 @@ pub struct Issuer {
     /// External issuers whose tokens are accepted as the password (workload identity).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub federated: Option<Vec<Federated>>,
+    /// Failed-login throttling at the token endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
+}
+
+/// `auth.issuer.throttle`: after `accountfailures` failed logins for one account (or
+/// `addressfailures` from one client address), each further failure locks it out for twice as
+/// long as the last, up to `maxdelay` (`0s`: never).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Throttle {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accountfailures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addressfailures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxdelay: Option<String>,
 }
 
 /// `auth.issuer.federated[]`: an OIDC issuer (a Kubernetes cluster's service-account issuer,

@@ -240,6 +240,8 @@ pub struct Auth {
     pub throttle: crate::throttle::Throttle,
     /// Robot token records read recently.
     pub robots: crate::robots::RobotCache,
+    /// The issuer's LDAP directory (`auth.issuer.ldap`).
+    pub ldap: Option<Arc<crate::ldap::Directory>>,
 }
 
 impl Default for Auth {
@@ -250,6 +252,7 @@ impl Default for Auth {
             refusals: Refusals::default(),
             throttle: Default::default(),
             robots: Default::default(),
+            ldap: None,
         }
     }
 }

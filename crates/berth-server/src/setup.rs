@@ -188,6 +188,10 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         refusals: Default::default(),
         throttle: Default::default(),
         robots: Default::default(),
+        ldap: match a.issuer.as_ref().and_then(|i| i.ldap.as_ref()) {
+            Some(l) => Some(Arc::new(crate::ldap::Directory::new(l)?)),
+            None => None,
+        },
     })
 }
 

@@ -1473,11 +1473,18 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                     }
                 }
             }
-            if i.htpasswd.is_none() && i.users.as_ref().is_none_or(|u| u.is_empty()) {
+            if i.htpasswd.is_none()
+                && i.users.as_ref().is_none_or(|u| u.is_empty())
+                && i.ldap.is_none()
+            {
                 bad(
                     "auth.issuer",
-                    "no accounts: set htpasswd or users (anonymous rules still apply)".to_owned(),
+                    "no accounts: set htpasswd, users or ldap (anonymous rules still apply)"
+                        .to_owned(),
                 );
+            }
+            for (at, e) in i.ldap.iter().flat_map(crate::ldap::problems) {
+                bad(&at, e);
             }
         }
     }
@@ -1566,7 +1573,7 @@ fn active_hooks(hooks: &Value) -> bool {
 }
 
 /// Keys whose scalar values are secrets.
-const SECRET_KEYS: [&str; 8] = [
+const SECRET_KEYS: [&str; 9] = [
     "secret",
     "password",
     // redis: the sentinels' own password.
@@ -1577,6 +1584,8 @@ const SECRET_KEYS: [&str; 8] = [
     "authorization",
     // auth.issuer.users: password hashes.
     "users",
+    // auth.issuer.ldap: the service account's password.
+    "bindpassword",
 ];
 
 impl Config {

@@ -73,7 +73,8 @@ pub struct Config {
     /// Group search: where groups are searched (subtree).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groupbase: Option<String>,
-    /// Group search: the filter of the user's groups, with `${dn}` and/or `${username}`.
+    /// Group search: the filter of the user's groups, with `${dn}` and/or `${username}` (the
+    /// `accountattribute` value when it is set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groupfilter: Option<String>,
     /// The attribute of a group that is its name (default `cn`).
@@ -509,7 +510,9 @@ impl Directory {
             if let Bind::Search { dn, password, .. } = &self.bind {
                 self.service_bind(&mut ldap, dn, password).await?;
             }
-            let filter = fill_filter(filter, &[(DN, dn.as_str()), (USERNAME, user)]);
+            // The directory's spelling of the name (`accountattribute`) when there is one:
+            // `memberUid` is matched case-sensitively.
+            let filter = fill_filter(filter, &[(DN, dn.as_str()), (USERNAME, &who.account)]);
             let (found, _) = ldap
                 .with_timeout(self.timeout)
                 .search(

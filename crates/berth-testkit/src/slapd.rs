@@ -5,7 +5,9 @@
 //! - people under `ou=people` (`uid=NAME`, password `NAME-pw`), [`PEOPLE`];
 //! - `groupOfNames` groups under `ou=groups` with `member` DNs, so the `memberof` overlay fills
 //!   each person's `memberOf`, and `posixGroup`s with `memberUid` under `ou=posix`;
-//! - a service account `cn=berth,ou=services,dc=example,dc=org` / [`SERVICE_PASSWORD`].
+//! - a service account `cn=berth,ou=services,dc=example,dc=org` / [`SERVICE_PASSWORD`];
+//! - unauthenticated binds allowed (`allow bind_anon_dn`), so a client that sends a DN with an
+//!   empty password is "bound" (RFC 4513 5.1.2), as many directories allow.
 //!
 //! With a certificate and key it also listens on `ldaps://` and offers StartTLS. Ready when
 //! `ldapadd` has loaded the directory; stopped on drop.
@@ -103,7 +105,7 @@ impl Slapd {
             conf += &format!("include /etc/ldap/schema/{s}.schema\n");
         }
         conf += &format!(
-            "pidfile {pid}\nmodulepath /usr/lib/ldap\nmoduleload back_mdb\nmoduleload memberof\n",
+            "# Unauthenticated binds (a DN, no password) succeed, as on many directories: the\n# hole Berth must close itself.\nallow bind_anon_dn\npidfile {pid}\nmodulepath /usr/lib/ldap\nmoduleload back_mdb\nmoduleload memberof\n",
             pid = d.join("slapd.pid").display()
         );
         if let Some((cert, key)) = tls {
@@ -217,6 +219,18 @@ impl Slapd {
         );
     }
 
+    /// Runs `ldapwhoami` bound as `dn` with `password` (simple bind): whether it succeeded.
+    pub fn bind_ok(&self, dn: &str, password: &str) -> bool {
+        Command::new("ldapwhoami")
+            .args(["-x", "-H", &self.url(), "-D", dn, "-w", password])
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("ldapwhoami (ldap-utils)")
+            .success()
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, ...) to the server: a stopped server accepts
     /// connections (the kernel does) but never answers, as a hung directory does.
     pub fn signal(&self, signal: &str) {
@@ -227,6 +241,21 @@ impl Slapd {
             .unwrap()
             .success();
         assert!(ok, "kill -{signal} {pid}");
+        // A signal is delivered asynchronously: wait until the process state says so.
+        let want = if signal == "STOP" { Some('T') } else { None };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(want) = want {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+            if state == Some(want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slapd {pid} did not stop: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn stop(&mut self) {

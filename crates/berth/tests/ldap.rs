@@ -421,15 +421,13 @@ fn config_check_refuses_broken_ldap_settings() {
         assert!(text.contains(what), "{what} missing in:\n{text}");
     }
     // A search bind's password is hidden in the effective configuration.
-    let ok = format!(
-        "      url: ldaps://ldap.example.org\n      binddn: cn=svc\n      bindpassword: Sv9-secret\n      userbase: ou=people\n      userfilter: \"(uid=${{username}})\"\n"
-    );
+    let ok = "      url: ldaps://ldap.example.org\n      binddn: cn=svc\n      bindpassword: Sv9-secret\n      userbase: ou=people\n      userfilter: \"(uid=${username})\"\n";
     std::fs::write(
         &path,
         format!(
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n{}",
             dir.path().join("data").display(),
-            config(dir.path(), &ok)
+            config(dir.path(), ok)
         ),
     )
     .unwrap();

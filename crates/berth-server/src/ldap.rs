@@ -766,6 +766,34 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_expires_and_is_bounded() {
+        let mut c = direct();
+        c.cachettl = Some("50ms".into());
+        let d = Directory::new(&c).unwrap();
+        let who = Identity::new("alice", identity::LDAP);
+        let key = d.cache_key("alice", "pw");
+        d.remember("alice", key, &who);
+        assert_eq!(d.cached("alice", &key), Some(who.clone()));
+        assert_eq!(d.cached("alice", &d.cache_key("alice", "other")), None);
+        assert_eq!(d.cached("bob", &key), None);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.cached("alice", &key).is_some() {
+            assert!(Instant::now() < deadline, "the entry did not expire");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for i in 0..CACHE_ENTRIES + 10 {
+            d.remember(&format!("u{i}"), key, &who);
+        }
+        let len = d.cache.lock().unwrap().len();
+        assert!((1..=CACHE_ENTRIES).contains(&len), "{len}");
+        // Off: nothing is kept.
+        c.cachettl = Some("0s".into());
+        let d = Directory::new(&c).unwrap();
+        d.remember("alice", key, &who);
+        assert!(d.cache.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn the_cache_key_depends_on_name_password_and_salt() {
         let d = Directory::new(&direct()).unwrap();
         let e = Directory::new(&direct()).unwrap();

@@ -288,6 +288,19 @@ fn search_bind_with_group_search_over_starttls_and_ldaps() {
         }
     }
 
+    // No verification at all works, and says so at start.
+    let insecure = search(&s.tls_url(), "", &ca_file).replace(
+        &format!("cafile: {}", ca_file.display()),
+        "insecureskipverify: true",
+    );
+    let b = berth(&dir.path().join("insecure"), &insecure);
+    b.wait_log("the WARN about insecureskipverify", |l| {
+        l.contains("WARN") && l.contains("insecureskipverify")
+    });
+    let r = get_token(&b.url, "alice", "alice-pw", &[&pp("anything/x")]);
+    assert_eq!(granted(&r), Ok(vec![pp("anything/x")]), "{}", r.describe());
+    drop(b);
+
     // The wrong CA: the directory cannot be trusted, so logins are 503 with a WARN.
     let other = Ca::new("another CA");
     let wrong = dir.path().join("wrong-ca.pem");
@@ -304,9 +317,10 @@ fn search_bind_with_group_search_over_starttls_and_ldaps() {
         let r = get_token(&b.url, "alice", "alice-pw", &[&pp("anything/x")]);
         assert_eq!(r.status, 503, "{name}: {}", r.describe());
         assert_eq!(r.json().unwrap()["error"], "temporarily_unavailable");
-        b.wait_log("the untrusted directory's WARN", |l| {
+        let log = b.wait_log("the untrusted directory's WARN", |l| {
             l.contains("WARN") && l.contains("LDAP directory did not answer")
         });
+        assert!(log.contains("UnknownIssuer"), "{name}: {log}");
         // The local account is not affected.
         assert_eq!(
             get_token(&b.url, "ops", "ops-pw", &[&pp("ops/x")]).status,

@@ -291,7 +291,8 @@ pub async fn token(
 /// token's record cannot be read or the LDAP directory does not answer. A password in the robot
 /// token form is looked up by its id ([`crate::robots`]); any other is checked against the
 /// issuer's accounts with bcrypt, off the async threads, or, for a name that is not one of
-/// them, against LDAP ([`crate::ldap`]). A refusal logs one WARN line, which also says when it starts a lock-out.
+/// them, against LDAP ([`crate::ldap`]). A refusal logs one WARN line, which also says when it
+/// starts a lock-out.
 async fn check(
     issuer: &Arc<Issuer>,
     auth: &Auth,

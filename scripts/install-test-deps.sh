@@ -5,6 +5,8 @@
 #   containerd (ctr), docker.io      more real clients
 #   redis-server                     the Redis blob-descriptor cache
 #   strace                           proves Berth opens no connection it was not configured for
+#   slapd, ldap-utils                an LDAP directory the issuer's LDAP tests start on their own
+#                                    port (the package's system service is stopped)
 #   curl                             HTTP/2 by ALPN, mutual TLS and TLS version checks
 #   systemd (systemd-socket-activate) passes a listening socket the way a .socket unit does
 #   boto3 (PyPI)                     an S3 client that is not Berth's, to look into buckets
@@ -26,6 +28,8 @@ have redis-server || need+=(redis-server)
 have strace || need+=(strace)
 have curl || need+=(curl)
 have systemd-socket-activate || need+=(systemd)
+[ -x /usr/sbin/slapd ] || need+=(slapd)
+have ldapadd || need+=(ldap-utils)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "test dependencies: Debian packages present"
@@ -39,6 +43,10 @@ else
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
   echo "test dependencies: installed ${need[*]}"
+  # slapd's package starts a system directory on port 389; the tests start their own.
+  if [[ " ${need[*]} " == *" slapd "* ]]; then
+    { systemctl disable --now slapd || service slapd stop || true; } >/dev/null 2>&1
+  fi
 fi
 
 BOTO3_VERSION=1.43.11

@@ -242,6 +242,8 @@ pub struct Auth {
     pub robots: crate::robots::RobotCache,
     /// External issuers whose tokens log workloads in at the issuer's token endpoint.
     pub federation: crate::federation::Shared,
+    /// The issuer's LDAP directory (`auth.issuer.ldap`).
+    pub ldap: Option<Arc<crate::ldap::Directory>>,
 }
 
 impl Default for Auth {
@@ -253,6 +255,7 @@ impl Default for Auth {
             throttle: Default::default(),
             robots: Default::default(),
             federation: Default::default(),
+            ldap: None,
         }
     }
 }

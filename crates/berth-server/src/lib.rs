@@ -24,6 +24,7 @@ pub mod handlers;
 pub mod health;
 pub mod http_util;
 pub mod jwks;
+pub mod ldap;
 pub mod lifecycle;
 pub mod limits;
 pub mod listen;

@@ -193,6 +193,10 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         throttle: throttle(a.issuer.as_ref().and_then(|i| i.throttle.as_ref()))?,
         robots: Default::default(),
         federation,
+        ldap: match a.issuer.as_ref().and_then(|i| i.ldap.as_ref()) {
+            Some(l) => Some(Arc::new(crate::ldap::Directory::new(l)?)),
+            None => None,
+        },
     })
 }
 

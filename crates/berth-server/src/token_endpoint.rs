@@ -288,9 +288,11 @@ pub async fn token(
 
 /// Whom `user` logs in as, or the response refusing it: 429 while the account or the address
 /// is locked out (nothing is checked then), 401 for wrong credentials, 503 when a robot
-/// token's record cannot be read. A password in the robot token form is looked up by its id
-/// ([`crate::robots`]); any other is checked against the issuer's accounts with bcrypt, off the
-/// async threads. A refusal logs one WARN line, which also says when it starts a lock-out.
+/// token's record cannot be read or the LDAP directory does not answer. A password in the robot
+/// token form is looked up by its id ([`crate::robots`]); any other is checked against the
+/// issuer's accounts with bcrypt, off the async threads, or, for a name that is not one of
+/// them, against LDAP ([`crate::ldap`]). A refusal logs one WARN line, which also says when it
+/// starts a lock-out.
 async fn check(
     issuer: &Arc<Issuer>,
     auth: &Auth,
@@ -355,6 +357,22 @@ async fn check(
                 Err(berth_auth::robot::Refused::Expired) => (None, ("expired_robot_token", "robot token expired; hint: create a new one with berth tokens create")),
                 Err(berth_auth::robot::Refused::WrongSecret) => (None, ("bad_robot_token", "robot token secret does not match; hint: the secret is printed once, at creation")),
             },
+        }
+    } else if let Some(dir) = auth.ldap.as_ref().filter(|_| !issuer.has_account(&user)) {
+        // LDAP (issue 14, part 2): names that are not the issuer's own accounts. A directory
+        // that does not answer is 503, not a failed login (the throttle does not count it).
+        match dir.login(&user, &password).await {
+            Ok(who) => (Some(Login::known(who)), ("", "")),
+            Err(crate::ldap::Failure::Refused(reason, why)) => (None, (reason, why)),
+            Err(crate::ldap::Failure::Unavailable(e)) => {
+                auth.refusals.count("issuer", "ldap_unavailable");
+                tracing::warn!(user = %user, "token request failed: the LDAP directory did not answer ({e}); hint: other accounts still log in");
+                return Err(oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the account directory is unavailable",
+                ));
+            }
         }
     } else {
         let shared = issuer.clone();

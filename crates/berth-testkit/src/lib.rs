@@ -6,6 +6,8 @@
 //! receives.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod slapd;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1048,7 +1048,10 @@ fn throttle_limits_are_configurable() {
     // One free failure, the second starts a lock-out of 1 s, which is also the longest.
     assert_eq!(statuses, [401, 401, 429, 429]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(get_token(&berth.url, Some(("alice", "guess")), &[]).status, 401);
+    assert_eq!(
+        get_token(&berth.url, Some(("alice", "guess")), &[]).status,
+        401
+    );
     let r = get_token(&berth.url, Some(("alice", "guess")), &[]);
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after"), Some("1"), "capped at maxdelay");

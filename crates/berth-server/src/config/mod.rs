@@ -1476,13 +1476,17 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
             let federated = i.federated.as_deref().unwrap_or_default();
             if i.htpasswd.is_none()
                 && i.users.as_ref().is_none_or(|u| u.is_empty())
+                && i.ldap.is_none()
                 && federated.is_empty()
             {
                 bad(
                     "auth.issuer",
-                    "no accounts: set htpasswd, users or federated (anonymous rules still apply)"
+                    "no accounts: set htpasswd, users, ldap or federated (anonymous rules still apply)"
                         .to_owned(),
                 );
+            }
+            for (at, e) in i.ldap.iter().flat_map(crate::ldap::problems) {
+                bad(&at, e);
             }
             for (n, rule) in i.acl.iter().flatten().enumerate() {
                 if let Err(e) = rule.validate() {
@@ -1675,7 +1679,7 @@ fn active_hooks(hooks: &Value) -> bool {
 }
 
 /// Keys whose scalar values are secrets.
-const SECRET_KEYS: [&str; 8] = [
+const SECRET_KEYS: [&str; 9] = [
     "secret",
     "password",
     // redis: the sentinels' own password.
@@ -1686,6 +1690,8 @@ const SECRET_KEYS: [&str; 8] = [
     "authorization",
     // auth.issuer.users: password hashes.
     "users",
+    // auth.issuer.ldap: the service account's password.
+    "bindpassword",
 ];
 
 impl Config {

@@ -504,6 +504,9 @@ pub struct Issuer {
     /// Ordered access rules (see `berth_auth::acl`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl: Option<Vec<berth_auth::acl::Rule>>,
+    /// LDAP accounts for people (see `crate::ldap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<crate::ldap::Config>,
     /// External issuers whose tokens are accepted as the password (workload identity).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub federated: Option<Vec<Federated>>,

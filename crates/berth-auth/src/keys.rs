@@ -1,4 +1,5 @@
-//! Public keys as token issuers name them, and signature verification with them (ring).
+//! Public keys as token issuers name them, and the ring backend `jsonwebtoken` signs and
+//! verifies with.
 //!
 //! Issuers put different things in a token's `kid`; a key here knows all of its names:
 //! - the **libtrust key ID** (Docker's libtrust, used by Keycloak's docker-v2 protocol,
@@ -6,10 +7,15 @@
 //!   bits, base32, in twelve groups of four joined by ':';
 //! - the **RFC 7638 JWK thumbprint** (distribution 3.x): SHA-256 of the canonical JWK, base64url;
 //! - the `kid` of a JWKS entry, as its publisher wrote it.
+//!
+//! JWS decoding, header and claim checks and signing are `jsonwebtoken`'s; its cryptography is
+//! a pluggable [`CryptoProvider`](jsonwebtoken::crypto::CryptoProvider), and Berth installs one
+//! on `ring` ([`install_jwt_backend`]): ring is already what TLS and everything else here use,
+//! where jsonwebtoken's own backends would add aws-lc (a C build) or the RustCrypto curve and
+//! RSA crates (18 more crates, and non-constant-time RSA signing).
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
@@ -111,17 +117,22 @@ impl Alg {
     pub fn parse(s: &str) -> Option<Alg> {
         Alg::ALL.into_iter().find(|a| a.as_str() == s)
     }
-}
 
-/// Why a signature was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    #[error("algorithm {alg} does not fit {key} key")]
-    KeyMismatch { alg: &'static str, key: String },
-    #[error("{0} is not supported (ring has no P-521)")]
-    Unsupported(&'static str),
-    #[error("the signature does not verify")]
-    BadSignature,
+    /// The algorithm as `jsonwebtoken` names it; `None` for ES512, which it has no name for.
+    pub fn jwt(self) -> Option<jsonwebtoken::Algorithm> {
+        use jsonwebtoken::Algorithm as J;
+        Some(match self {
+            Alg::RS256 => J::RS256,
+            Alg::RS384 => J::RS384,
+            Alg::RS512 => J::RS512,
+            Alg::PS256 => J::PS256,
+            Alg::PS384 => J::PS384,
+            Alg::PS512 => J::PS512,
+            Alg::ES256 => J::ES256,
+            Alg::ES384 => J::ES384,
+            Alg::ES512 => return None,
+        })
+    }
 }
 
 fn strip_zeros(b: &[u8]) -> Vec<u8> {
@@ -315,43 +326,12 @@ impl PublicKey {
         )
     }
 
-    /// Verifies a JWS signature over `message`.
-    pub fn verify(&self, alg: Alg, message: &[u8], sig: &[u8]) -> Result<(), VerifyError> {
-        if !self.fits(alg) {
-            return Err(VerifyError::KeyMismatch {
-                alg: alg.as_str(),
-                key: self.describe(),
-            });
-        }
-        let ok = match self {
-            PublicKey::Rsa { n, e } => {
-                let params: &'static signature::RsaParameters = match alg {
-                    Alg::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-                    Alg::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-                    Alg::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-                    Alg::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-                    Alg::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
-                    _ => &signature::RSA_PSS_2048_8192_SHA512,
-                };
-                RsaPublicKeyComponents { n, e }
-                    .verify(params, message, sig)
-                    .is_ok()
-            }
-            PublicKey::Ec { point, .. } => {
-                let algorithm: &'static dyn VerificationAlgorithm = match alg {
-                    Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-                    Alg::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
-                    _ => return Err(VerifyError::Unsupported("ES512")),
-                };
-                UnparsedPublicKey::new(algorithm, point)
-                    .verify(message, sig)
-                    .is_ok()
-            }
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
+    /// The key as `jsonwebtoken` takes it (for the ring backend below: RSA as modulus and
+    /// exponent, EC as the uncompressed point).
+    pub fn decoding_key(&self) -> jsonwebtoken::DecodingKey {
+        match self {
+            PublicKey::Rsa { n, e } => jsonwebtoken::DecodingKey::from_rsa_raw_components(n, e),
+            PublicKey::Ec { point, .. } => jsonwebtoken::DecodingKey::from_ec_der(point),
         }
     }
 }
@@ -459,6 +439,166 @@ pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
         return Err(format!("BEGIN {label} without END"));
     }
     Ok(out)
+}
+
+/// Installs the ring backend as `jsonwebtoken`'s process-wide crypto provider (idempotent;
+/// [`crate::token::Verifier::new`] and [`crate::signer::Signer::from_pem`] call it, so no
+/// token is signed or verified before it is in place).
+pub fn install_jwt_backend() {
+    // Err means a provider is installed already: this one, by an earlier call.
+    let _ = ring_backend::PROVIDER.install_default();
+}
+
+/// `jsonwebtoken`'s [`CryptoProvider`](jsonwebtoken::crypto::CryptoProvider) on ring, for the
+/// algorithms Berth verifies and signs. Signing keys come as PKCS#8 (EC) or PKCS#1/PKCS#8
+/// (RSA) DER; verifying keys as [`PublicKey::decoding_key`] makes them. HMAC and EdDSA have
+/// no factory: Berth refuses those tokens before a key is looked at.
+mod ring_backend {
+    use jsonwebtoken::crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier};
+    use jsonwebtoken::errors::{Error, ErrorKind};
+    use jsonwebtoken::signature;
+    use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind, EncodingKey};
+    use ring::rand::SystemRandom;
+    use ring::signature as rs;
+
+    pub(super) static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory,
+        verifier_factory,
+        // Only used by jsonwebtoken's JWK helpers, which Berth does not call (keys.rs
+        // reads and writes JWKs itself).
+        jwk_utils: JwkUtils::new_unimplemented(),
+    };
+
+    fn rsa_verify_params(alg: Algorithm) -> Option<&'static rs::RsaParameters> {
+        Some(match alg {
+            Algorithm::RS256 => &rs::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::RS384 => &rs::RSA_PKCS1_2048_8192_SHA384,
+            Algorithm::RS512 => &rs::RSA_PKCS1_2048_8192_SHA512,
+            Algorithm::PS256 => &rs::RSA_PSS_2048_8192_SHA256,
+            Algorithm::PS384 => &rs::RSA_PSS_2048_8192_SHA384,
+            Algorithm::PS512 => &rs::RSA_PSS_2048_8192_SHA512,
+            _ => return None,
+        })
+    }
+
+    fn ecdsa_verify_alg(alg: Algorithm) -> Option<&'static rs::EcdsaVerificationAlgorithm> {
+        match alg {
+            Algorithm::ES256 => Some(&rs::ECDSA_P256_SHA256_FIXED),
+            Algorithm::ES384 => Some(&rs::ECDSA_P384_SHA384_FIXED),
+            _ => None,
+        }
+    }
+
+    struct Verifier {
+        alg: Algorithm,
+        key: DecodingKey,
+    }
+
+    impl signature::Verifier<Vec<u8>> for Verifier {
+        fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
+            let ok = match (self.key.kind(), rsa_verify_params(self.alg)) {
+                (DecodingKeyKind::RsaModulusExponent { n, e }, Some(params)) => {
+                    rs::RsaPublicKeyComponents { n, e }
+                        .verify(params, msg, sig)
+                        .is_ok()
+                }
+                (DecodingKeyKind::SecretOrDer(der), Some(params)) => {
+                    rs::UnparsedPublicKey::new(params, der)
+                        .verify(msg, sig)
+                        .is_ok()
+                }
+                (DecodingKeyKind::SecretOrDer(point), None) => ecdsa_verify_alg(self.alg)
+                    .is_some_and(|a| {
+                        rs::UnparsedPublicKey::new(a, point)
+                            .verify(msg, sig)
+                            .is_ok()
+                    }),
+                (DecodingKeyKind::RsaModulusExponent { .. }, None) => false,
+            };
+            ok.then_some(()).ok_or_else(signature::Error::new)
+        }
+    }
+
+    impl JwtVerifier for Verifier {
+        fn algorithm(&self) -> Algorithm {
+            self.alg
+        }
+    }
+
+    fn verifier_factory(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
+        if rsa_verify_params(*alg).is_none() && ecdsa_verify_alg(*alg).is_none() {
+            return Err(ErrorKind::InvalidAlgorithm.into());
+        }
+        Ok(Box::new(Verifier {
+            alg: *alg,
+            key: key.clone(),
+        }))
+    }
+
+    enum Private {
+        Ec(rs::EcdsaKeyPair),
+        Rsa(rs::RsaKeyPair, &'static dyn rs::RsaEncoding),
+    }
+
+    struct Signer {
+        alg: Algorithm,
+        key: Private,
+        rng: SystemRandom,
+    }
+
+    impl signature::Signer<Vec<u8>> for Signer {
+        fn try_sign(&self, msg: &[u8]) -> Result<Vec<u8>, signature::Error> {
+            match &self.key {
+                Private::Ec(k) => k
+                    .sign(&self.rng, msg)
+                    .map(|s| s.as_ref().to_vec())
+                    .map_err(|_| signature::Error::new()),
+                Private::Rsa(k, encoding) => {
+                    let mut sig = vec![0; k.public().modulus_len()];
+                    k.sign(*encoding, &self.rng, msg, &mut sig)
+                        .map_err(|_| signature::Error::new())?;
+                    Ok(sig)
+                }
+            }
+        }
+    }
+
+    impl JwtSigner for Signer {
+        fn algorithm(&self) -> Algorithm {
+            self.alg
+        }
+    }
+
+    fn signer_factory(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>, Error> {
+        let rng = SystemRandom::new();
+        let der = key.inner();
+        let ec = |a: &'static rs::EcdsaSigningAlgorithm| {
+            rs::EcdsaKeyPair::from_pkcs8(a, der, &rng)
+                .map_err(|_| Error::from(ErrorKind::InvalidEcdsaKey))
+        };
+        let rsa = |encoding: &'static dyn rs::RsaEncoding| {
+            rs::RsaKeyPair::from_pkcs8(der)
+                .or_else(|_| rs::RsaKeyPair::from_der(der))
+                .map(|k| Private::Rsa(k, encoding))
+                .map_err(|e| Error::from(ErrorKind::InvalidRsaKey(e.to_string())))
+        };
+        let key = match alg {
+            Algorithm::ES256 => Private::Ec(ec(&rs::ECDSA_P256_SHA256_FIXED_SIGNING)?),
+            Algorithm::ES384 => Private::Ec(ec(&rs::ECDSA_P384_SHA384_FIXED_SIGNING)?),
+            Algorithm::RS256 => rsa(&rs::RSA_PKCS1_SHA256)?,
+            Algorithm::RS384 => rsa(&rs::RSA_PKCS1_SHA384)?,
+            Algorithm::RS512 => rsa(&rs::RSA_PKCS1_SHA512)?,
+            Algorithm::PS256 => rsa(&rs::RSA_PSS_SHA256)?,
+            Algorithm::PS384 => rsa(&rs::RSA_PSS_SHA384)?,
+            Algorithm::PS512 => rsa(&rs::RSA_PSS_SHA512)?,
+            _ => return Err(ErrorKind::InvalidAlgorithm.into()),
+        };
+        Ok(Box::new(Signer {
+            alg: *alg,
+            key,
+            rng,
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Signing keys for Berth's issuer: load them (PKCS#8, SEC1 `EC PRIVATE KEY` or PKCS#1
 //! `RSA PRIVATE KEY` PEM, as openssl and others write them), generate them with a self-signed
-//! certificate (no openssl needed), and sign tokens with them.
+//! certificate (no openssl needed), and sign tokens with them (`jsonwebtoken`, on the ring
+//! backend of [`crate::keys`]).
 //!
 //! A token Berth signs carries `kid` = the key's libtrust ID (what distribution 2.x looks up in
 //! its `rootcertbundle`) and `x5c` = the key's certificate chain (what distribution 3.x
@@ -8,27 +9,25 @@
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
+use jsonwebtoken::{EncodingKey, Header};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::keys::{pem_blocks, Alg, PublicKey};
-
-enum Private {
-    Ec(EcdsaKeyPair),
-    Rsa(RsaKeyPair),
-}
+use crate::keys::{install_jwt_backend, pem_blocks, Alg, PublicKey};
 
 /// A key that signs tokens, with its public half and certificate chain.
 pub struct Signer {
-    private: Private,
+    /// PKCS#8 (EC) or PKCS#1/PKCS#8 (RSA) DER, as the ring backend reads it.
+    private: EncodingKey,
+    /// `alg` as jsonwebtoken names it (ES256 or RS256: what `from_pem` loads).
+    jwt_alg: jsonwebtoken::Algorithm,
     pub alg: Alg,
     pub public: PublicKey,
     /// The libtrust key ID, sent as `kid`.
     pub kid: String,
     /// DER certificates, leaf first (empty when none was given).
     pub chain: Vec<Vec<u8>>,
-    rng: SystemRandom,
 }
 
 impl std::fmt::Debug for Signer {
@@ -72,6 +71,7 @@ fn sec1_p256_to_pkcs8(sec1: &[u8]) -> Vec<u8> {
 impl Signer {
     /// Loads a private key (PEM) and, optionally, its certificate chain (PEM, leaf first).
     pub fn from_pem(key_pem: &str, chain_pem: Option<&str>) -> Result<Signer, String> {
+        install_jwt_backend();
         let rng = SystemRandom::new();
         let blocks = pem_blocks(key_pem)?;
         let (label, der) = blocks
@@ -85,11 +85,20 @@ impl Signer {
                 &rng,
             )
         };
-        let (private, alg) = match label.as_str() {
+        let ec_public = |k: EcdsaKeyPair| PublicKey::Ec {
+            curve: crate::keys::Curve::P256,
+            point: k.public_key().as_ref().to_vec(),
+        };
+        let rsa_public = |k: RsaKeyPair| {
+            let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(k.public());
+            PublicKey::Rsa { n: c.n, e: c.e }
+        };
+        // Read once with ring here, to refuse a bad key at start and to know its public half.
+        let (private, alg, public) = match label.as_str() {
             "PRIVATE KEY" => match ec(&der) {
-                Ok(k) => (Private::Ec(k), Alg::ES256),
+                Ok(k) => (EncodingKey::from_ec_der(&der), Alg::ES256, ec_public(k)),
                 Err(_) => match RsaKeyPair::from_pkcs8(&der) {
-                    Ok(k) => (Private::Rsa(k), Alg::RS256),
+                    Ok(k) => (EncodingKey::from_rsa_der(&der), Alg::RS256, rsa_public(k)),
                     Err(e) => {
                         return Err(format!(
                             "the key is neither an EC P-256 nor an RSA (2048+ bits) key: {e}"
@@ -98,25 +107,15 @@ impl Signer {
                 },
             },
             "EC PRIVATE KEY" => {
-                let k = ec(&sec1_p256_to_pkcs8(&der))
-                    .map_err(|e| format!("not an EC P-256 key: {e}"))?;
-                (Private::Ec(k), Alg::ES256)
+                let pkcs8 = sec1_p256_to_pkcs8(&der);
+                let k = ec(&pkcs8).map_err(|e| format!("not an EC P-256 key: {e}"))?;
+                (EncodingKey::from_ec_der(&pkcs8), Alg::ES256, ec_public(k))
             }
             "RSA PRIVATE KEY" => {
                 let k = RsaKeyPair::from_der(&der).map_err(|e| format!("bad RSA key: {e}"))?;
-                (Private::Rsa(k), Alg::RS256)
+                (EncodingKey::from_rsa_der(&der), Alg::RS256, rsa_public(k))
             }
             other => return Err(format!("unsupported key type {other}")),
-        };
-        let public = match &private {
-            Private::Ec(k) => PublicKey::Ec {
-                curve: crate::keys::Curve::P256,
-                point: k.public_key().as_ref().to_vec(),
-            },
-            Private::Rsa(k) => {
-                let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(k.public());
-                PublicKey::Rsa { n: c.n, e: c.e }
-            }
         };
         let chain: Vec<Vec<u8>> = match chain_pem {
             Some(pem) => pem_blocks(pem)?
@@ -137,49 +136,40 @@ impl Signer {
         Ok(Signer {
             kid: public.libtrust_id(),
             private,
+            jwt_alg: if alg == Alg::ES256 {
+                jsonwebtoken::Algorithm::ES256
+            } else {
+                jsonwebtoken::Algorithm::RS256
+            },
             alg,
             public,
             chain,
-            rng,
         })
     }
 
     /// Signs `claims` as a compact JWS with `kid` and `x5c`.
     pub fn sign(&self, claims: &Value) -> Result<String, String> {
-        let mut header = json!({ "typ": "JWT", "alg": self.alg.as_str(), "kid": self.kid });
+        let mut header = Header::new(self.jwt_alg);
+        header.kid = Some(self.kid.clone());
         if !self.chain.is_empty() {
-            header["x5c"] = json!(self.chain.iter().map(|c| B64.encode(c)).collect::<Vec<_>>());
+            header.x5c = Some(self.chain.iter().map(|c| B64.encode(c)).collect());
         }
-        self.sign_with_header(&header, claims)
+        jsonwebtoken::encode(&header, claims, &self.private)
+            .map_err(|e| format!("signing failed: {e}"))
     }
 
-    /// Signs `claims` under exactly `header` (its `alg` is not checked: tests use this to make
-    /// tokens the way other issuers, or attackers, make them).
+    /// Signs `claims` under exactly `header`, whatever its `alg` says (jsonwebtoken's typed
+    /// header cannot say `none` or carry arbitrary fields): tests use this to make tokens the
+    /// way other issuers, or attackers, make them. The signature is the key's own algorithm.
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> Result<String, String> {
         let input = format!(
             "{}.{}",
             B64URL.encode(header.to_string()),
             B64URL.encode(claims.to_string())
         );
-        let sig = match &self.private {
-            Private::Ec(k) => k
-                .sign(&self.rng, input.as_bytes())
-                .map_err(|e| format!("signing failed: {e}"))?
-                .as_ref()
-                .to_vec(),
-            Private::Rsa(k) => {
-                let mut sig = vec![0; k.public().modulus_len()];
-                k.sign(
-                    &ring::signature::RSA_PKCS1_SHA256,
-                    &self.rng,
-                    input.as_bytes(),
-                    &mut sig,
-                )
-                .map_err(|e| format!("signing failed: {e}"))?;
-                sig
-            }
-        };
-        Ok(format!("{input}.{}", B64URL.encode(sig)))
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.private, self.jwt_alg)
+            .map_err(|e| format!("signing failed: {e}"))?;
+        Ok(format!("{input}.{sig}"))
     }
 
     /// The key as a JWKS entry (kid = libtrust ID, with its chain).

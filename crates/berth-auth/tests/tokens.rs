@@ -418,6 +418,65 @@ fn claims_are_checked() {
     assert_eq!(refused(&v, &s.sign(&c).unwrap()), Reason::Malformed);
 }
 
+/// The claims jsonwebtoken would let through unless told otherwise: a missing `iss` or `aud`,
+/// and `exp`/`nbf` that are not numbers (GHSA-h395-gr6q-cpjc: a string `nbf` was skipped).
+#[test]
+fn missing_and_mistyped_claims_are_refused() {
+    let (s, cert) = rsa_b();
+    let v = verifier(bundle(&[&cert]));
+    let without = |k: &str| {
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove(k);
+        s.sign(&c).unwrap()
+    };
+    assert_eq!(refused(&v, &without("iss")), Reason::WrongIssuer);
+    assert_eq!(refused(&v, &without("aud")), Reason::WrongAudience);
+    let with = |k: &str, val: Value| {
+        let mut c = claims();
+        c[k] = val;
+        s.sign(&c).unwrap()
+    };
+    assert_eq!(
+        refused(&v, &with("nbf", json!((NOW + 86_400).to_string()))),
+        Reason::Malformed
+    );
+    assert_eq!(
+        refused(&v, &with("exp", json!((NOW + 300).to_string()))),
+        Reason::Malformed
+    );
+    assert_eq!(refused(&v, &with("aud", json!(42))), Reason::WrongAudience);
+    // NumericDate may have a fraction; a far-future exp does not overflow the leeway sum.
+    accepted(&v, &with("exp", json!(NOW as f64 + 300.5)));
+    accepted(&v, &with("exp", json!(i64::MAX)));
+}
+
+/// ES512 and EdDSA are algorithms Berth does not verify; `crit` names extensions it does not
+/// implement (RFC 7515 §4.1.11).
+#[test]
+fn unsupported_algorithms_and_critical_extensions_are_refused() {
+    let (s, cert) = ec();
+    let v = verifier(bundle(&[&cert]));
+    for alg in ["ES512", "EdDSA", "RS1"] {
+        let t = s
+            .sign_with_header(&header(alg, Some(&s.kid)), &claims())
+            .unwrap();
+        assert_eq!(refused(&v, &t), Reason::UnsupportedAlgorithm, "{alg}");
+    }
+    let mut h = header("ES256", Some(&s.kid));
+    h["crit"] = json!(["x-berth-test"]);
+    h["x-berth-test"] = json!("1");
+    let t = s.sign_with_header(&h, &claims()).unwrap();
+    let r = v.verify(&t, NOW).unwrap_err();
+    assert_eq!(r.reason, Reason::Malformed);
+    assert!(r.detail.contains("critical header"), "{r}");
+    // jsonwebtoken reads header fields it has no name for as strings only: another type is a
+    // header it does not read (RFC 7797's `"b64": false` is one, and needs `crit` anyway).
+    let mut h = header("ES256", Some(&s.kid));
+    h["b64"] = json!(false);
+    let t = s.sign_with_header(&h, &claims()).unwrap();
+    assert_eq!(refused(&v, &t), Reason::Malformed);
+}
+
 #[test]
 fn tampered_payload_is_refused() {
     let (s, cert) = rsa_b();

@@ -659,30 +659,22 @@ impl Redis {
             .spawn()
             .expect("redis-server (scripts/install-test-deps.sh)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut buf = [0u8; 7];
-                    if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                        return true;
-                    }
-                }
-            }
-            if self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some()
-            {
+        let port = self.port;
+        let up = wait_until_up(&mut self.child, || {
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
                 return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            };
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 7];
+            s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut buf).is_ok()
+                && &buf == b"+PONG\r\n"
+        });
+        if up == Some(false) {
+            self.stop();
         }
-        self.stop();
-        false
+        up == Some(true)
     }
 
     pub fn stop(&mut self) {
@@ -1147,4 +1139,27 @@ mod tests {
         );
         assert_eq!(hook.events().len(), 4);
     }
+}
+
+/// Polls `ready` for up to 10 s while `child` runs: `Some(true)` once it answers, `None` when
+/// the process exited first (its port taken, say), `Some(false)` when it never answered.
+pub(crate) fn wait_until_up(
+    child: &mut Option<Child>,
+    mut ready: impl FnMut() -> bool,
+) -> Option<bool> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ready() {
+            return Some(true);
+        }
+        if child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .is_some()
+        {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(false)
 }

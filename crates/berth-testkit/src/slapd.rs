@@ -172,23 +172,14 @@ impl Slapd {
             .spawn()
             .expect("slapd (scripts/install-test-deps.sh installs Debian's slapd)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            if self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some()
-            {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let port = self.port;
+        let up = crate::wait_until_up(&mut self.child, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if up == Some(false) {
+            self.stop();
         }
-        self.stop();
-        false
+        up == Some(true)
     }
 
     /// Loads [`PEOPLE`] and their groups with `ldapadd` (online, so the `memberof` overlay

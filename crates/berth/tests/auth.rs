@@ -18,17 +18,9 @@ use berth_auth::signer::{generate, Signer};
 use berth_conformance::client::{Body, Client, Resp};
 use berth_conformance::fixtures::{expect_status, Image, OCI_MANIFEST};
 use serde_json::{json, Value};
-use support::{Berth, Distribution};
+use support::{basic, get_token, now, Berth, Distribution, SERVICE};
 
-const SERVICE: &str = "berth.test";
 const ISSUER: &str = "berth-issuer";
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn hash(pw: &str) -> String {
     bcrypt::hash(pw, 4).unwrap()
@@ -36,18 +28,6 @@ fn hash(pw: &str) -> String {
 
 fn bearer(url: &str, token: &str) -> Client {
     Client::new(url, Some(format!("Bearer {token}")))
-}
-
-fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", B64.encode(format!("{user}:{pw}")))
-}
-
-/// `GET /auth/token` as docker does: Basic credentials (or none) and scopes.
-fn get_token(url: &str, creds: Option<(&str, &str)>, scopes: &[&str]) -> Resp {
-    let c = Client::new(url, creds.map(|(u, p)| basic(u, p)));
-    let q: Vec<String> = scopes.iter().map(|s| format!("&scope={s}")).collect();
-    c.get(&format!("/auth/token?service={SERVICE}{}", q.concat()), &[])
-        .unwrap()
 }
 
 fn token_of(r: &Resp) -> String {
@@ -527,20 +507,7 @@ fn token_verify_command_gives_the_same_verdict() {
         for n in needs {
             cmd.args(["--needs", n]);
         }
-        let mut child = cmd
-            .arg("-")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(token.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = support::output_with_stdin(cmd.arg("-"), token.as_bytes());
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -65,13 +65,7 @@ fn docker_login_push_pull_with_per_account_namespaces() {
     // An image to push (docker load of an archive made from a local layout).
     let layout = Layout::init(&lab, &lab.path("in"));
     layout.add_image(&lab, "v1", "amd64", &[("/etc/motd", "alice's image\n")]);
-    let archive = lab.path("image.tar");
-    lab.run(lab.skopeo().args([
-        "copy",
-        &layout.reference("v1"),
-        &format!("docker-archive:{}:local/img:v1", archive.display()),
-    ]));
-    lab.run(docker().arg("load").arg("--input").arg(&archive));
+    dockerd.load(&lab, &layout, "v1", "local/img:v1");
 
     // Wrong password: refused.
     let out = lab.run_failing(docker().args(["login", &host, "-u", "alice", "-p", "not-it"]));
@@ -159,36 +153,25 @@ fn podman_and_skopeo_login_push_pull() {
     let img = layout.add_image(&lab, "v1", "amd64", &[("/hello", "bob's image\n")]);
 
     // skopeo with credentials: bob pushes to bob/app; into alice/app he is refused.
-    lab.run(lab.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
+    lab.run(&mut lab.skopeo_push(
         "bob:bob-pw",
         &layout.reference("v1"),
         &lab.docker_ref("bob/app", "v1"),
-    ]));
-    let served = lab.run(lab.skopeo().args([
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        "bob:bob-pw",
-        "--format",
-        "{{.Digest}}",
-        &lab.docker_ref("bob/app", "v1"),
-    ]));
+    ));
+    let served = lab.run(
+        lab.skopeo_inspect("bob:bob-pw", &lab.docker_ref("bob/app", "v1"))
+            .args(["--format", "{{.Digest}}"]),
+    );
     lab.check_eq(
         served.trim(),
         img.manifest.as_str(),
         "digest Berth serves for bob/app:v1",
     );
-    let out = lab.run_failing(lab.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
+    let out = lab.run_failing(&mut lab.skopeo_push(
         "bob:bob-pw",
         &layout.reference("v1"),
         &lab.docker_ref("alice/app", "v1"),
-    ]));
+    ));
     lab.check(
         out.stderr.contains("denied") || out.stderr.contains("unauthorized"),
         &format!("skopeo push into alice/app: {}", out.stderr),
@@ -261,14 +244,11 @@ fn podman_and_skopeo_login_push_pull() {
     lab.run(lab.cmd("podman").args(["logout", &host]));
 
     // Anonymous skopeo: public is readable, bob's is not.
-    lab.run(lab.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
+    lab.run(&mut lab.skopeo_push(
         "admin:admin-pw",
         &layout.reference("v1"),
         &lab.docker_ref("public/tools", "v1"),
-    ]));
+    ));
     let info = lab.run(lab.skopeo().args([
         "inspect",
         "--tls-verify=false",

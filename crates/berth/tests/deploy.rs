@@ -585,6 +585,19 @@ fn shipped_configs_pass_config_check_with_service_links_set() {
 /// Starts `berth serve` with a shipped configuration text and the environment a deployment
 /// gives it, plus Kubernetes' service links; addresses are moved to loopback by variables, as
 /// an operator would.
+/// What the overlays' Deployments set from their Secret and ConfigMap, pointed at the test's
+/// Garage and Redis.
+fn s3_redis_env(garage: &Garage, redis: &Redis) -> [(&'static str, String); 6] {
+    [
+        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", garage.url.clone()),
+        ("REGISTRY_STORAGE_S3_REGION", "garage".into()),
+        ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true".into()),
+        ("REGISTRY_STORAGE_S3_ACCESSKEY", garage.key_id.clone()),
+        ("REGISTRY_STORAGE_S3_SECRETKEY", garage.secret.clone()),
+        ("REGISTRY_REDIS_ADDR", format!("127.0.0.1:{}", redis.port)),
+    ]
+}
+
 fn serve(config: &str, dir: &Path, env: &[(&str, &str)]) -> support::Berth {
     let mut all: Vec<(&str, &str)> = vec![
         ("REGISTRY_HTTP_ADDR", "127.0.0.1:0"),
@@ -667,15 +680,8 @@ fn s3_redis_config_runs_replicas_that_share_tokens_and_uploads() {
     assert!(text.contains(&format!("bucket: {bucket}")));
     garage.create_bucket(bucket);
     let redis = Redis::start();
-    let redis_addr = format!("127.0.0.1:{}", redis.port);
-    let env = [
-        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", garage.url.as_str()),
-        ("REGISTRY_STORAGE_S3_REGION", "garage"),
-        ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
-        ("REGISTRY_STORAGE_S3_ACCESSKEY", garage.key_id.as_str()),
-        ("REGISTRY_STORAGE_S3_SECRETKEY", garage.secret.as_str()),
-        ("REGISTRY_REDIS_ADDR", redis_addr.as_str()),
-    ];
+    let env = s3_redis_env(&garage, &redis);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let a = serve(&text, dir.path(), &env);
     let b = serve(&text, dir.path(), &env);
     for r in [&a, &b] {
@@ -745,7 +751,8 @@ fn s3_redis_config_runs_replicas_that_share_tokens_and_uploads() {
     for r in [&a, &b] {
         let log = r.log();
         assert!(
-            log.contains("blob-descriptor cache in redis") && log.contains(&redis_addr),
+            log.contains("blob-descriptor cache in redis")
+                && log.contains(&format!("127.0.0.1:{}", redis.port)),
             "{log}"
         );
     }
@@ -828,15 +835,8 @@ fn workload_identity_overlay_admits_the_example_build_pod() {
     let garage = Garage::start();
     garage.create_bucket("registry");
     let redis = Redis::start();
-    let redis_addr = format!("127.0.0.1:{}", redis.port);
-    let env = [
-        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", garage.url.as_str()),
-        ("REGISTRY_STORAGE_S3_REGION", "garage"),
-        ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
-        ("REGISTRY_STORAGE_S3_ACCESSKEY", garage.key_id.as_str()),
-        ("REGISTRY_STORAGE_S3_SECRETKEY", garage.secret.as_str()),
-        ("REGISTRY_REDIS_ADDR", redis_addr.as_str()),
-    ];
+    let env = s3_redis_env(&garage, &redis);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let b = serve(&text, dir.path(), &env);
     assert_eq!(get(&format!("{}/readyz", b.url)).0, 200, "{}", b.log());
     assert_eq!(

@@ -14,14 +14,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use berth_conformance::client::{Body, Client, Resp};
 use berth_testkit::slapd::{self, Slapd};
 use clients_support::{Lab, Layout};
-use support::{Berth, Ca};
-
-const SERVICE: &str = "berth.test";
+use support::{get_token, Berth, Ca, SERVICE};
 
 /// The issuer's rules: LDAP admins everything, each account its namespace, each LDAP group
 /// `teams/<group>/*`.
@@ -53,18 +50,6 @@ fn direct(s: &Slapd, extra: &str) -> String {
         url = s.url(),
         base = slapd::SUFFIX
     )
-}
-
-fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", B64.encode(format!("{user}:{pw}")))
-}
-
-/// `GET /auth/token` with Basic credentials for `scopes`.
-fn get_token(url: &str, user: &str, pw: &str, scopes: &[&str]) -> Resp {
-    let q: Vec<String> = scopes.iter().map(|s| format!("&scope={s}")).collect();
-    Client::new(url, Some(basic(user, pw)))
-        .get(&format!("/auth/token?service={SERVICE}{}", q.concat()), &[])
-        .unwrap()
 }
 
 /// What a token response granted (its `scope`), or its status when it is not 200.
@@ -135,13 +120,12 @@ fn direct_bind_with_groups_from_member_of() {
     let url = &b.url;
 
     // alice is in admins: everything.
-    let r = get_token(url, "alice", "alice-pw", &[&pp("anything/x")]);
+    let r = get_token(url, Some(("alice", "alice-pw")), &[&pp("anything/x")]);
     assert_eq!(granted(&r), Ok(vec![pp("anything/x")]), "{}", r.describe());
     // bob: his namespace and his team's, not another team's.
     let r = get_token(
         url,
-        "bob",
-        "bob-pw",
+        Some(("bob", "bob-pw")),
         &[
             &pp("bob/app"),
             &pp("teams/team-b/app"),
@@ -174,7 +158,7 @@ fn direct_bind_with_groups_from_member_of() {
         ("*", "alice-pw"),
         ("alice,ou=people", "alice-pw"),
     ] {
-        let r = get_token(url, user, pw, &[&pp("anything/x")]);
+        let r = get_token(url, Some((user, pw)), &[&pp("anything/x")]);
         assert_eq!(r.status, 401, "{user}: {}", r.describe());
     }
     // An empty password is an unauthenticated bind, which this slapd (like many directories)
@@ -185,7 +169,7 @@ fn direct_bind_with_groups_from_member_of() {
         "slapd should accept unauthenticated binds"
     );
     assert!(!s.bind_ok(&alice_dn, "wrong"));
-    let r = get_token(url, "alice", "", &[&pp("anything/x")]);
+    let r = get_token(url, Some(("alice", "")), &[&pp("anything/x")]);
     assert_eq!(r.status, 401, "{}", r.describe());
     let r = password_grant(url, "alice", "", &pp("anything/x"));
     assert_eq!(r.status, 401, "{}", r.describe());
@@ -195,10 +179,10 @@ fn direct_bind_with_groups_from_member_of() {
 
     // carol is a local account: the issuer's own password decides, not the directory's.
     assert_eq!(
-        get_token(url, "carol", "carol-pw", &[&pp("carol/x")]).status,
+        get_token(url, Some(("carol", "carol-pw")), &[&pp("carol/x")]).status,
         401
     );
-    let r = get_token(url, "carol", "carol-local-pw", &[&pp("carol/x")]);
+    let r = get_token(url, Some(("carol", "carol-local-pw")), &[&pp("carol/x")]);
     assert_eq!(granted(&r), Ok(vec![pp("carol/x")]));
 
     let log = b.log();
@@ -255,7 +239,7 @@ fn search_bind_with_group_search_over_starttls_and_ldaps() {
         let d = dir.path().join(name);
         let b = berth(&d, &ldap);
         let url = &b.url;
-        let r = get_token(url, "alice", "alice-pw", &[&pp("anything/x")]);
+        let r = get_token(url, Some(("alice", "alice-pw")), &[&pp("anything/x")]);
         assert_eq!(
             granted(&r),
             Ok(vec![pp("anything/x")]),
@@ -265,8 +249,7 @@ fn search_bind_with_group_search_over_starttls_and_ldaps() {
         // The account name is the directory's (uid), whatever case was typed.
         let r = get_token(
             url,
-            "BOB",
-            "bob-pw",
+            Some(("BOB", "bob-pw")),
             &[&pp("bob/app"), &pp("teams/team-b/x")],
         );
         assert_eq!(
@@ -283,7 +266,7 @@ fn search_bind_with_group_search_over_starttls_and_ldaps() {
             ("b*", "bob-pw"),
             ("nobody", "x"),
         ] {
-            let r = get_token(url, user, pw, &[&pp("bob/app")]);
+            let r = get_token(url, Some((user, pw)), &[&pp("bob/app")]);
             assert_eq!(r.status, 401, "{name} {user}: {}", r.describe());
         }
     }
@@ -297,7 +280,7 @@ fn search_bind_with_group_search_over_starttls_and_ldaps() {
     b.wait_log("the WARN about insecureskipverify", |l| {
         l.contains("WARN") && l.contains("insecureskipverify")
     });
-    let r = get_token(&b.url, "alice", "alice-pw", &[&pp("anything/x")]);
+    let r = get_token(&b.url, Some(("alice", "alice-pw")), &[&pp("anything/x")]);
     assert_eq!(granted(&r), Ok(vec![pp("anything/x")]), "{}", r.describe());
     drop(b);
 
@@ -314,7 +297,7 @@ fn search_bind_with_group_search_over_starttls_and_ldaps() {
     ] {
         let d = dir.path().join(name);
         let b = berth(&d, &ldap);
-        let r = get_token(&b.url, "alice", "alice-pw", &[&pp("anything/x")]);
+        let r = get_token(&b.url, Some(("alice", "alice-pw")), &[&pp("anything/x")]);
         assert_eq!(r.status, 503, "{name}: {}", r.describe());
         assert_eq!(r.json().unwrap()["error"], "temporarily_unavailable");
         let log = b.wait_log("the untrusted directory's WARN", |l| {
@@ -323,7 +306,7 @@ fn search_bind_with_group_search_over_starttls_and_ldaps() {
         assert!(log.contains("UnknownIssuer"), "{name}: {log}");
         // The local account is not affected.
         assert_eq!(
-            get_token(&b.url, "ops", "ops-pw", &[&pp("ops/x")]).status,
+            get_token(&b.url, Some(("ops", "ops-pw")), &[&pp("ops/x")]).status,
             200
         );
     }
@@ -337,18 +320,18 @@ fn a_hung_directory_is_503_while_cached_and_local_logins_work() {
     let url = &b.url;
     let scope = pp("anything/x");
     assert_eq!(
-        granted(&get_token(url, "alice", "alice-pw", &[&scope])),
+        granted(&get_token(url, Some(("alice", "alice-pw")), &[&scope])),
         Ok(vec![scope.clone()])
     );
 
     // The directory hangs: it accepts connections and never answers.
     s.signal("STOP");
     // alice's login is cached: no directory needed.
-    let r = get_token(url, "alice", "alice-pw", &[&scope]);
+    let r = get_token(url, Some(("alice", "alice-pw")), &[&scope]);
     assert_eq!(granted(&r), Ok(vec![scope.clone()]), "{}", r.describe());
     // A different password is not the cached login: the directory is asked, and it hangs.
     let started = Instant::now();
-    let r = get_token(url, "alice", "other-pw", &[&scope]);
+    let r = get_token(url, Some(("alice", "other-pw")), &[&scope]);
     assert_eq!(r.status, 503, "{}", r.describe());
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -358,7 +341,7 @@ fn a_hung_directory_is_503_while_cached_and_local_logins_work() {
     // bob is not cached: 503, again and again, never 429 (a down directory is not a failed
     // login; the throttle locks an account out after five).
     for _ in 0..7 {
-        let r = get_token(url, "bob", "bob-pw", &[&pp("bob/x")]);
+        let r = get_token(url, Some(("bob", "bob-pw")), &[&pp("bob/x")]);
         assert_eq!(r.status, 503, "{}", r.describe());
         assert_eq!(r.json().unwrap()["error"], "temporarily_unavailable");
     }
@@ -367,25 +350,28 @@ fn a_hung_directory_is_503_while_cached_and_local_logins_work() {
     });
     assert!(!log.contains("locked out"), "{log}");
     // The issuer's own accounts and anonymous tokens keep working.
-    let r = get_token(url, "ops", "ops-pw", &[&pp("ops/x")]);
+    let r = get_token(url, Some(("ops", "ops-pw")), &[&pp("ops/x")]);
     assert_eq!(granted(&r), Ok(vec![pp("ops/x")]), "{}", r.describe());
 
     // The directory is back: bob logs in.
     s.signal("CONT");
-    let r = get_token(url, "bob", "bob-pw", &[&pp("bob/x")]);
+    let r = get_token(url, Some(("bob", "bob-pw")), &[&pp("bob/x")]);
     assert_eq!(granted(&r), Ok(vec![pp("bob/x")]), "{}", r.describe());
 
     // The directory is gone (connection refused): 503 at once; the cache still answers.
     s.stop();
     let started = Instant::now();
     assert_eq!(
-        get_token(url, "carol", "carol-pw", &[]).status,
+        get_token(url, Some(("carol", "carol-pw")), &[]).status,
         401,
         "carol is local"
     );
-    assert_eq!(get_token(url, "dave", "dave-pw", &[]).status, 503);
+    assert_eq!(get_token(url, Some(("dave", "dave-pw")), &[]).status, 503);
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(get_token(url, "bob", "bob-pw", &[&pp("bob/x")]).status, 200);
+    assert_eq!(
+        get_token(url, Some(("bob", "bob-pw")), &[&pp("bob/x")]).status,
+        200
+    );
     let log = b.log();
     assert!(!log.contains("bob-pw") && !log.contains("alice-pw"));
 }
@@ -395,37 +381,48 @@ fn without_the_cache_each_login_asks_the_directory() {
     let s = Slapd::start();
     let dir = tempfile::tempdir().unwrap();
     let b = berth(dir.path(), &direct(&s, "      cachettl: 0s\n"));
-    assert_eq!(get_token(&b.url, "alice", "alice-pw", &[]).status, 200);
+    assert_eq!(
+        get_token(&b.url, Some(("alice", "alice-pw")), &[]).status,
+        200
+    );
     s.signal("STOP");
-    assert_eq!(get_token(&b.url, "alice", "alice-pw", &[]).status, 503);
+    assert_eq!(
+        get_token(&b.url, Some(("alice", "alice-pw")), &[]).status,
+        503
+    );
     s.signal("CONT");
 }
 
 #[test]
 fn config_check_refuses_broken_ldap_settings() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = "      url: ldap.example.org\n      userdn: \"uid=bob,ou=people\"\n      binddn: cn=svc\n      groupbase: ou=groups\n      timeout: soon\n";
     let path = dir.path().join("config.yml");
-    std::fs::write(
-        &path,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n{}",
-            dir.path().join("data").display(),
-            config(dir.path(), bad)
-        ),
-    )
-    .unwrap();
-    let out = Command::new(support::bin())
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
+    // `berth config check` of a configuration with these `ldap:` settings: (passed, output).
+    let check = |ldap: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n{}",
+                dir.path().join("data").display(),
+                config(dir.path(), ldap)
+            ),
+        )
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+        let out = Command::new(support::bin())
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let bad = "      url: ldap.example.org\n      userdn: \"uid=bob,ou=people\"\n      binddn: cn=svc\n      groupbase: ou=groups\n      timeout: soon\n";
+    let (passed, text) = check(bad);
+    assert!(!passed, "{text}");
     for what in [
         "auth.issuer.ldap.url",
         "auth.issuer.ldap.userdn",
@@ -436,26 +433,8 @@ fn config_check_refuses_broken_ldap_settings() {
     }
     // A search bind's password is hidden in the effective configuration.
     let ok = "      url: ldaps://ldap.example.org\n      binddn: cn=svc\n      bindpassword: Sv9-secret\n      userbase: ou=people\n      userfilter: \"(uid=${username})\"\n";
-    std::fs::write(
-        &path,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n{}",
-            dir.path().join("data").display(),
-            config(dir.path(), ok)
-        ),
-    )
-    .unwrap();
-    let out = Command::new(support::bin())
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (passed, text) = check(ok);
+    assert!(passed, "{text}");
     assert!(text.contains("bindpassword: <redacted>"), "{text}");
     assert!(!text.contains("Sv9-secret"));
 }
@@ -467,54 +446,33 @@ fn skopeo_pushes_with_directory_credentials() {
     let layout = Layout::init(&lab, &lab.path("in"));
     let img = layout.add_image(&lab, "v1", "amd64", &[("/hello", "team b\n")]);
     // bob pushes into his team's namespace with his directory password.
-    lab.run(lab.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
+    lab.run(&mut lab.skopeo_push(
         "bob:bob-pw",
         &layout.reference("v1"),
         &lab.docker_ref("teams/team-b/app", "v1"),
-    ]));
-    let served = lab.run(lab.skopeo().args([
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        "bob:bob-pw",
-        "--format",
-        "{{.Digest}}",
-        &lab.docker_ref("teams/team-b/app", "v1"),
-    ]));
+    ));
+    let served = lab.run(
+        lab.skopeo_inspect("bob:bob-pw", &lab.docker_ref("teams/team-b/app", "v1"))
+            .args(["--format", "{{.Digest}}"]),
+    );
     lab.check_eq(served.trim(), img.manifest.as_str(), "teams/team-b/app:v1");
     // Not into team-a's, and not with a wrong password.
-    let out = lab.run_failing(lab.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
+    let out = lab.run_failing(&mut lab.skopeo_push(
         "bob:bob-pw",
         &layout.reference("v1"),
         &lab.docker_ref("teams/team-a/app", "v1"),
-    ]));
+    ));
     lab.check(
         out.stderr.contains("denied") || out.stderr.contains("unauthorized"),
         &format!("push into teams/team-a: {}", out.stderr),
     );
-    let out = lab.run_failing(lab.skopeo().args([
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        "bob:wrong",
-        &lab.docker_ref("teams/team-b/app", "v1"),
-    ]));
+    let out = lab.run_failing(
+        &mut lab.skopeo_inspect("bob:wrong", &lab.docker_ref("teams/team-b/app", "v1")),
+    );
     lab.check(
         out.stderr.contains("unauthorized") || out.stderr.contains("401"),
         &format!("wrong password: {}", out.stderr),
     );
     // alice (admins) reads it too.
-    lab.run(lab.skopeo().args([
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        "alice:alice-pw",
-        &lab.docker_ref("teams/team-b/app", "v1"),
-    ]));
+    lab.run(&mut lab.skopeo_inspect("alice:alice-pw", &lab.docker_ref("teams/team-b/app", "v1")));
 }

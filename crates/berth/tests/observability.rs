@@ -14,9 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use berth_conformance::client::{Body, Client};
 use berth_conformance::fixtures::{expect_status, Image};
-use support::{debug_url, get, Berth, Redis};
-
-const SERVICE: &str = "berth.test";
+use support::{basic, debug_url, get, Berth, Redis, SERVICE};
 
 /// `name{labels}` → value, from the text exposition.
 fn scrape(url: &str) -> BTreeMap<String, f64> {
@@ -43,10 +41,6 @@ fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
 
 fn hash(pw: &str) -> String {
     bcrypt::hash(pw, 4).unwrap()
-}
-
-fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", B64.encode(format!("{user}:{pw}")))
 }
 
 /// A token from Berth's issuer for `scope`.

@@ -46,14 +46,11 @@ fn seed(lab: &Lab, hub: &Berth) -> String {
             ("/bin/sh", "#!fake\n"),
         ],
     );
-    lab.run(lab.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
+    lab.run(&mut lab.skopeo_push(
         "admin:admin-pw",
         &layout.reference("latest"),
         &format!("docker://{}/library/alpine:latest", hub.host),
-    ]));
+    ));
     img.manifest
 }
 

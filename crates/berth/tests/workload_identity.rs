@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
 use berth_auth::keys::Alg;
 use berth_auth::signer::{generate, Signer};
@@ -29,18 +29,10 @@ use berth_conformance::client::{Client, Resp};
 use clients_support::{Dockerd, Lab, Layout};
 use serde_json::{json, Value};
 use sha2::Digest as _;
-use support::Berth;
+use support::{get_token, now, Berth, SERVICE};
 
-const SERVICE: &str = "berth.test";
 const CLUSTER: &str = "https://kubernetes.default.svc.cluster.local";
 const GITHUB: &str = "https://token.actions.githubusercontent.com";
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 /// An OIDC provider's HTTP side: serves `docs` by path (the discovery document, the JWKS) and
 /// counts the requests for each.
@@ -148,18 +140,6 @@ fn pod_claims(namespace: &str, sa: &str, aud: &str, iat: i64, exp: i64) -> Value
     })
 }
 
-fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", B64.encode(format!("{user}:{pw}")))
-}
-
-/// `GET /auth/token` with Basic credentials, as skopeo and containerd ask.
-fn get_token(url: &str, user: &str, pw: &str, scopes: &[&str]) -> Resp {
-    let q: Vec<String> = scopes.iter().map(|s| format!("&scope={s}")).collect();
-    Client::new(url, Some(basic(user, pw)))
-        .get(&format!("/auth/token?service={SERVICE}{}", q.concat()), &[])
-        .unwrap()
-}
-
 /// The scopes a token response grants (`""` when refused).
 fn granted(r: &Resp) -> String {
     if r.status != 200 {
@@ -168,15 +148,19 @@ fn granted(r: &Resp) -> String {
     r.json().unwrap()["scope"].as_str().unwrap_or("").to_owned()
 }
 
-fn cluster_berth(dir: &Path, jwks_url: &str) -> Berth {
+/// Berth with its issuer (keys in `dir/keys`) and `issuer_rest` (the `federated:` and `acl:`
+/// sections, indented under `auth.issuer`).
+fn issuer_berth(dir: &Path, issuer_rest: &str) -> Berth {
     let yaml = format!(
-        r#"auth:
-  token:
-    service: {SERVICE}
-    issuer: berth-issuer
-  issuer:
-    keydir: {keys}
-    federated:
+        "auth:\n  token:\n    service: {SERVICE}\n    issuer: berth-issuer\n  issuer:\n    keydir: {}\n{issuer_rest}",
+        dir.join("keys").display()
+    );
+    Berth::start_on(&dir.join("data"), &yaml)
+}
+
+fn cluster_berth(dir: &Path, jwks_url: &str) -> Berth {
+    let rest = format!(
+        r#"    federated:
       - name: cluster
         kind: kubernetes
         issuer: {CLUSTER}
@@ -186,10 +170,9 @@ fn cluster_berth(dir: &Path, jwks_url: &str) -> Berth {
       - source: cluster
         name: "${{namespace}}/*"
         actions: [push, pull]
-"#,
-        keys = dir.join("keys").display(),
+"#
     );
-    Berth::start_on(&dir.join("data"), &yaml)
+    issuer_berth(dir, &rest)
 }
 
 #[test]
@@ -206,8 +189,7 @@ fn kubernetes_service_account_tokens_push_to_their_namespace() {
     // The token endpoint grants the pod its namespace, nothing else.
     let r = get_token(
         &url,
-        "builder",
-        &build_token,
+        Some(("builder", &build_token)),
         &[
             "repository:build/app:push,pull",
             "repository:prod/app:push,pull",
@@ -227,23 +209,17 @@ fn kubernetes_service_account_tokens_push_to_their_namespace() {
     let layout = Layout::init(&lab, &lab.path("in"));
     layout.add_image(&lab, "v1", "amd64", &[("/etc/motd", "built in a pod\n")]);
     let creds = format!("serviceaccount:{build_token}");
-    lab.run(lab.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
+    lab.run(&mut lab.skopeo_push(
         &creds,
         &layout.reference("v1"),
         &lab.docker_ref("build/app", "v1"),
-    ]));
+    ));
     // ... but not into another namespace.
-    let out = lab.run_failing(lab.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
+    let out = lab.run_failing(&mut lab.skopeo_push(
         &creds,
         &layout.reference("v1"),
         &lab.docker_ref("prod/app", "v1"),
-    ]));
+    ));
     lab.check(
         !out.ok(),
         &format!("push into prod/app must fail: {}", out.stderr),
@@ -255,13 +231,7 @@ fn kubernetes_service_account_tokens_push_to_their_namespace() {
     // docker login sends the token in the OAuth2 password grant; docker push works with it.
     let dockerd = Dockerd::start(&lab, &lab.path("docker"), "overlay2");
     let docker = || dockerd.docker(&lab);
-    let archive = lab.path("image.tar");
-    lab.run(lab.skopeo().args([
-        "copy",
-        &layout.reference("v1"),
-        &format!("docker-archive:{}:local/img:v1", archive.display()),
-    ]));
-    lab.run(docker().arg("load").arg("--input").arg(&archive));
+    dockerd.load(&lab, &layout, "v1", "local/img:v1");
     let mut login = docker();
     login.args([
         "login",
@@ -270,21 +240,7 @@ fn kubernetes_service_account_tokens_push_to_their_namespace() {
         "serviceaccount",
         "--password-stdin",
     ]);
-    login.stdin(std::process::Stdio::piped());
-    let out = {
-        let mut child = login
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(build_token.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let out = support::output_with_stdin(&mut login, build_token.as_bytes());
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -318,8 +274,7 @@ fn kubernetes_service_account_tokens_push_to_their_namespace() {
     let refused = |token: &str, reason: &str| {
         let r = get_token(
             &url,
-            "serviceaccount",
-            token,
+            Some(("serviceaccount", token)),
             &["repository:build/app:pull"],
         );
         assert_eq!(r.status, 401, "{reason}: {}", r.describe());
@@ -356,8 +311,7 @@ fn kubernetes_service_account_tokens_push_to_their_namespace() {
     // None of that locked the pods out (tokens are not guessed; pods share user names).
     let r = get_token(
         &url,
-        "serviceaccount",
-        &build_token,
+        Some(("serviceaccount", &build_token)),
         &["repository:build/app:pull"],
     );
     assert_eq!(granted(&r), "repository:build/app:pull", "{}", r.describe());
@@ -368,7 +322,11 @@ fn kubernetes_service_account_tokens_push_to_their_namespace() {
     provider.serve("/openid/v1/jwks", jwks(&[&key, &rotated]));
     let before = provider.hits.load(Ordering::SeqCst);
     let new_token = rotated.sign(&pod_claims("build", "builder", SERVICE, t0, t0 + 600));
-    let r = get_token(&url, "x", &new_token, &["repository:build/app:pull"]);
+    let r = get_token(
+        &url,
+        Some(("x", &new_token)),
+        &["repository:build/app:pull"],
+    );
     assert_eq!(granted(&r), "repository:build/app:pull", "{}", r.describe());
     assert_eq!(provider.hits.load(Ordering::SeqCst), before + 1);
 
@@ -407,14 +365,8 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
     );
     gitlab.serve("/oauth/discovery/keys", jwks(&[&gl_key]));
     let config = |dir: &Path| {
-        let yaml = format!(
-            r#"auth:
-  token:
-    service: {SERVICE}
-    issuer: berth-issuer
-  issuer:
-    keydir: {keys}
-    federated:
+        let rest = format!(
+            r#"    federated:
       - name: github
         issuer: {GITHUB}
         jwksurl: {gh}/.well-known/jwks
@@ -438,11 +390,10 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
         name: "shared/*"
         actions: [pull]
 "#,
-            keys = dir.join("keys").display(),
             gh = github_keys.url,
             gl = gitlab.url,
         );
-        Berth::start_on(&dir.join("data"), &yaml)
+        issuer_berth(dir, &rest)
     };
     let lab = Lab::start_with(config);
     let berth = &lab.berth;
@@ -476,8 +427,7 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
     let mine = github("octo-org/app", "octo-org");
     let r = get_token(
         &berth.url,
-        "github",
-        &mine,
+        Some(("github", &mine)),
         &[
             "repository:gh/octo-org/app:push,pull",
             "repository:gh/octo-org/other:pull",
@@ -493,14 +443,11 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
     let layout = Layout::init(&lab, &lab.path("in"));
     layout.add_image(&lab, "v1", "amd64", &[("/etc/motd", "built in CI\n")]);
     let push = |token: &str, repo: &str| {
-        lab.try_run(lab.skopeo().args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
+        lab.try_run(&mut lab.skopeo_push(
             &format!("ci:{token}"),
             &layout.reference("v1"),
             &lab.docker_ref(repo, "v1"),
-        ]))
+        ))
     };
     let repos = berth.root.join("docker/registry/v2/repositories");
     let out = push(&mine, "gh/octo-org/app");
@@ -522,8 +469,7 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
     let theirs = github("mallory/app", "mallory");
     let r = get_token(
         &berth.url,
-        "github",
-        &theirs,
+        Some(("github", &theirs)),
         &["repository:gh/mallory/app:push"],
     );
     assert_eq!(r.status, 401, "{}", r.describe());
@@ -604,8 +550,7 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
     let platform = gitlab_token("platform/api", SERVICE);
     let r = get_token(
         &berth.url,
-        "gitlab-ci-token",
-        &platform,
+        Some(("gitlab-ci-token", &platform)),
         &[
             "repository:platform/api/app:push,pull",
             "repository:shared/base:pull,push",
@@ -648,8 +593,10 @@ fn ci_id_tokens_log_in_with_claim_based_rules() {
     // A GitLab token for another audience is refused.
     let r = get_token(
         &berth.url,
-        "gitlab-ci-token",
-        &gitlab_token("platform/api", "https://vault.example.com"),
+        Some((
+            "gitlab-ci-token",
+            &gitlab_token("platform/api", "https://vault.example.com"),
+        )),
         &["repository:platform/api/app:pull"],
     );
     assert_eq!(r.status, 401, "{}", r.describe());

@@ -172,6 +172,27 @@ impl Lab {
         c
     }
 
+    /// `skopeo copy SRC DEST` to a plain-HTTP registry, logging in as `creds` (`user:password`).
+    pub fn skopeo_push(&self, creds: &str, src: &str, dest: &str) -> Command {
+        let mut c = self.skopeo();
+        c.args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            creds,
+            src,
+            dest,
+        ]);
+        c
+    }
+
+    /// `skopeo inspect` of a plain-HTTP registry's image as `creds`; more flags go after.
+    pub fn skopeo_inspect(&self, creds: &str, reference: &str) -> Command {
+        let mut c = self.skopeo();
+        c.args(["inspect", "--tls-verify=false", "--creds", creds, reference]);
+        c
+    }
+
     /// Runs `cmd` to completion (or its deadline) and returns what it printed.
     pub fn try_run(&self, cmd: &mut Command) -> Output {
         self.try_run_within(cmd, COMMAND_DEADLINE)
@@ -759,5 +780,17 @@ impl Dockerd {
         let mut c = lab.cmd("docker");
         c.env("DOCKER_HOST", &self.host);
         c
+    }
+
+    /// Loads `layout`'s image `tag` into this daemon as `name` (through a docker-archive, as
+    /// skopeo writes it); returns what `docker load` printed.
+    pub fn load(&self, lab: &Lab, layout: &Layout, tag: &str, name: &str) -> String {
+        let archive = lab.path(&format!("{}.tar", tag));
+        lab.run(lab.skopeo().args([
+            "copy",
+            &layout.reference(tag),
+            &format!("docker-archive:{}:{name}", archive.display()),
+        ]));
+        lab.run(self.docker(lab).arg("load").arg("--input").arg(&archive))
     }
 }

@@ -16,7 +16,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use berth_conformance::client::Client;
+use berth_conformance::client::{Client, Resp};
 use berth_conformance::fixtures::{digest, Image};
 pub use berth_testkit::{free_port, Distribution, Garage, Redis, DISTRIBUTION_BIN};
 use rcgen::{
@@ -228,4 +228,48 @@ pub fn get(url: &str) -> (u16, String) {
         Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
         Err(e) => panic!("GET {url}: {e}"),
     }
+}
+
+/// The `service` the token tests' issuers name.
+pub const SERVICE: &str = "berth.test";
+
+/// Seconds since the epoch, as JWT claims count them.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn basic(user: &str, pw: &str) -> String {
+    use base64::Engine as _;
+    let creds = format!("{user}:{pw}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(creds)
+    )
+}
+
+/// `GET /auth/token` for [`SERVICE`] as docker, skopeo and containerd ask: Basic credentials
+/// (or none) and scopes.
+pub fn get_token(url: &str, creds: Option<(&str, &str)>, scopes: &[&str]) -> Resp {
+    let c = Client::new(url, creds.map(|(u, p)| basic(u, p)));
+    let q: Vec<String> = scopes.iter().map(|s| format!("&scope={s}")).collect();
+    c.get(&format!("/auth/token?service={SERVICE}{}", q.concat()), &[])
+        .unwrap()
+}
+
+/// Runs `cmd` with `input` on its stdin (a password or token, as `--password-stdin` and `-`
+/// read them) and waits for its output.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }

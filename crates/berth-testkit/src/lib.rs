@@ -1082,6 +1082,29 @@ fn serve_connection(stream: std::net::TcpStream, shared: &WebhookShared) {
     }
 }
 
+/// Polls `ready` for up to 10 s while `child` runs: `Some(true)` once it answers, `None` when
+/// the process exited first (its port taken, say), `Some(false)` when it never answered.
+pub(crate) fn wait_until_up(
+    child: &mut Option<Child>,
+    mut ready: impl FnMut() -> bool,
+) -> Option<bool> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ready() {
+            return Some(true);
+        }
+        if child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .is_some()
+        {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1139,27 +1162,4 @@ mod tests {
         );
         assert_eq!(hook.events().len(), 4);
     }
-}
-
-/// Polls `ready` for up to 10 s while `child` runs: `Some(true)` once it answers, `None` when
-/// the process exited first (its port taken, say), `Some(false)` when it never answered.
-pub(crate) fn wait_until_up(
-    child: &mut Option<Child>,
-    mut ready: impl FnMut() -> bool,
-) -> Option<bool> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if ready() {
-            return Some(true);
-        }
-        if child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-            .is_some()
-        {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(false)
 }

@@ -191,7 +191,9 @@ pub async fn auth(cfg: &crate::config::Config) -> Result<crate::auth::Auth, Stri
         issuer,
         refusals: Default::default(),
         throttle: throttle(a.issuer.as_ref().and_then(|i| i.throttle.as_ref()))?,
-        robots: Default::default(),
+        robots: crate::robots::RobotCache::new(
+            a.issuer.as_ref().and_then(|i| i.robottokens.as_deref()),
+        )?,
         federation,
         ldap: match a.issuer.as_ref().and_then(|i| i.ldap.as_ref()) {
             Some(l) => Some(Arc::new(crate::ldap::Directory::new(l)?)),

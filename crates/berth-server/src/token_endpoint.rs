@@ -343,12 +343,13 @@ async fn check(
                 tracing::warn!(
                     user = %user,
                     robot_token = id,
-                    "token request failed: the robot token's record cannot be read ({e}); hint: check the storage"
+                    "token request failed: the robot token's record cannot be read ({e}); hint: check {}",
+                    auth.robots.place()
                 );
                 return Err(oauth_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
-                    "storage unavailable",
+                    "robot token records unavailable",
                 ));
             }
             Ok(None) => (None, ("unknown_robot_token", "robot token unknown or revoked; hint: create a new one with berth tokens create")),

@@ -1,11 +1,12 @@
 //! `berth tokens create|list|revoke`: robot tokens in the configured storage, so every replica
-//! sees them (`berth_server::robots`). The secret is printed once, on stdout; only its hash is
-//! stored.
+//! sees them, or in the file `auth.issuer.robottokens` names (`berth_server::robots`). The
+//! secret is printed once, on stdout; only its hash is stored.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use berth_auth::scope::Scope;
+use berth_server::robots::Records;
 
 /// `90d`, `12h`, `30m`, `45s`, or a bare number of seconds.
 fn duration_secs(s: &str) -> anyhow::Result<i64> {
@@ -40,6 +41,19 @@ pub(crate) fn load(
                 .collect::<Vec<_>>()
                 .join("\n  ")
         )
+    })
+}
+
+/// Where the configuration keeps robot tokens: `auth.issuer.robottokens`, else the storage.
+async fn records(config: &berth_server::config::Config) -> anyhow::Result<Records> {
+    let file = config
+        .auth
+        .as_ref()
+        .and_then(|a| a.issuer.as_ref())
+        .and_then(|i| i.robottokens.clone());
+    Ok(match file {
+        Some(f) => Records::File(f.into()),
+        None => Records::Storage(crate::gc::open_driver(config).await?.0),
     })
 }
 
@@ -85,10 +99,11 @@ pub fn create_cmd(
     let (token, secret) =
         berth_auth::robot::mint(account, &scopes, expires, now).map_err(anyhow::Error::msg)?;
     runtime()?.block_on(async {
-        let (driver, _) = crate::gc::open_driver(&loaded.config).await?;
-        berth_server::robots::save(driver.as_ref(), &token)
+        let records = records(&loaded.config).await?;
+        records
+            .save(&token)
             .await
-            .context("storing the token")
+            .map_err(|e| anyhow::anyhow!("storing the token in {}: {e}", records.describe()))
     })?;
     eprintln!(
         "token {} for account {account:?}, scopes {}, {}; the secret follows, shown only now:",
@@ -109,10 +124,11 @@ pub fn create_cmd(
 pub fn list_cmd(config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let loaded = load(config)?;
     let tokens = runtime()?.block_on(async {
-        let (driver, _) = crate::gc::open_driver(&loaded.config).await?;
-        berth_server::robots::list(driver.as_ref())
+        let records = records(&loaded.config).await?;
+        records
+            .list()
             .await
-            .context("listing the tokens")
+            .map_err(|e| anyhow::anyhow!("listing the tokens in {}: {e}", records.describe()))
     })?;
     let now = berth_server::auth::now_secs();
     for t in tokens {
@@ -138,18 +154,27 @@ pub fn revoke_cmd(config: Option<&std::path::Path>, id: &str) -> anyhow::Result<
     if id.len() != 24 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("{id:?} is not a token id (24 hex digits, as berth tokens list shows)");
     }
-    let found = runtime()?.block_on(async {
-        let (driver, _) = crate::gc::open_driver(&loaded.config).await?;
-        berth_server::robots::revoke(driver.as_ref(), id)
+    let (found, records) = runtime()?.block_on(async {
+        let records = records(&loaded.config).await?;
+        let found = records
+            .revoke(id)
             .await
-            .context("revoking the token")
+            .map_err(|e| anyhow::anyhow!("revoking the token in {}: {e}", records.describe()))?;
+        anyhow::Ok((found, records))
     })?;
     if !found {
         bail!("no token {id}");
     }
-    eprintln!(
-        "token {id} revoked: every replica refuses it within {} s",
-        berth_server::robots::RECHECK.as_secs()
-    );
+    match records {
+        Records::Storage(_) => eprintln!(
+            "token {id} revoked: every replica refuses it within {} s",
+            berth_server::robots::RECHECK.as_secs()
+        ),
+        Records::File(p) => eprintln!(
+            "token {id} revoked in {}: a replica reading this file refuses it at once; replicas \
+             with their own copy (a Secret, say) refuse it once they see the new version",
+            p.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }

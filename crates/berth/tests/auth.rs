@@ -882,12 +882,91 @@ fn robot_tokens_are_created_used_and_revoked_on_every_replica() {
     let a = issuer_berth(dir.path());
     let config = std::fs::read_to_string(&a.config_path).unwrap();
     let b = Berth::start_with_config(&config, &dir.path().join("data"));
+    let data = dir.path().join("data");
+    robot_round_trip(
+        &a,
+        &b,
+        &a.config_path,
+        &[&data],
+        std::time::Duration::from_secs(8),
+    );
+}
+
+/// `auth.issuer.robottokens`: the records in a file both replicas read (each with storage of
+/// its own, which holds none), rewritten by `berth tokens`, a revocation refused at once; a
+/// file Berth cannot parse stops it from starting, naming the line.
+#[test]
+fn robot_tokens_in_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("robot-tokens");
+    let a = issuer_berth(dir.path());
+    let config = std::fs::read_to_string(&a.config_path).unwrap().replace(
+        "  issuer:\n",
+        &format!("  issuer:\n    robottokens: {}\n", file.display()),
+    );
+    drop(a);
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let shared = dir.path().join("data").display().to_string();
+    let on = |data: &Path| config.replace(&shared, &data.display().to_string());
+    assert_ne!(on(&data_a), config);
+    let a = Berth::start_with_config(&on(&data_a), &data_a);
+    let b = Berth::start_with_config(&on(&data_b), &data_b);
+    assert!(
+        a.log().contains("robottokens does not exist yet"),
+        "{}",
+        a.log()
+    );
+    robot_round_trip(
+        &a,
+        &b,
+        &a.config_path,
+        &[&data_a, &data_b, dir.path()],
+        std::time::Duration::ZERO,
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("# Berth robot tokens"), "{text}");
+    for data in [&data_a, &data_b] {
+        assert!(
+            !data.join("docker/registry/v2/_berth/tokens").exists(),
+            "a record went to the storage"
+        );
+    }
+    drop((a, b));
+
+    // A line that is not a record: Berth refuses to start and says where.
+    std::fs::write(&file, format!("{text}{{\"id\": \"x\"\n")).unwrap();
+    let path = dir.path().join("broken.yml");
+    std::fs::write(&path, on(&data_a)).unwrap();
+    let out = std::process::Command::new(support::bin())
+        .args(["serve"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    let line = text.lines().count() + 1;
+    assert!(
+        said.contains("auth.issuer.robottokens") && said.contains(&format!("line {line}")),
+        "{said}"
+    );
+}
+
+/// Creates a robot token for `ci` through `config`, uses it on both replicas, lists and
+/// revokes it; `stored_under` are the places that must not hold the secret, `within` how long
+/// a replica may go on accepting it after the revocation.
+fn robot_round_trip(
+    a: &Berth,
+    b: &Berth,
+    config: &Path,
+    stored_under: &[&Path],
+    within: std::time::Duration,
+) {
     let tokens = |args: &[&str]| {
         let out = std::process::Command::new(support::bin())
             .arg("tokens")
             .args(args)
             .arg("--config")
-            .arg(&a.config_path)
+            .arg(config)
             .output()
             .unwrap();
         (
@@ -907,11 +986,14 @@ fn robot_tokens_are_created_used_and_revoked_on_every_replica() {
     ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(secret.starts_with("berth_rt_"), "{secret}");
-    let stored = walk_files(&dir.path().join("data"));
-    assert!(
-        stored.iter().all(|(_, body)| !body.contains(&secret)),
-        "the secret is stored"
-    );
+    for root in stored_under {
+        assert!(
+            walk_files(root)
+                .iter()
+                .all(|(_, body)| !body.contains(&secret)),
+            "the secret is stored"
+        );
+    }
 
     // As a password (any user name): the ACL's grant for `ci`, cut down to pull and push.
     let asked = [
@@ -966,7 +1048,7 @@ fn robot_tokens_are_created_used_and_revoked_on_every_replica() {
             }
             assert_eq!(r.status, 200, "{}", r.describe());
             assert!(
-                revoked.elapsed() < std::time::Duration::from_secs(8),
+                revoked.elapsed() < within,
                 "a replica still accepts the revoked token"
             );
             std::thread::sleep(std::time::Duration::from_millis(250));

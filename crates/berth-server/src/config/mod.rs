@@ -1499,6 +1499,13 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                     bad("auth.issuer.throttle.maxdelay", e);
                 }
             }
+            if i.robottokens.as_deref().is_some_and(|f| f.trim().is_empty()) {
+                bad(
+                    "auth.issuer.robottokens",
+                    "empty: name the file, or remove the key to keep robot tokens in the storage"
+                        .to_owned(),
+                );
+            }
         }
     }
 }

@@ -513,6 +513,9 @@ pub struct Issuer {
     /// Failed-login throttling at the token endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throttle: Option<Throttle>,
+    /// Robot token records in this file (one JSON record per line) instead of the storage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub robottokens: Option<String>,
 }
 
 /// `auth.issuer.throttle`: after `accountfailures` failed logins for one account (or

@@ -15,7 +15,9 @@
 //!   answer with success.
 //! - Successful logins are remembered for `cachettl` (60 s), keyed by the user name and a salted
 //!   SHA-256 of the password (the salt is random per process; the password itself is never
-//!   kept), so that a `docker pull` storm costs one bind; the cache is bounded.
+//!   kept), so that a `docker pull` storm costs one bind; the cache is bounded. Logins with the
+//!   same name and password that arrive while one is asking the directory wait for its answer
+//!   instead of asking too (the storm's first wave costs one bind as well).
 //! - A directory that does not answer within the timeouts is [`Failure::Unavailable`], never a
 //!   wrong password: the endpoint answers 503 and the throttle does not count it.
 
@@ -240,6 +242,45 @@ pub struct Directory {
     cache_ttl: Duration,
     salt: [u8; 16],
     cache: Mutex<HashMap<String, Cached>>,
+    /// Logins asking the directory now, by cache key: a second one with the same key waits.
+    asking: Mutex<HashMap<[u8; 32], Queue>>,
+}
+
+/// The lock logins with one key queue on, and how many logins hold it.
+type Queue = (Arc<tokio::sync::Mutex<()>>, usize);
+
+/// A login's place in [`Directory::asking`]; its entry goes with the last login holding it,
+/// also when a login is abandoned (the client went away), so the map holds only logins in
+/// progress.
+struct Gate<'a> {
+    dir: &'a Directory,
+    key: [u8; 32],
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Gate<'a> {
+    fn enter(dir: &'a Directory, key: [u8; 32]) -> Gate<'a> {
+        let mut asking = dir.asking.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = asking.entry(key).or_default();
+        entry.1 += 1;
+        Gate {
+            dir,
+            key,
+            lock: entry.0.clone(),
+        }
+    }
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut asking = self.dir.asking.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = asking.get_mut(&self.key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                asking.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Directory {
@@ -307,6 +348,7 @@ impl Directory {
             cache_ttl: duration(&c.cachettl, DEFAULT_CACHE_TTL)?,
             salt,
             cache: Mutex::default(),
+            asking: Mutex::default(),
             bind,
             url,
         };
@@ -375,9 +417,16 @@ impl Directory {
         if let Some(who) = self.cached(user, &key) {
             return Ok(who);
         }
-        let who = self.ask(user, password).await?;
-        self.remember(user, key, &who);
-        Ok(who)
+        // One login per key asks; the others wait for it and then find its answer cached (a
+        // refusal is not cached: they ask in turn, as they would have).
+        let gate = Gate::enter(self, key);
+        let _turn = gate.lock.lock().await;
+        match self.cached(user, &key) {
+            Some(who) => Ok(who),
+            None => self.ask(user, password).await.inspect(|who| {
+                self.remember(user, key, who);
+            }),
+        }
     }
 
     /// One session with the directory for a login.

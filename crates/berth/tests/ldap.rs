@@ -393,6 +393,61 @@ fn without_the_cache_each_login_asks_the_directory() {
     s.signal("CONT");
 }
 
+/// A TCP forwarder to `to` on a port of its own that counts the connections made through it.
+fn counting_forwarder(to: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let Ok(server) = std::net::TcpStream::connect(&to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (port, count)
+}
+
+/// Logins with one name and password that arrive together ask the directory once: the first
+/// asks, the others wait for its answer. Refusals are not remembered: each asks in turn.
+#[test]
+fn simultaneous_logins_ask_the_directory_once() {
+    use std::sync::atomic::Ordering;
+    let s = Slapd::start();
+    let slapd_at = s.url().trim_start_matches("ldap://").to_owned();
+    let (port, connections) = counting_forwarder(slapd_at);
+    let dir = tempfile::tempdir().unwrap();
+    let settings =
+        direct(&s, "      cachettl: 60s\n").replace(&s.url(), &format!("ldap://127.0.0.1:{port}"));
+    let b = berth(dir.path(), &settings);
+    let logins = |pw: &'static str, n: usize| -> Vec<u16> {
+        let url = b.url.clone();
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || get_token(&url, Some(("alice", pw)), &[]).status)
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    assert_eq!(logins("alice-pw", 16), vec![200; 16]);
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "{}", b.log());
+    assert_eq!(logins("wrong", 3), vec![401; 3]);
+    assert_eq!(connections.load(Ordering::SeqCst), 4, "{}", b.log());
+}
+
 #[test]
 fn config_check_refuses_broken_ldap_settings() {
     let dir = tempfile::tempdir().unwrap();

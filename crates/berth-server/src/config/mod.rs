@@ -1478,10 +1478,11 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                 && i.users.as_ref().is_none_or(|u| u.is_empty())
                 && i.ldap.is_none()
                 && federated.is_empty()
+                && i.robottokens.is_none()
             {
                 bad(
                     "auth.issuer",
-                    "no accounts: set htpasswd, users, ldap or federated (anonymous rules still apply)"
+                    "no accounts: set htpasswd, users, ldap, federated or robottokens (anonymous rules still apply)"
                         .to_owned(),
                 );
             }
@@ -1499,7 +1500,10 @@ fn check(c: &Config, problems: &mut Vec<Problem>) {
                     bad("auth.issuer.throttle.maxdelay", e);
                 }
             }
-            if i.robottokens.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            if i.robottokens
+                .as_deref()
+                .is_some_and(|f| f.trim().is_empty())
+            {
                 bad(
                     "auth.issuer.robottokens",
                     "empty: name the file, or remove the key to keep robot tokens in the storage"

@@ -986,3 +986,23 @@ fn federated_issuers_are_checked() {
         "{all}"
     );
 }
+
+#[test]
+fn robot_token_file_is_a_path() {
+    let config = |line: &str| {
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /x\nauth:\n  token:\n    service: reg\n    issuer: berth\n  issuer:\n    keydir: /k\n{line}"
+        )
+    };
+    let l = ok(&config("    robottokens: /etc/berth/robot-tokens\n"), &[]);
+    let i = l.config.auth.unwrap().issuer.unwrap();
+    assert_eq!(i.robottokens.as_deref(), Some("/etc/berth/robot-tokens"));
+    let all: Vec<String> = problems(&config("    robottokens: \"\"\n"), &[])
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        all.iter().any(|p| p.contains("auth.issuer.robottokens")),
+        "{all:?}"
+    );
+}

@@ -34,8 +34,7 @@ fn path(id: &str) -> String {
     format!("{DIR}/{id}")
 }
 
-/// Where `berth tokens` and the token endpoint find the records.
-#[derive(Clone)]
+/// Where `berth tokens` finds the records.
 pub enum Records {
     Storage(Arc<dyn StorageDriver>),
     File(PathBuf),
@@ -47,14 +46,6 @@ impl Records {
         match self {
             Records::Storage(_) => format!("the storage driver ({DIR})"),
             Records::File(p) => format!("auth.issuer.robottokens {}", p.display()),
-        }
-    }
-
-    /// Token `id`'s record, if there is one (revoked: none).
-    pub async fn load(&self, id: &str) -> Result<Option<RobotToken>, String> {
-        match self {
-            Records::Storage(d) => load(d.as_ref(), id).await.map_err(|e| e.to_string()),
-            Records::File(p) => Ok(read_file(p)?.into_iter().find(|t| t.id == id)),
         }
     }
 

@@ -671,10 +671,10 @@ impl Redis {
                 && s.read_exact(&mut buf).is_ok()
                 && &buf == b"+PONG\r\n"
         });
-        if up == Some(false) {
+        if !up {
             self.stop();
         }
-        up == Some(true)
+        up
     }
 
     pub fn stop(&mut self) {
@@ -1082,27 +1082,24 @@ fn serve_connection(stream: std::net::TcpStream, shared: &WebhookShared) {
     }
 }
 
-/// Polls `ready` for up to 10 s while `child` runs: `Some(true)` once it answers, `None` when
-/// the process exited first (its port taken, say), `Some(false)` when it never answered.
-pub(crate) fn wait_until_up(
-    child: &mut Option<Child>,
-    mut ready: impl FnMut() -> bool,
-) -> Option<bool> {
+/// Polls `ready` for up to 10 s while `child` runs: whether it answered (false also when the
+/// process exited first, its port taken, say).
+pub(crate) fn wait_until_up(child: &mut Option<Child>, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if ready() {
-            return Some(true);
+            return true;
         }
         if child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
             .is_some()
         {
-            return None;
+            return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some(false)
+    false
 }
 
 #[cfg(test)]

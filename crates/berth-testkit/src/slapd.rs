@@ -176,10 +176,10 @@ impl Slapd {
         let up = crate::wait_until_up(&mut self.child, || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        if up == Some(false) {
+        if !up {
             self.stop();
         }
-        up == Some(true)
+        up
     }
 
     /// Loads [`PEOPLE`] and their groups with `ldapadd` (online, so the `memberof` overlay
